@@ -1,0 +1,1 @@
+"""Built-in algorithms, installed as bench.algorithms and registered through entry points."""

@@ -1,0 +1,147 @@
+"""Resolving a run's configuration: plugin defaults, then `--set section.key=value` overrides.
+
+Sections: `task`, `algo` (or the algorithm's own name, e.g. `dpo`), `train`, `eval`, `data`,
+`run`, and one per evaluator that has options. Unknown sections or keys and values of the wrong
+type are errors. The resolved configuration is plain JSON; its hash is the run id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bench.contracts import Generation
+from bench.errors import UserError
+from bench.train import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Replace a task's data with your own JSON Lines files (`--set data.preferences=pairs.jsonl`)."""
+
+    preferences: str = ""
+    """Training pairs, one {"prompt", "chosen", "rejected"} object per line."""
+    test_preferences: str = ""
+    """Held-out pairs in the same format (implicit-reward accuracy)."""
+    sft: str = ""
+    """Demonstrations, one {"prompt", "completion"} object per line."""
+    eval_prompts: str = ""
+    """Evaluation prompts, one {"prompt"} object (optionally "reference") per line."""
+
+
+@dataclass
+class RunOptions:
+    """What a run keeps and measures (`--set run.KEY=VALUE`)."""
+
+    save_model: bool = True
+    """Save the trained policy in Hugging Face format under the run directory (model/)."""
+    evaluators: str = ""
+    """Comma-separated evaluator names; empty runs every installed evaluator that applies."""
+
+
+def parse_value(text: str, annotation: Any, where: str) -> Any:
+    """Convert a command-line string to a dataclass field's type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.lower() in ("none", "null") and len(args) < len(typing.get_args(annotation)):
+            return None
+        annotation = args[0]
+    try:
+        if annotation is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            return int(text)
+        if annotation is float:
+            value = float(text)
+            if value != value:  # NaN never makes sense as a setting
+                raise ValueError
+            return value
+        if annotation is str:
+            return text
+    except ValueError:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise UserError(f"--set {where}={text}: expected {'true or false' if annotation is bool else 'a ' + name}") from None
+    raise UserError(f"--set {where}: this option cannot be set from the command line")
+
+
+def apply_overrides(obj: Any, overrides: dict[str, str], section: str) -> Any:
+    """A copy of dataclass `obj` with string overrides applied, checked against the field types."""
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    changes = {}
+    for key, text in overrides.items():
+        if key not in known:
+            raise UserError(f"--set {section}.{key}: unknown key; known keys: {', '.join(sorted(known))}")
+        changes[key] = parse_value(text, hints[key], f"{section}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def split_sets(items: list[str]) -> dict[str, dict[str, str]]:
+    """`["dpo.beta=0.5", "train.lr=1e-5"]` -> {"dpo": {"beta": "0.5"}, "train": {"lr": "1e-5"}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        section, dot, field = key.strip().partition(".")
+        if not eq or not dot or not section or not field:
+            raise UserError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set dpo.beta=0.5")
+        out.setdefault(section, {})[field] = value.strip()
+    return out
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_id(resolved: dict) -> str:
+    """Content address of a run: the same resolved configuration always gets the same id."""
+    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (read from the source), for `bench list --verbose`."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+            docs[node.target.id] = str(nxt.value.value).strip()
+    return docs
+
+
+def train_config_for(algo_cls: type) -> TrainConfig:
+    defaults = getattr(algo_cls, "train_defaults", {}) or {}
+    return dataclasses.replace(TrainConfig(), **defaults)
+
+
+def generation_for(task_cls: type) -> Generation:
+    return dataclasses.replace(getattr(task_cls, "generation", None) or Generation())

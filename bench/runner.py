@@ -1,0 +1,292 @@
+"""One run, end to end: resolve the config, build the task, fit, sample, evaluate, record.
+
+    task.build() -> algorithm.fit(ctx) -> policy.sample(eval prompts) -> evaluators -> run record
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import config as cfg
+from bench import data as rows
+from bench import records, registry
+from bench.contracts import Context, Evaluation, Sample
+from bench.errors import UserError
+
+RECORD_VERSION = 1
+"""Bumped when the meaning of a run record changes, so old and new runs never share an id."""
+
+
+@dataclass
+class RunSpec:
+    """What the user asked for on the command line."""
+
+    algo: str
+    task: str
+    seed: int = 0
+    sets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Resolved:
+    """A run's plugins and settings after defaults and overrides; `record` is its JSON form."""
+
+    algo_cls: type
+    task_cls: type
+    algo_config: Any
+    task: Any
+    train: Any
+    generation: Any
+    data: cfg.DataConfig
+    options: cfg.RunOptions
+    evaluators: list[tuple[type, Any]]
+    seed: int
+    record: dict
+    cache_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return cfg.run_id(self.record)
+
+    @property
+    def name(self) -> str:
+        return records.run_name(self.record["task"]["name"], self.record["algo"]["name"], self.run_id)
+
+
+def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
+    """Apply defaults and `--set` overrides; every unknown or ill-typed setting is an error here."""
+    algo_cls = registry.load("algorithm", spec.algo)
+    task_cls = registry.load("task", spec.task)
+    sets = cfg.split_sets(spec.sets)
+    if "algo" in sets and spec.algo in sets:
+        raise UserError(f"--set algo.* and --set {spec.algo}.* both given; use one of them")
+    algo_sets = sets.pop("algo", None) or sets.pop(spec.algo, {})
+
+    ev_names = registry.names("evaluator")
+    options = cfg.apply_overrides(cfg.RunOptions(), sets.pop("run", {}), "run")
+    if options.evaluators.strip():
+        ev_names = [e.strip() for e in options.evaluators.split(",") if e.strip()]
+    evaluators = []
+    for name in ev_names:
+        ev_cls = registry.load("evaluator", name)
+        ev_config = ev_cls.Config() if hasattr(ev_cls, "Config") else None
+        if name in sets:
+            if ev_config is None:
+                raise UserError(f"--set {name}.*: the evaluator {name!r} has no options")
+            ev_config = cfg.apply_overrides(ev_config, sets.pop(name), name)
+        evaluators.append((ev_cls, ev_config))
+
+    algo_config = cfg.apply_overrides(algo_cls.Config(), algo_sets, spec.algo)
+    task_config = cfg.apply_overrides(task_cls.Config(), sets.pop("task", {}), "task")
+    train = cfg.apply_overrides(cfg.train_config_for(algo_cls), sets.pop("train", {}), "train")
+    generation = cfg.apply_overrides(cfg.generation_for(task_cls), sets.pop("eval", {}), "eval")
+    data = cfg.apply_overrides(cfg.DataConfig(), sets.pop("data", {}), "data")
+    if sets:
+        valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e for e, c in evaluators if c is not None]
+        raise UserError(f"--set {next(iter(sets))}.*: unknown section; sections are {', '.join(valid)}")
+    _check_ranges(train, generation)
+
+    task = task_cls(task_config, Path(cache_dir))
+    data_record = cfg.to_jsonable(data)
+    for key, path in dataclasses.asdict(data).items():
+        if path:
+            if not Path(path).expanduser().is_file():
+                raise UserError(f"--set data.{key}={path}: no such file; pass an existing JSON Lines file")
+            data_record[f"{key}_sha256"] = cfg.file_sha256(str(Path(path).expanduser()))
+    record = {
+        "record_version": RECORD_VERSION,
+        "seed": spec.seed,
+        "task": {"name": task_cls.name, **cfg.to_jsonable(getattr(task, "config", task_config))},
+        "algo": {"name": algo_cls.name, **cfg.to_jsonable(algo_config)},
+        "train": cfg.to_jsonable(train),
+        "eval": cfg.to_jsonable(generation),
+        "data": data_record,
+        "run": cfg.to_jsonable(options),
+        "evaluators": {ev.name: cfg.to_jsonable(c) if c is not None else {} for ev, c in evaluators},
+    }
+    return Resolved(algo_cls, task_cls, algo_config, task, train, generation, data, options,
+                    [(ev_cls, c) for ev_cls, c in evaluators], spec.seed, record, Path(cache_dir))
+
+
+def _check_ranges(train, generation) -> None:
+    positive = {"train.batch_size": train.batch_size, "train.grad_accum": train.grad_accum,
+                "train.max_length": train.max_length, "train.log_every": train.log_every,
+                "eval.max_new_tokens": generation.max_new_tokens,
+                "eval.samples_per_prompt": generation.samples_per_prompt, "eval.batch_size": generation.batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"--set {key}={value}: must be at least 1")
+    if train.optimizer not in ("adamw", "rmsprop"):
+        raise UserError(f"--set train.optimizer={train.optimizer}: use adamw or rmsprop")
+    if not train.lr > 0:
+        raise UserError(f"--set train.lr={train.lr}: must be positive")
+    if not 0 < generation.top_p <= 1 or generation.temperature < 0:
+        raise UserError("eval.top_p must lie in (0, 1] and eval.temperature must be >= 0")
+    if generation.max_prompts < 0 or train.max_steps < 0 or train.epochs < 0:
+        raise UserError("eval.max_prompts, train.max_steps and train.epochs cannot be negative")
+
+
+def load_data(r: Resolved) -> dict[str, list[dict]]:
+    """Training and evaluation rows, from the user's files where given, else from the task; validated."""
+    task, d = r.task, r.data
+    sources = {
+        "preferences": (d.preferences, rows.PREFERENCE_KEYS, lambda: task.preference_data("train")),
+        "test_preferences": (d.test_preferences, rows.PREFERENCE_KEYS, lambda: task.preference_data("test")),
+        "sft": (d.sft, rows.SFT_KEYS, task.sft_data),
+        "eval_prompts": (d.eval_prompts, rows.PROMPT_KEYS, task.eval_prompts),
+    }
+    out = {}
+    for key, (path, keys, from_task) in sources.items():
+        if path:
+            out[key] = rows.read_rows(path, keys)
+        else:
+            out[key] = rows.validate(from_task(), keys, f"task {r.task_cls.name}: {key}")
+    if r.generation.max_prompts:
+        out["eval_prompts"] = out["eval_prompts"][: r.generation.max_prompts]
+    if not out["eval_prompts"]:
+        raise UserError("the evaluation prompt set is empty; give a data.eval_prompts file with at least one {\"prompt\": ...} line")
+    return out
+
+
+def _read_user_files(r: Resolved) -> None:
+    """Validate the user's data files before anything is built or written."""
+    for key, keys in (("preferences", rows.PREFERENCE_KEYS), ("test_preferences", rows.PREFERENCE_KEYS),
+                      ("sft", rows.SFT_KEYS), ("eval_prompts", rows.PROMPT_KEYS)):
+        path = getattr(r.data, key)
+        if path:
+            found = rows.read_rows(path, keys)
+            if key == "eval_prompts" and not found:
+                raise UserError(f"{path}: the evaluation prompt set is empty; give at least one {{\"prompt\": ...}} line")
+
+
+def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> Path:
+    """Run (or skip, or resume) one run and return its directory under `results`."""
+    r = resolve(spec, cache_dir)
+    results = Path(results)
+    final = results / r.name
+    if records.is_complete(final):
+        echo(f"{r.name}: complete, skipped ({final})")
+        return final
+    _read_user_files(r)
+
+    import torch  # heavy imports only once a run really starts
+
+    from bench.device import device
+
+    t0 = time.time()
+    r.task.build()
+    data = load_data(r)
+    t_build = time.time() - t0
+
+    partial = results / records.PARTIAL / r.name
+    checkpoint_dir = partial / "checkpoints"
+    state = checkpoint_dir / "train_state.json"
+    if state.exists():
+        echo(f"{r.name}: resuming from step {json.loads(state.read_text())['step']}")
+        _truncate_log(partial / "train_log.jsonl", json.loads(state.read_text())["step"])
+    else:
+        records.discard(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        records.atomic_write_json(partial / "config.json", {
+            "run_id": r.run_id, "name": r.name, "config": r.record,
+            "versions": records.package_versions(), "git_revision": records.git_revision(),
+            "device": str(device()), "torch_threads": torch.get_num_threads(),
+            "command": " ".join(sys.argv),
+        })
+        timing = {"build_s": t_build}
+        metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, timing)
+        records.atomic_write_json(partial / "metrics.json", metrics)
+        records.atomic_write_json(partial / "timing.json", timing)
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        records.publish(partial, final)
+    except UserError:
+        records.discard(partial)
+        raise
+    echo(summary_line(r.name, metrics))
+    echo(f"run record: {final}")
+    return final
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we restart from."""
+    if path.exists():
+        keep = [row for row in records.read_jsonl(path) if row.get("step", 0) <= step]
+        records.write_jsonl(path, keep)
+
+
+def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Path, timing: dict) -> dict:
+    import torch
+
+    from bench.device import device
+
+    dev = device()
+    log_path = run_dir / "train_log.jsonl"
+
+    def log(row: dict) -> None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    torch.manual_seed(r.seed)
+    policy, tokenizer = r.task.load_policy()
+    reference, _ = r.task.load_policy()
+    reference.requires_grad_(False)
+    reference.eval()
+    ctx = Context(
+        task=r.task, policy=policy.to(dev), tokenizer=tokenizer, reference=reference.to(dev), train=r.train,
+        seed=r.seed, log=log, checkpoint_dir=checkpoint_dir, cache_dir=r.cache_dir,
+        sft_examples=data["sft"], preferences=data["preferences"], test_preferences=data["test_preferences"],
+        reward=getattr(r.task, "gold_reward", None), generation=r.generation,
+    )
+    algorithm = r.algo_cls(config=r.algo_config)
+    t0 = time.time()
+    trained = algorithm.fit(ctx)
+    timing["fit_s"] = time.time() - t0
+    ctx.trained = trained
+
+    t0 = time.time()
+    prompts = [row["prompt"] for row in data["eval_prompts"]]
+    # Evaluation sampling gets its own seed stream, independent of training's.
+    samples: list[Sample] = trained.sample(prompts, r.generation, seed=r.seed + 1_000_003)
+    if not samples:
+        raise UserError("the policy produced no samples; check eval.samples_per_prompt and the evaluation prompts")
+    timing["sample_s"] = time.time() - t0
+
+    metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
+    t0 = time.time()
+    for ev_cls, ev_config in r.evaluators:
+        evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
+        applies = getattr(evaluator, "applies", None)
+        if applies is not None and not applies(ctx):
+            continue
+        result: Evaluation = evaluator.evaluate(samples, ctx)
+        for key, values in result.per_sample.items():
+            if len(values) != len(samples):
+                raise RuntimeError(f"evaluator {ev_cls.name} returned {len(values)} values for {len(samples)} samples")
+            for s, v in zip(samples, values):
+                s.values[key] = v
+        for key, agg in result.aggregates.items():
+            metrics[key] = {**agg, "higher_is_better": getattr(ev_cls, "higher_is_better", None), "evaluator": ev_cls.name}
+    timing["evaluate_s"] = time.time() - t0
+
+    records.write_jsonl(run_dir / "samples.jsonl", (
+        {"prompt_index": s.prompt_index, "prompt": s.prompt, "completion": s.completion,
+         "completion_ids": s.completion_ids, **s.values} for s in samples))
+    if r.options.save_model and hasattr(trained, "save"):
+        trained.save(run_dir / "model")
+    return metrics
+
+
+def summary_line(name: str, metrics: dict) -> str:
+    parts = []
+    for key, agg in metrics.items():
+        if isinstance(agg, dict) and "mean" in agg:
+            parts.append(f"{key} {agg['mean']:.4g} ± {agg['se']:.2g}" if agg.get("se") == agg.get("se") else f"{key} {agg['mean']:.4g}")
+    return f"{name}: " + ", ".join(parts)

@@ -1,0 +1,1 @@
+"""Built-in evaluators, installed as bench.evaluators and registered through entry points."""

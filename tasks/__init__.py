@@ -1,0 +1,1 @@
+"""Built-in tasks, installed as bench.tasks and registered through entry points."""

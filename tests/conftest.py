@@ -1,0 +1,33 @@
+"""Shared fixtures: one tiny build of the embedded task per test session, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+TINY = ["--set", "task.scale=tiny"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Task artifacts for the whole session; the tiny task is built here once."""
+    path = tmp_path_factory.mktemp("cache")
+    from bench import registry
+
+    task_cls = registry.load("task", "sentiment")
+    task = task_cls(task_cls.Config(scale="tiny"), path)
+    task.build()
+    return path
+
+
+def run_cli(args: list[str], cache: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`bench ARGS` in a subprocess, as a user runs it."""
+    env = {**os.environ, "BENCH_CACHE_DIR": str(cache), "OMP_WAIT_POLICY": "PASSIVE", **(env_extra or {})}
+    script = Path(sys.executable).parent / "bench"  # the installed console script, as a user runs it
+    return subprocess.run([str(script), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
