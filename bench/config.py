@@ -42,6 +42,8 @@ class RunOptions:
     """Save the trained policy in Hugging Face format under the run directory (model/)."""
     evaluators: str = ""
     """Comma-separated evaluator names; empty runs every installed evaluator that applies."""
+    eval_checkpoints: int = 0
+    """Intermediate policies to evaluate during training (evenly spaced); each adds a point to checkpoints.jsonl."""
 
 
 def parse_value(text: str, annotation: Any, where: str) -> Any:

@@ -102,3 +102,5 @@ class Context:
     trained: Any = None
     """The Policy that fit() returned (set before evaluators run)."""
     generation: Generation | None = None
+    on_step: Callable[[int, int, Any], None] | None = None
+    """Pass to bench.train.train_loop(on_step=...): the harness evaluates intermediate checkpoints."""

@@ -5,6 +5,8 @@ results/<task>-<algo>-<run id>/
     train_log.jsonl  one row of training metrics per logging window
     samples.jsonl    prompt, completion and per-sample evaluator values
     metrics.json     aggregates, each {"mean", "se", "n", ...}
+    cost.json        what the run spent: wall time per phase, preference labels, tokens, FLOPs
+    checkpoints.jsonl  metrics of intermediate policies (run.eval_checkpoints) and of the final one
     model/           the trained policy in Hugging Face format (unless run.save_model=false)
     COMPLETE         written last
 

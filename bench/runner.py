@@ -90,6 +90,8 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
         valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e for e, c in evaluators if c is not None]
         raise UserError(f"--set {next(iter(sets))}.*: unknown section; sections are {', '.join(valid)}")
     _check_ranges(train, generation)
+    if options.eval_checkpoints < 0:
+        raise UserError(f"--set run.eval_checkpoints={options.eval_checkpoints}: cannot be negative")
 
     task = task_cls(task_config, Path(cache_dir))
     data_record = cfg.to_jsonable(data)
@@ -188,7 +190,8 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
     state = checkpoint_dir / "train_state.json"
     if state.exists():
         echo(f"{r.name}: resuming from step {json.loads(state.read_text())['step']}")
-        _truncate_log(partial / "train_log.jsonl", json.loads(state.read_text())["step"])
+        for name in ("train_log.jsonl", "checkpoints.jsonl"):
+            _truncate_log(partial / name, json.loads(state.read_text())["step"])
     else:
         records.discard(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -199,10 +202,10 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
             "device": str(device()), "torch_threads": torch.get_num_threads(),
             "command": " ".join(sys.argv),
         })
-        timing = {"build_s": t_build}
-        metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, timing)
+        cost = {"wall_time_s": {"build": t_build}, "preference_labels": len(data["preferences"])}
+        metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
         records.atomic_write_json(partial / "metrics.json", metrics)
-        records.atomic_write_json(partial / "timing.json", timing)
+        records.atomic_write_json(partial / "cost.json", cost)
         import shutil
 
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -222,16 +225,21 @@ def _truncate_log(path: Path, step: int) -> None:
         records.write_jsonl(path, keep)
 
 
-def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Path, timing: dict) -> dict:
+def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Path, cost: dict) -> dict:
     import torch
 
     from bench.device import device
+    from bench.policy import ModelPolicy
 
     dev = device()
     log_path = run_dir / "train_log.jsonl"
+    points_path = run_dir / "checkpoints.jsonl"
+    prompts = [row["prompt"] for row in data["eval_prompts"]]
+    # Evaluation sampling gets its own seed stream, independent of training's.
+    eval_seed = r.seed + 1_000_003
 
-    def log(row: dict) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
+    def append(path: Path, row: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
 
     torch.manual_seed(r.seed)
@@ -241,27 +249,72 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     reference.eval()
     ctx = Context(
         task=r.task, policy=policy.to(dev), tokenizer=tokenizer, reference=reference.to(dev), train=r.train,
-        seed=r.seed, log=log, checkpoint_dir=checkpoint_dir, cache_dir=r.cache_dir,
+        seed=r.seed, log=lambda row: append(log_path, row), checkpoint_dir=checkpoint_dir, cache_dir=r.cache_dir,
         sft_examples=data["sft"], preferences=data["preferences"], test_preferences=data["test_preferences"],
         reward=getattr(r.task, "gold_reward", None), generation=r.generation,
     )
+
+    marks: set[int] = set()
+
+    def on_step(step: int, total: int, model) -> None:
+        """Evaluate evenly spaced intermediate policies: each adds a (KL, reward) point to the frontier."""
+        k = r.options.eval_checkpoints
+        if k <= 0 or step >= total:
+            return
+        if not marks:
+            marks.update(round(total * i / (k + 1)) for i in range(1, k + 1))
+        if step in marks:
+            model.eval()
+            point = dataclasses.replace(ctx, trained=ModelPolicy(model, tokenizer))
+            samples = point.trained.sample(prompts, r.generation, seed=eval_seed)
+            metrics = _evaluate(r.evaluators, samples, point, at_checkpoint=True)
+            append(points_path, {"step": step, "total_steps": total, "metrics": metrics})
+            model.train()
+
+    ctx.on_step = on_step
     algorithm = r.algo_cls(config=r.algo_config)
     t0 = time.time()
     trained = algorithm.fit(ctx)
-    timing["fit_s"] = time.time() - t0
+    cost["wall_time_s"]["fit"] = time.time() - t0
     ctx.trained = trained
 
     t0 = time.time()
-    prompts = [row["prompt"] for row in data["eval_prompts"]]
-    # Evaluation sampling gets its own seed stream, independent of training's.
-    samples: list[Sample] = trained.sample(prompts, r.generation, seed=r.seed + 1_000_003)
+    samples: list[Sample] = trained.sample(prompts, r.generation, seed=eval_seed)
     if not samples:
         raise UserError("the policy produced no samples; check eval.samples_per_prompt and the evaluation prompts")
-    timing["sample_s"] = time.time() - t0
+    cost["wall_time_s"]["sample"] = time.time() - t0
 
-    metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
     t0 = time.time()
-    for ev_cls, ev_config in r.evaluators:
+    metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
+    metrics.update(_evaluate(r.evaluators, samples, ctx))
+    cost["wall_time_s"]["evaluate"] = time.time() - t0
+
+    log_rows = records.read_jsonl(log_path) if log_path.exists() else []
+    cost["train_tokens"] = sum(row.get("tokens", 0) for row in log_rows)
+    cost["sampled_tokens"] = sum(row.get("sampled_tokens", 0) for row in log_rows)
+    model = getattr(trained, "model", None)
+    if model is not None:
+        n_params = sum(p.numel() for p in model.parameters())
+        cost["parameters"] = n_params
+        # The usual estimate: forward + backward ~ 6 FLOPs per parameter per trained token.
+        cost["train_flops"] = 6 * n_params * cost["train_tokens"]
+    final = {"step": max([row.get("step", 0) for row in log_rows] or [0]), "metrics": metrics, "final": True}
+    append(points_path, {**final, "total_steps": final["step"]})
+
+    records.write_jsonl(run_dir / "samples.jsonl", (
+        {"prompt_index": s.prompt_index, "prompt": s.prompt, "completion": s.completion,
+         "completion_ids": s.completion_ids, **s.values} for s in samples))
+    if r.options.save_model and hasattr(trained, "save"):
+        trained.save(run_dir / "model")
+    return metrics
+
+
+def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bool = False) -> dict:
+    """Run every applicable evaluator; per-sample values go onto the samples, aggregates are returned."""
+    metrics: dict[str, Any] = {}
+    for ev_cls, ev_config in evaluators:
+        if at_checkpoint and not getattr(ev_cls, "at_checkpoints", True):
+            continue  # e.g. a paid judge is run on the final policy only
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
         applies = getattr(evaluator, "applies", None)
         if applies is not None and not applies(ctx):
@@ -274,13 +327,6 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
                 s.values[key] = v
         for key, agg in result.aggregates.items():
             metrics[key] = {**agg, "higher_is_better": getattr(ev_cls, "higher_is_better", None), "evaluator": ev_cls.name}
-    timing["evaluate_s"] = time.time() - t0
-
-    records.write_jsonl(run_dir / "samples.jsonl", (
-        {"prompt_index": s.prompt_index, "prompt": s.prompt, "completion": s.completion,
-         "completion_ids": s.completion_ids, **s.values} for s in samples))
-    if r.options.save_model and hasattr(trained, "save"):
-        trained.save(run_dir / "model")
     return metrics
 
 

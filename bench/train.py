@@ -90,12 +90,13 @@ def train_loop(
     log: Callable[[dict], None] | None = None,
     checkpoint_dir: Path | None = None,
     desc: str = "train",
-    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    on_step: Callable[[int, int, torch.nn.Module], None] | None = None,
 ) -> torch.nn.Module:
     """Minimise `loss_fn(model, batch)` over `examples`; returns the trained (unwrapped) model.
 
     `loss_fn` returns the scalar loss and a dict of metrics (floats or 0-d tensors) that are
-    averaged over each logging window and written through `log`.
+    averaged over each logging window and written through `log`. `on_step(step, total, model)`
+    runs after every optimizer step (the harness evaluates intermediate checkpoints with it).
     """
     from accelerate import Accelerator  # imported here: keeps `bench --help` fast
 
@@ -124,8 +125,9 @@ def train_loop(
         step = state["step"]
 
     window: dict[str, list[float]] = {}
+    tokens = 0  # non-padding tokens trained on in the current logging window (cost accounting)
     model.train()
-    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False, disable=None)
     while step < steps:
         order = _example_order(len(examples), seed, step * cfg.batch_size, cfg.batch_size)
         # Each process takes its share of the step's examples (one process on CPU).
@@ -134,6 +136,8 @@ def train_loop(
         for start in range(0, len(order), micro):
             batch = collate([examples[i] for i in order[start:start + micro]])
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if "attention_mask" in batch:
+                tokens += int(batch["attention_mask"].sum())
             with accelerator.autocast():
                 loss, metrics = loss_fn(model, batch)
             if not torch.isfinite(loss):
@@ -157,14 +161,15 @@ def train_loop(
         for k, v in step_metrics.items():
             window.setdefault(k, []).append(v)
         if log is not None and (step % cfg.log_every == 0 or step == steps):
-            row = {"step": step, "epoch": step * cfg.batch_size / len(examples), "lr": scheduler.get_last_lr()[0]}
+            row = {"step": step, "epoch": step * cfg.batch_size / len(examples), "lr": scheduler.get_last_lr()[0],
+                   "tokens": tokens}
             row.update({k: sum(v) / len(v) for k, v in window.items()})
             log(row)
-            window = {}
+            window, tokens = {}, 0
         if ckpt is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
             _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step)
         if on_step is not None:
-            on_step(step, accelerator.unwrap_model(model))
+            on_step(step, steps, accelerator.unwrap_model(model))
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()

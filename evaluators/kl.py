@@ -32,5 +32,9 @@ class KL:
             temperature=ctx.generation.temperature or 1.0,
         )
         index = [s.prompt_index for s in samples]
-        return Evaluation(per_sample={"kl": exact, "kl_mc": mc},
-                          aggregates={"kl": by_prompt(exact, index), "kl_mc": by_prompt(mc, index)})
+        aggregates = {"kl": by_prompt(exact, index), "kl_mc": by_prompt(mc, index)}
+        if not ctx.generation.temperature:
+            # Greedy samples are not draws from the policy, so these sums do not estimate its KL.
+            for agg in aggregates.values():
+                agg["estimator"] = "T=1 along greedy samples, not an estimate of KL"
+        return Evaluation(per_sample={"kl": exact, "kl_mc": mc}, aggregates=aggregates)

@@ -1,6 +1,7 @@
 """`pip install .` into a clean virtual environment puts the plugins under the bench namespace only."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -11,9 +12,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_installs_plugins_under_bench(tmp_path):
+    # Build from a copy of the sources, so no build/ directory is left in (or reused from) the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("bench", "algorithms", "tasks", "evaluators"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(wheels), str(REPO)], check=True, capture_output=True, text=True)
+                    "-w", str(wheels), str(src)], check=True, capture_output=True, text=True)
     (wheel,) = wheels.glob("alignment_bench-*.whl")
     env_dir = tmp_path / "clean"
     venv.create(env_dir, with_pip=False)  # no site packages of ours: nothing but the wheel

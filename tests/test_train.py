@@ -60,7 +60,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     full = train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0)
 
-    def stop_at_7(step, model):
+    def stop_at_7(step, total, model):
         if step == 7:
             raise KeyboardInterrupt
 

@@ -1,0 +1,83 @@
+"""KL(pi || pi_ref) of sampled completions, the x-axis of the reward-vs-KL frontier.
+
+For completions y sampled from the policy, the sequence KL is KL(pi(.|x) || pi_ref(.|x)) =
+E_y[ sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t)) ] (chain rule). `sequence_kl` gives two
+unbiased per-sequence estimates of it:
+
+- exact: the sum over generated tokens of the per-token KL over the whole vocabulary. It
+  averages out the choice of y_t at every step, so its variance is much lower.
+- log-ratio: sum_t [log pi(y_t|.) - log pi_ref(y_t|.)], the Monte-Carlo estimate most code uses;
+  kept to show how far the two disagree on few samples (one reason reported KLs differ).
+
+Best-of-N is not a model with log-probs; its KL to the base policy has the analytic bound
+`best_of_n_kl_bound`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.logprobs import collate, scored_logits
+
+
+def sequence_kl(
+    policy,
+    reference,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 32,
+    temperature: float = 1.0,
+) -> tuple[list[float], list[float]]:
+    """Per-sequence (exact KL summed over generated tokens, Monte-Carlo log-ratio sum).
+
+    Both models score `logits / temperature`: the distribution the completions were sampled
+    from. An empty completion has KL 0. Sequences are batched in length order with right padding.
+    """
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"sequence_kl: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    if temperature <= 0:
+        raise ValueError(f"sequence_kl: temperature must be positive (greedy samples have no KL to score), got {temperature}")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("sequence_kl: every prompt needs at least one token")
+    encoded = [(p + c, len(p)) for p, c in zip(prompt_ids, completion_ids)]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    exact, log_ratio = [0.0] * len(encoded), [0.0] * len(encoded)
+    modes = policy.training, reference.training
+    policy.eval()
+    reference.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                batch = collate([encoded[i] for i in rows], pad_id)
+                kl, ratio = _batch_kl(policy, reference, batch, temperature)
+                for i, k, r in zip(rows, kl.tolist(), ratio.tolist()):
+                    exact[i], log_ratio[i] = k, r
+    finally:
+        policy.train(modes[0])
+        reference.train(modes[1])
+    return exact, log_ratio
+
+
+def _batch_kl(policy, reference, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(policy.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    policy_logits, start = scored_logits(policy, batch, temperature)
+    policy_logps = torch.log_softmax(policy_logits, dim=-1)
+    reference_batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
+    reference_logps = torch.log_softmax(scored_logits(reference, reference_batch, temperature)[0], dim=-1).to(device)
+    mask = batch["completion_mask"][:, start + 1:].to(policy_logps.dtype)
+    per_token_kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
+    labels = batch["input_ids"][:, start + 1:].unsqueeze(-1)
+    per_token_ratio = (policy_logps.gather(-1, labels) - reference_logps.gather(-1, labels)).squeeze(-1)
+    return (per_token_kl * mask).sum(-1).cpu(), (per_token_ratio * mask).sum(-1).cpu()
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """Upper bound on KL(best-of-n || base policy): log n - (n - 1) / n (0 for n = 1)."""
+    if n < 1:
+        raise ValueError(f"best_of_n_kl_bound: n must be at least 1, got {n}")
+    return math.log(n) - (n - 1) / n

@@ -1,0 +1,178 @@
+"""bench.logprobs: encoding rules, masks, log-probs against a plain full-sequence computation, caching."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
+
+from bench.logprobs import (
+    cached_dataset_logps,
+    collate,
+    collate_pairs,
+    concatenated_forward,
+    dataset_logps,
+    encode,
+    sequence_logps,
+    token_logps,
+)
+
+VOCAB = 64
+PAD = 0
+MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+def _encoded(n: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        n_prompt, n_completion = rng.randint(1, 7), rng.randint(1, 8)
+        out.append(([rng.randrange(1, VOCAB) for _ in range(n_prompt + n_completion)], n_prompt))
+    return out
+
+
+def _plain_token_logps(model, ids: list[int], n_prompt: int, temperature: float = 1.0) -> torch.Tensor:
+    """The textbook computation on one unpadded sequence: full log_softmax, then pick the realised tokens."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double() / temperature
+    logp = torch.log_softmax(logits, -1)
+    return torch.stack([logp[t - 1, ids[t]] for t in range(n_prompt, len(ids))])
+
+
+# ---- encode / collate -------------------------------------------------------------------------
+
+def test_encode_concatenates_separate_tokenizations():
+    tok = tiny_tokenizer()
+    prompt, completion = "the movie was", " great and wonderful"
+    ids, n_prompt = encode(tok, prompt, completion, max_length=100)
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    assert (ids, n_prompt) == (p + c, len(p))
+    ids_eos, _ = encode(tok, prompt, completion, max_length=100, add_eos=True)
+    assert ids_eos == p + c + [tok.eos_token_id]
+
+
+def test_encode_truncates_completion_then_prompt_from_the_left():
+    tok = tiny_tokenizer()
+    prompt, completion = "the film was terrible and the plot", " made no sense at all"
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    assert len(p) >= 4 and len(c) >= 3
+    # Room for the prompt and part of the completion: the completion loses its end.
+    assert encode(tok, prompt, completion, max_length=len(p) + 2) == (p + c[:2], len(p))
+    # The prompt alone fills the budget: keep its last tokens and one completion token.
+    assert encode(tok, prompt, completion, max_length=3) == (p[-2:] + c[:1], 2)
+    assert encode(tok, prompt, completion, max_length=len(p)) == (p[1:] + c[:1], len(p) - 1)
+    # eos is part of the completion and is cut like any completion token.
+    assert encode(tok, prompt, completion, max_length=len(p) + len(c), add_eos=True) == (p + c, len(p))
+    with pytest.raises(ValueError):
+        encode(tok, "", completion, max_length=10)
+
+
+def test_collate_pads_right_to_the_batch_longest_and_marks_completions():
+    batch = collate([([5, 6, 7, 8], 1), ([9, 10], 1), ([1, 2, 3], 3)], pad_id=PAD)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, PAD, PAD], [1, 2, 3, PAD]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]]
+    assert batch["completion_mask"].tolist() == [[0, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert all(v.dtype == torch.long for v in batch.values())
+
+
+# ---- log-probs ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_padded_batch_matches_plain_single_sequences(arch):
+    model = MODELS[arch](vocab_size=VOCAB, seed=1)
+    encoded = _encoded(6, seed=1)
+    batch = collate(encoded, PAD)
+    logps, mask = token_logps(model, batch)
+    assert logps.shape == mask.shape == (6, batch["input_ids"].shape[1] - 1)
+    for r, (ids, n_prompt) in enumerate(encoded):
+        plain = _plain_token_logps(model, ids, n_prompt)
+        assert mask[r].sum() == len(plain)
+        torch.testing.assert_close(logps[r][mask[r] == 1].double(), plain, atol=1e-5, rtol=0)
+        assert (logps[r][mask[r] == 0] == 0).all()
+    torch.testing.assert_close(sequence_logps(model, batch).double(), torch.stack(
+        [_plain_token_logps(model, ids, n).sum() for ids, n in encoded]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_padding_invariance(arch):
+    model = MODELS[arch](vocab_size=VOCAB, seed=2)
+    target = ([3, 4, 5, 6, 7], 2)
+    alone, _ = token_logps(model, collate([target], PAD))
+    others = [([8] * 12, 3), ([9, 10], 1)]
+    padded, _ = token_logps(model, collate([others[0], target, others[1]], PAD))
+    torch.testing.assert_close(padded[1, :alone.shape[1]], alone[0], atol=1e-5, rtol=0)
+    assert (padded[1, alone.shape[1]:] == 0).all()
+
+
+def test_temperature_divides_the_logits():
+    model = tiny_gpt2(vocab_size=VOCAB, seed=3)
+    encoded = _encoded(3, seed=3)
+    logps, mask = token_logps(model, collate(encoded, PAD), temperature=0.5)
+    for r, (ids, n_prompt) in enumerate(encoded):
+        plain = _plain_token_logps(model, ids, n_prompt, temperature=0.5)
+        torch.testing.assert_close(logps[r][mask[r] == 1].double(), plain, atol=1e-5, rtol=0)
+
+
+def test_concatenated_forward_equals_separate_forwards_and_has_gradients():
+    model = tiny_llama(vocab_size=VOCAB, seed=4)
+    chosen, rejected = _encoded(4, seed=4), _encoded(4, seed=5)
+    pairs = [{"chosen": c, "rejected": r, "index": 10 + i} for i, (c, r) in enumerate(zip(chosen, rejected))]
+    batch = collate_pairs(pairs, PAD)
+    assert batch["input_ids"].shape[0] == 8 and batch["index"].tolist() == [10, 11, 12, 13]
+    out = concatenated_forward(model, batch)
+    torch.testing.assert_close(out["chosen_logps"], sequence_logps(model, collate(chosen, PAD)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["rejected_logps"], sequence_logps(model, collate(rejected, PAD)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["chosen_token_logps"].sum(-1), out["chosen_logps"])
+    assert out["chosen_mask"].sum() == sum(len(ids) - n for ids, n in chosen)
+    assert out["rejected_mask"].sum() == sum(len(ids) - n for ids, n in rejected)
+    (out["chosen_logps"] - out["rejected_logps"]).sum().backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_concatenated_forward_makes_one_forward_pass():
+    model = tiny_gpt2(vocab_size=VOCAB, seed=5)
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
+    pairs = [{"chosen": c, "rejected": r, "index": 0} for c, r in zip(_encoded(3, 6), _encoded(3, 7))]
+    concatenated_forward(model, collate_pairs(pairs, PAD))
+    assert len(calls) == 1 and calls[0][0] == 6
+
+
+# ---- data sets and the cache -------------------------------------------------------------------
+
+def test_dataset_logps_restores_order_and_batches_by_length():
+    model = tiny_gpt2(vocab_size=VOCAB, seed=6)
+    encoded = _encoded(11, seed=8)
+    expected = torch.stack([_plain_token_logps(model, ids, n).sum() for ids, n in encoded])
+    shapes = []
+    model.register_forward_hook(lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                with_kwargs=True)
+    got = dataset_logps(model, encoded, PAD, batch_size=4)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+    lengths = sorted(len(ids) for ids, _ in encoded)
+    assert shapes == [(len(lengths[s:s + 4]), lengths[s:s + 4][-1]) for s in range(0, 11, 4)]
+    assert not got.requires_grad
+
+
+def test_cache_hit_does_not_call_the_model(tmp_path):
+    model = tiny_llama(vocab_size=VOCAB, seed=7)
+    encoded = _encoded(5, seed=9)
+    first = cached_dataset_logps(model, encoded, PAD, 2, tmp_path, key="reference-a")
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"  # no temporary file left behind
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was called despite a cached result")
+
+    model.forward = refuse
+    torch.testing.assert_close(cached_dataset_logps(model, encoded, PAD, 2, tmp_path, key="reference-a"), first)
+    # Another model key or other data is a miss.
+    with pytest.raises(AssertionError, match="despite a cached"):
+        cached_dataset_logps(model, encoded, PAD, 2, tmp_path, key="reference-b")
+    with pytest.raises(AssertionError, match="despite a cached"):
+        cached_dataset_logps(model, encoded[:4] + [(encoded[4][0], encoded[4][1] + 1)], PAD, 2, tmp_path,
+                             key="reference-a")

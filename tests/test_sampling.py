@@ -1,0 +1,126 @@
+"""bench.sampling.sample: greedy parity with transformers' generate, seeds, eos, top-p, and the sampled distribution."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from tiny import tiny_gpt2, tiny_llama
+
+from bench.sampling import sample
+
+VOCAB = 64
+EOS = VOCAB - 1
+PAD = 0
+MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+def _prompts(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, EOS) for _ in range(rng.randint(1, 9))] for _ in range(n)]
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_greedy_equals_generate_on_unpadded_prompts(arch):
+    """Left padding, positions and the cache are right if every padded row decodes as its prompt alone does."""
+    model = MODELS[arch](vocab_size=VOCAB, seed=1)
+    prompts = _prompts(10)
+    ours = sample(model, prompts, max_new_tokens=12, temperature=0, eos_token_id=EOS, pad_token_id=PAD,
+                  seed=0, batch_size=4)
+    for prompt, completion in zip(prompts, ours):
+        reference = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   do_sample=False, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD)
+        assert completion == reference[0, len(prompt):].tolist()
+
+
+def test_greedy_ignores_batch_size():
+    model = tiny_llama(vocab_size=VOCAB, seed=2)
+    prompts = _prompts(9, seed=3)
+    kwargs = dict(max_new_tokens=10, temperature=0, eos_token_id=EOS, pad_token_id=PAD, seed=0)
+    assert sample(model, prompts, batch_size=1, **kwargs) == sample(model, prompts, batch_size=9, **kwargs)
+
+
+def test_eos_stops_only_its_row():
+    model = tiny_gpt2(vocab_size=VOCAB, seed=3)
+    prompts = _prompts(8, seed=4)
+    kwargs = dict(max_new_tokens=10, temperature=0, pad_token_id=PAD, seed=0, batch_size=8)
+    free = sample(model, prompts, eos_token_id=None, **kwargs)
+    assert all(len(c) == 10 for c in free)
+    eos = free[0][2]  # a token greedy decoding emits early in at least one row
+    stopped = sample(model, prompts, eos_token_id=eos, **kwargs)
+    assert stopped[0] == free[0][:free[0].index(eos) + 1]
+    # Rows that keep going after others left the batch continue exactly as without eos.
+    assert stopped == [_until_eos(c, eos) for c in free]
+    assert any(len(c) == 10 for c in stopped)
+
+
+def test_same_seed_same_samples_and_other_seed_differs():
+    model = tiny_gpt2(vocab_size=VOCAB, seed=4)
+    prompts = _prompts(12, seed=5)
+    kwargs = dict(max_new_tokens=8, temperature=1.0, eos_token_id=EOS, pad_token_id=PAD, batch_size=5)
+    first = sample(model, prompts, seed=7, **kwargs)
+    assert sample(model, prompts, seed=7, **kwargs) == first
+    assert sample(model, prompts, seed=8, **kwargs) != first
+
+
+def test_tiny_top_p_is_greedy():
+    model = tiny_llama(vocab_size=VOCAB, seed=5)
+    prompts = _prompts(6, seed=6)
+    kwargs = dict(max_new_tokens=8, eos_token_id=EOS, pad_token_id=PAD, batch_size=3)
+    greedy = sample(model, prompts, temperature=0, seed=0, **kwargs)
+    assert sample(model, prompts, temperature=1.0, top_p=1e-6, seed=11, **kwargs) == greedy
+
+
+def test_restores_training_mode():
+    model = tiny_gpt2(vocab_size=VOCAB, seed=6)
+    model.train()
+    sample(model, [[1, 2]], max_new_tokens=2, eos_token_id=None, pad_token_id=PAD, seed=0)
+    assert model.training
+
+
+def _first_token_probs(model, prompt, temperature):
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1]
+    return torch.softmax(logits.double() / temperature, -1)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.5])
+def test_one_step_frequencies_match_softmax(temperature):
+    vocab, n = 16, 20_000
+    model = tiny_gpt2(vocab_size=vocab, seed=7, init_std=0.1)
+    prompt = [3, 5, 2]
+    probs = _first_token_probs(model, prompt, temperature)
+    tokens = sample(model, [prompt] * n, max_new_tokens=1, temperature=temperature, eos_token_id=None,
+                    pad_token_id=PAD, seed=1, batch_size=5000)
+    counts = torch.bincount(torch.tensor([t[0] for t in tokens]), minlength=vocab).double()
+    assert (n * probs).min() > 5  # chi-square needs enough expected counts per cell
+    assert chisquare(counts.numpy(), (n * probs).numpy()).pvalue > 1e-3
+
+
+def test_one_step_top_p_frequencies_match_nucleus():
+    vocab, n, top_p = 16, 20_000, 0.6
+    model = tiny_gpt2(vocab_size=vocab, seed=8, init_std=0.1)
+    prompt = [4, 1]
+    probs = _first_token_probs(model, prompt, 1.0)
+    ranked = probs.argsort(descending=True)
+    size = int((probs[ranked].cumsum(0) < top_p).sum()) + 1  # smallest top set with mass >= top_p
+    nucleus = ranked[:size]
+    assert 1 < size < vocab
+    tokens = sample(model, [prompt] * n, max_new_tokens=1, top_p=top_p, eos_token_id=None,
+                    pad_token_id=PAD, seed=2, batch_size=5000)
+    counts = torch.bincount(torch.tensor([t[0] for t in tokens]), minlength=vocab).double()
+    outside = torch.ones(vocab, dtype=torch.bool)
+    outside[nucleus] = False
+    assert counts[outside].sum() == 0
+    expected = n * probs[nucleus] / probs[nucleus].sum()
+    assert chisquare(counts[nucleus].numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def test_rejects_empty_prompt():
+    with pytest.raises(ValueError):
+        sample(tiny_gpt2(vocab_size=VOCAB), [[1], []], max_new_tokens=2, eos_token_id=None, pad_token_id=PAD, seed=0)
