@@ -82,6 +82,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
         evaluators.append((ev_cls, ev_config))
 
     algo_config = cfg.apply_overrides(algo_cls.Config(), algo_sets, spec.algo)
+    algo_cls(config=algo_config)  # constructors check their options: fail before anything is built
     task_config = cfg.apply_overrides(task_cls.Config(), sets.pop("task", {}), "task")
     train = cfg.apply_overrides(cfg.train_config_for(algo_cls), sets.pop("train", {}), "train")
     generation = cfg.apply_overrides(cfg.generation_for(task_cls), sets.pop("eval", {}), "eval")
@@ -287,6 +288,8 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     t0 = time.time()
     metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
     metrics.update(_evaluate(r.evaluators, samples, ctx))
+    # Aggregates the algorithm measured while fitting, e.g. its reward model's held-out accuracy.
+    metrics.update(getattr(trained, "fit_metrics", None) or {})
     cost["wall_time_s"]["evaluate"] = time.time() - t0
 
     log_rows = records.read_jsonl(log_path) if log_path.exists() else []

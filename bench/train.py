@@ -91,12 +91,15 @@ def train_loop(
     checkpoint_dir: Path | None = None,
     desc: str = "train",
     on_step: Callable[[int, int, torch.nn.Module], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> torch.nn.Module:
     """Minimise `loss_fn(model, batch)` over `examples`; returns the trained (unwrapped) model.
 
     `loss_fn` returns the scalar loss and a dict of metrics (floats or 0-d tensors) that are
     averaged over each logging window and written through `log`. `on_step(step, total, model)`
     runs after every optimizer step (the harness evaluates intermediate checkpoints with it).
+    `optimizer`, when given, is used instead of a new one, so its state (e.g. Adam's moments)
+    carries over between calls: PPO calls this once per rollout for its minibatch epochs.
     """
     from accelerate import Accelerator  # imported here: keeps `bench --help` fast
 
@@ -109,7 +112,8 @@ def train_loop(
 
     torch.manual_seed(seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
-    optimizer = make_optimizer(model.parameters(), cfg)
+    if optimizer is None:
+        optimizer = make_optimizer(model.parameters(), cfg)
     warmup = max(0, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

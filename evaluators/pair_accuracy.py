@@ -23,7 +23,7 @@ class PairAccuracy:
 
         tok, max_len = ctx.tokenizer, ctx.train.max_length
         pad, bs = tok.pad_token_id, ctx.generation.batch_size
-        key = f"{ctx.task.reference_key}|pair-accuracy|{max_len}"
+        key = ctx.task.reference_key  # same file name scheme as training: shared across runs
         margins = []
         logps = {}
         for side in ("chosen", "rejected"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.errors import UserError
-from bench.train import TrainConfig, _example_order, train_loop
+from bench.train import TrainConfig, _example_order, make_optimizer, train_loop
 
 X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
 Y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
@@ -70,6 +70,21 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     assert json.loads((tmp_path / "train_state.json").read_text()) == {"step": 6}
     resumed = train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, checkpoint_dir=tmp_path)
     torch.testing.assert_close(resumed.weight, full.weight, rtol=0, atol=0)
+
+
+def test_a_shared_optimizer_carries_its_state_across_calls():
+    # Full batches, so the two calls see the same data as the one long call.
+    cfg = dict(batch_size=len(X), warmup_steps=0, max_grad_norm=0)
+    one = train_loop(_model(), _examples(), _collate, _loss, _cfg(max_steps=6, **cfg), seed=0)
+    model = _model()
+    optimizer = make_optimizer(model.parameters(), _cfg(**cfg))
+    for _ in range(2):
+        model = train_loop(model, _examples(), _collate, _loss, _cfg(max_steps=3, **cfg), seed=0, optimizer=optimizer)
+    torch.testing.assert_close(model.weight, one.weight, rtol=1e-5, atol=1e-6)
+    fresh = _model()
+    for _ in range(2):  # a new optimizer per call restarts Adam's moments: a different trajectory
+        fresh = train_loop(fresh, _examples(), _collate, _loss, _cfg(max_steps=3, **cfg), seed=0)
+    assert not torch.allclose(fresh.weight, one.weight, rtol=1e-4, atol=1e-5)
 
 
 def test_warmup_is_linear_then_constant():

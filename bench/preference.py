@@ -1,0 +1,76 @@
+"""Fitting glue shared by the offline algorithms, so that each algorithm module is mostly its loss.
+
+- `fit_on_pairs(ctx, loss_fn)`: DPO, unlikelihood and any pairwise loss. Encodes the preference
+  pairs, computes the reference log-probs once (cached on disk per reference model and data),
+  and trains with one concatenated chosen+rejected forward per batch. The loss sees
+  `loss_fn(out, ref_chosen_logps, ref_rejected_logps)` where `out` is
+  `bench.logprobs.concatenated_forward`'s dict and the reference values are [B] tensors (None
+  when `needs_reference=False`).
+- `fit_on_demonstrations(ctx, examples)`: SFT and preferred-FT, the mean token negative
+  log-likelihood of completions with the prompt masked out.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from bench.logprobs import cached_dataset_logps, collate, collate_pairs, concatenated_forward, encode, token_logps
+from bench.policy import ModelPolicy
+from bench.train import train_loop
+
+PairLoss = Callable[[dict, torch.Tensor | None, torch.Tensor | None], tuple[torch.Tensor, dict]]
+
+
+def mean_token_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """-log-prob per completion token, averaged over all completion tokens of the batch (0 if there are none)."""
+    mask = mask.to(token_logps.dtype)
+    return -(token_logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+def demonstration_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The SFT loss of a `collate` batch: mean token negative log-likelihood of the completions."""
+    logps, mask = token_logps(model, batch)
+    return mean_token_nll(logps, mask), {}
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: str = "train") -> ModelPolicy:
+    """Train ctx.policy on ctx.preferences with a pairwise loss; returns the trained policy."""
+    tok, max_length, pad = ctx.tokenizer, ctx.train.max_length, pad_id(ctx.tokenizer)
+    pairs = [{"chosen": encode(tok, p["prompt"], p["chosen"], max_length),
+              "rejected": encode(tok, p["prompt"], p["rejected"], max_length),
+              "index": i} for i, p in enumerate(ctx.preferences)]
+
+    reference = None
+    if needs_reference and pairs:
+        # The cache file is named by the reference's identity and the encoded sequences, so every
+        # algorithm, seed and hyperparameter setting on the same data reuses one computation.
+        reference = {side: cached_dataset_logps(ctx.reference, [p[side] for p in pairs], pad, ctx.train.batch_size,
+                                                ctx.cache_dir / "ref_logps", ctx.task.reference_key,
+                                                desc=f"reference log-probs ({side})")
+                     for side in ("chosen", "rejected")}
+
+    def loss(model, batch):
+        out = concatenated_forward(model, batch)
+        if reference is None:
+            return loss_fn(out, None, None)
+        index, device = batch["index"].cpu(), out["chosen_logps"].device
+        return loss_fn(out, reference["chosen"][index].to(device), reference["rejected"][index].to(device))
+
+    model = train_loop(ctx.policy, pairs, lambda batch: collate_pairs(batch, pad), loss, ctx.train, seed=ctx.seed,
+                       log=ctx.log, checkpoint_dir=ctx.checkpoint_dir, desc=desc, on_step=ctx.on_step)
+    return ModelPolicy(model, tok)
+
+
+def fit_on_demonstrations(ctx, examples: list[dict], desc: str = "train") -> ModelPolicy:
+    """Maximum likelihood on {"prompt", "completion"} examples (prompt tokens masked); returns the trained policy."""
+    tok, pad = ctx.tokenizer, pad_id(ctx.tokenizer)
+    encoded = [encode(tok, e["prompt"], e["completion"], ctx.train.max_length) for e in examples]
+
+    model = train_loop(ctx.policy, encoded, lambda batch: collate(batch, pad), demonstration_loss, ctx.train, seed=ctx.seed,
+                       log=ctx.log, checkpoint_dir=ctx.checkpoint_dir, desc=desc, on_step=ctx.on_step)
+    return ModelPolicy(model, tok)
