@@ -122,7 +122,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, cache_dir, tmp_p
                            f"data.preferences={_write(tmp_path / 'p.jsonl', [good, {'prompt': 'x', 'chosen': 'y'}])}"],
                           "row 2: 'rejected' is missing"),
         "not-json": (["--algo", "dpo", "--task", "sentiment", "--set",
-                      f"data.preferences={_write(tmp_path / 'p.jsonl', [good, '{oops'])}"], "line 2: not valid JSON"),
+                      f"data.preferences={_write(tmp_path / 'bad_json.jsonl', [good, '{oops'])}"], "line 2: not valid JSON"),
         "empty-completion": (["--algo", "sft", "--task", "sentiment", "--set",
                               f"data.sft={_write(tmp_path / 's.jsonl', [{'prompt': 'x', 'completion': ''}])}"],
                              "'completion' is empty"),
