@@ -36,3 +36,12 @@ test: setup
 # Speed comparisons against peers (TRL, transformers); ratios, never CI gates.
 bench: setup
 	$(VENV)/bin/pytest -q benchmarks --benchmark-enable -s
+
+# The DPO paper's sentiment grid (DPO beta, PPO and PPO-GT target KL, unlikelihood alpha, best-of-N
+# N, SFT, preferred-FT; 3 seeds; intermediate checkpoints on the frontier), then its report.
+# Hours of compute: not part of CI. Interrupted? Run it again: complete runs are skipped.
+# On a Slurm cluster: make paper SWEEP_FLAGS="--dispatch submitit --executor gpus_per_node=1"
+.PHONY: paper
+paper: setup
+	$(BENCH) sweep --task sentiment --preset paper --results $(RESULTS) $(SWEEP_FLAGS)
+	$(BENCH) report --task sentiment --results $(RESULTS) --out reports/sentiment

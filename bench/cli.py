@@ -58,6 +58,37 @@ def cmd_table(args) -> None:
     print(markdown(Path(args.results), args.task))
 
 
+def cmd_sweep(args) -> None:
+    from bench import sweep
+
+    results, cache = Path(args.results), Path(args.cache)
+    grid = sweep.parse_grid(args.grid or [])
+    algos = sweep.split_algos(args.algo)
+    seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.executor and args.dispatch != "submitit":
+        raise UserError("--executor options apply to --dispatch submitit only")
+    if args.preset:
+        specs = sweep.preset_specs(args.preset, args.task, algos, seeds, grid, args.set or [])
+    elif algos is None:
+        raise UserError("bench sweep: give --algo A[,B...] or --preset NAME")
+    else:
+        specs = sweep.expand(args.task, algos, grid, seeds or [0], args.set or [])
+    planned = sweep.plan(specs, results, cache)
+    if args.dry_run:
+        print("\n".join(sweep.describe(planned, results)))
+        return
+    sweep.run(planned, results, cache, dispatch=args.dispatch,
+              executor_options=sweep.parse_executor_options(args.executor or []))
+
+
+def cmd_report(args) -> None:
+    from bench.report import write_report
+
+    out = Path(args.out) if args.out else Path("reports") / args.task
+    write_report(Path(args.results), args.task, out, kl_budget=args.kl_budget)
+    print(f"report: {out / 'report.md'} and {out / 'index.html'} (tables as CSV and LaTeX beside them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="Benchmark LLM alignment algorithms head to head.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -81,6 +112,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("sweep", help="run a grid of settings x seeds; complete runs are skipped, interrupted ones resumed")
+    p.add_argument("--task", required=True, help="task name (see `bench list`)")
+    p.add_argument("--algo", help="comma-separated algorithm names, e.g. dpo,unlikelihood (with --preset: only these)")
+    p.add_argument("--grid", action="append", metavar="SECTION.KEY=V1,V2,...",
+                   help="values to sweep, e.g. --grid algo.beta=0.05,0.1 --grid train.lr=1e-5,1e-4; an algo.* key "
+                        "is swept for the algorithms that have it")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0, or the preset's)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="a fixed setting for every run, as in `bench run`")
+    p.add_argument("--preset", help="a named grid: `paper` is the DPO paper's sentiment sweep")
+    p.add_argument("--results", default="results", help="results directory (default: ./results)")
+    p.add_argument("--cache", default=str(default_cache_dir()),
+                   help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)")
+    p.add_argument("--dispatch", choices=("local", "submitit"), default="local",
+                   help="local: one run after another here (default); submitit: one job per run on Slurm, "
+                        "or local subprocesses where there is no Slurm (pip install alignment-bench[cluster])")
+    p.add_argument("--executor", action="append", metavar="KEY=VALUE",
+                   help="a submitit executor parameter, e.g. --executor slurm_partition=gpu --executor gpus_per_node=1 "
+                        "--executor timeout_min=600 --executor slurm_array_parallelism=8; cluster=local forces local jobs")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is complete; run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="build the report of a task (tables, frontier, paired tests) from its complete runs")
+    p.add_argument("--task", required=True)
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", help="output directory (default: reports/TASK)")
+    p.add_argument("--kl-budget", type=float, metavar="NATS",
+                   help="KL up to which frontier areas and best settings are compared (default: the smallest "
+                        "largest KL reached by any algorithm)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -14,6 +14,8 @@ from bench import records
 from bench.stats import ci95_halfwidth, mean_se
 
 PREFERRED_ORDER = ("gold_reward", "kl", "kl_mc", "length", "pair_accuracy")
+SECTIONS = ("algo", "train", "task", "eval", "data")
+"""Config sections whose differences make two runs of one algorithm different settings."""
 
 
 def load_runs(results: Path, task: str | None = None) -> list[dict]:
@@ -31,47 +33,66 @@ def _setting(run: dict, varying: dict[str, set]) -> str:
     """The settings that distinguish this run from the other runs of its algorithm (seed aside)."""
     cfg = run["config"]
     parts = []
-    for section in ("algo", "train", "task", "eval", "data"):
+    for section in SECTIONS:
         for key in sorted(varying.get(section, ())):
             parts.append(f"{key}={cfg[section].get(key)}")
     return ", ".join(parts) or "default"
 
 
-def rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
-    """(metric names, one row per (algorithm, setting)) with mean, half-width and n per metric."""
+def metric_names(runs: list[dict]) -> list[str]:
+    """Every aggregate metric found in the runs, the usual ones first."""
+    return sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, dict) and "mean" in v},
+                  key=lambda k: (PREFERRED_ORDER.index(k) if k in PREFERRED_ORDER else len(PREFERRED_ORDER), k))
+
+
+def groups(runs: list[dict]) -> list[dict]:
+    """One {"algo", "setting", "runs"} per (algorithm, setting), runs sorted by seed; sorted by algo, setting."""
     by_algo: dict[str, list[dict]] = {}
     for run in runs:
         by_algo.setdefault(run["config"]["algo"]["name"], []).append(run)
-    metric_names = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, dict) and "mean" in v},
-                          key=lambda k: (PREFERRED_ORDER.index(k) if k in PREFERRED_ORDER else len(PREFERRED_ORDER), k))
     out = []
     for algo in sorted(by_algo):
         algo_runs = by_algo[algo]
         varying: dict[str, set] = {}
-        for section in ("algo", "train", "task", "eval", "data"):
+        for section in SECTIONS:
             keys = set().union(*(r["config"][section].keys() for r in algo_runs))
             varying[section] = {k for k in keys if k != "name"
                                 and len({json.dumps(r["config"][section].get(k)) for r in algo_runs}) > 1}
-        groups: dict[str, list[dict]] = {}
+        by_setting: dict[str, list[dict]] = {}
         for run in algo_runs:
-            groups.setdefault(_setting(run, varying), []).append(run)
-        for setting in sorted(groups):
-            group = sorted(groups[setting], key=lambda r: r["config"]["seed"])
-            cells = {}
-            for m in metric_names:
-                present = [r["metrics"][m] for r in group if m in r["metrics"]]
-                if not present:
-                    continue
-                if len(present) == 1:
-                    agg = present[0]
-                    cells[m] = {"mean": agg["mean"], "half": ci95_halfwidth(agg["se"], agg["n"]),
-                                "n": f"{agg['n']} prompts", "estimator": agg.get("estimator")}
-                else:
-                    s = mean_se([a["mean"] for a in present])
-                    cells[m] = {"mean": s["mean"], "half": ci95_halfwidth(s["se"], s["n"]),
-                                "n": f"{s['n']} seeds", "estimator": present[0].get("estimator")}
-            out.append({"algo": algo, "setting": setting, "seeds": len(group), "cells": cells})
-    return metric_names, out
+            by_setting.setdefault(_setting(run, varying), []).append(run)
+        for setting in sorted(by_setting):
+            out.append({"algo": algo, "setting": setting,
+                        "runs": sorted(by_setting[setting], key=lambda r: r["config"]["seed"])})
+    return out
+
+
+def cell(present: list[dict]) -> dict:
+    """Summary of one metric over the runs of a setting (`present`: their aggregates, seed order).
+
+    {"mean", "half" (95% half-width), "n" (text), "count", "unit" ("seeds" or "prompts"), "estimator"}.
+    """
+    if len(present) == 1:
+        agg = present[0]
+        return {"mean": agg["mean"], "half": ci95_halfwidth(agg["se"], agg["n"]), "n": f"{agg['n']} prompts",
+                "count": agg["n"], "unit": "prompts", "estimator": agg.get("estimator")}
+    s = mean_se([a["mean"] for a in present])
+    return {"mean": s["mean"], "half": ci95_halfwidth(s["se"], s["n"]), "n": f"{s['n']} seeds",
+            "count": s["n"], "unit": "seeds", "estimator": present[0].get("estimator")}
+
+
+def rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
+    """(metric names, one row per (algorithm, setting)) with mean, half-width and n per metric."""
+    names = metric_names(runs)
+    out = []
+    for group in groups(runs):
+        cells = {}
+        for m in names:
+            present = [r["metrics"][m] for r in group["runs"] if m in r["metrics"]]
+            if present:
+                cells[m] = cell(present)
+        out.append({"algo": group["algo"], "setting": group["setting"], "seeds": len(group["runs"]), "cells": cells})
+    return names, out
 
 
 def _fmt(cell: dict | None) -> str:
@@ -88,11 +109,11 @@ def markdown(results: Path, task: str) -> str:
     runs = load_runs(results, task)
     if not runs:
         return f"No complete runs for task {task!r} under {results}."
-    metric_names, table = rows(runs)
-    header = ["algorithm", "setting", "seeds"] + [f"{m} (mean ± 95% CI)" for m in metric_names] + ["n"]
+    names, table = rows(runs)
+    header = ["algorithm", "setting", "seeds"] + [f"{m} (mean ± 95% CI)" for m in names] + ["n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         ns = sorted({c["n"] for c in row["cells"].values()})
         lines.append("| " + " | ".join([row["algo"], row["setting"], str(row["seeds"])]
-                                       + [_fmt(row["cells"].get(m)) for m in metric_names] + [", ".join(ns)]) + " |")
+                                       + [_fmt(row["cells"].get(m)) for m in names] + [", ".join(ns)]) + " |")
     return f"Task {task}: {len(runs)} complete runs in {results}\n\n" + "\n".join(lines)

@@ -1,0 +1,91 @@
+"""The report's figures as PNG bytes: the reward-vs-KL frontier and training curves.
+
+Figures are drawn with matplotlib's object API (no pyplot, no global backend) under its default
+style, so a user's matplotlibrc cannot change them, and saved without the version stamp matplotlib
+writes into PNG metadata: the same data give the same bytes.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+DPI = 120
+
+
+def _palette(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def frontier_png(task: str, reward_label: str, algos: list[dict], budget: float) -> bytes:
+    """Reward vs KL: every evaluated policy faint, each algorithm's Pareto front bold, the budget dashed.
+
+    `algos`: per algorithm {"algo", "points": [(kl, reward)] of every (run, checkpoint),
+    "front": [(kl, reward)] by rising KL, "label"}.
+    """
+    import matplotlib.style
+    from matplotlib.figure import Figure
+
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+        ax = fig.add_subplot()
+        for color, a in zip(_palette(len(algos)), algos):
+            if a["points"]:
+                xs, ys = zip(*a["points"])
+                ax.scatter(xs, ys, s=14, color=color, alpha=0.25, linewidths=0)
+            if a["front"]:
+                xs, ys = zip(*a["front"])
+                # A step: the best reward reached at or below each KL, as the area is computed.
+                ax.step(xs, ys, where="post", color=color, linewidth=2.2, marker="o", markersize=5, label=a["label"])
+        if math.isfinite(budget):
+            ax.axvline(budget, color="0.35", linestyle="--", linewidth=1, label=f"KL budget {budget:.3g} nats")
+        ax.set_xlabel("KL(policy ‖ reference), summed over the completion's tokens [nats]")
+        ax.set_ylabel(reward_label)
+        ax.set_title(f"{task}: {reward_label} vs KL\nfaint: every evaluated policy (run, checkpoint); "
+                     "bold: Pareto front of the seed-averaged points", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_xlim(left=0)
+        ax.legend(fontsize=8, loc="best", frameon=True, title="area up to the KL budget", title_fontsize=8)
+        return _png(fig)
+
+
+def curves_png(algo: str, metrics: list[str], runs: list[dict]) -> bytes:
+    """One small panel per training metric, one line per run, coloured by setting.
+
+    `runs`: {"setting", "seed", "log": train_log rows}, sorted by setting then seed.
+    """
+    import matplotlib.style
+    from matplotlib.figure import Figure
+
+    settings = list(dict.fromkeys(r["setting"] for r in runs))
+    colors = dict(zip(settings, _palette(len(settings))))
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(3.4 * len(metrics), 2.7), layout="constrained")
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        for ax, metric in zip(axes, metrics):
+            labelled = set()
+            for r in runs:
+                points = [(row["step"], row[metric]) for row in r["log"] if isinstance(row.get(metric), (int, float))]
+                if not points:
+                    continue
+                xs, ys = zip(*points)
+                label = r["setting"] if r["setting"] not in labelled else None
+                labelled.add(r["setting"])
+                # A run that logged once or twice would draw no visible line: mark its points.
+                ax.plot(xs, ys, color=colors[r["setting"]], linewidth=1.2, alpha=0.85, label=label,
+                        marker="o" if len(xs) <= 2 else None, markersize=3)
+            ax.set_title(f"{algo}: {metric}", fontsize=9)
+            ax.set_xlabel("optimizer step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        if len(settings) <= 8:
+            axes[0].legend(fontsize=6, loc="best")
+        return _png(fig)
