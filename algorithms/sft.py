@@ -16,6 +16,7 @@ class SFT:
     description = "supervised fine-tuning on the task's demonstrations (mean token negative log-likelihood)"
     Config = Config
     train_defaults = {"lr": 1e-4, "epochs": 1.0}
+    uses_preferences = False  # cost accounting: SFT uses no preference labels
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config()

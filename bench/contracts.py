@@ -19,11 +19,13 @@ Task (constructed as `Task(config, cache_dir)`):
 Algorithm (constructed as `Algorithm(config=Config(...))`):
     name, description, Config (dataclass, `--set algo.KEY=VALUE` or `--set <name>.KEY=VALUE`)
     train_defaults: dict               overrides of TrainConfig defaults for this algorithm
+    uses_preferences: bool             optional (default True): whether it consumes preference labels (cost)
     fit(ctx: Context) -> Policy
 
 Evaluator (constructed as `Evaluator(config)`):
     name, description, Config, higher_is_better: bool
     applies(ctx) -> bool               e.g. gold reward only where the task has one
+    preflight() -> None                optional: check settings and services before training starts
     evaluate(samples: list[Sample], ctx: Context) -> Evaluation
 """
 from __future__ import annotations
@@ -97,6 +99,8 @@ class Context:
     """Training pairs (validated)."""
     test_preferences: list[dict]
     """Held-out pairs (validated)."""
+    eval_prompts: list[dict] = field(default_factory=list)
+    """The evaluation prompt rows the policy is sampled on ({"prompt", "reference"?}), after eval.max_prompts."""
     reward: Callable[[list[str], list[str]], list[float]] | None = None
     """Gold reward where the task has one; learned rewards come with later algorithms."""
     trained: Any = None

@@ -176,6 +176,11 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
         echo(f"{r.name}: complete, skipped ({final})")
         return final
     _read_user_files(r)
+    for ev_cls, ev_config in r.evaluators:
+        # Evaluators that talk to a service check it now, not after minutes of training.
+        evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
+        if hasattr(evaluator, "preflight"):
+            evaluator.preflight()
 
     import torch  # heavy imports only once a run really starts
 
@@ -203,7 +208,9 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
             "device": str(device()), "torch_threads": torch.get_num_threads(),
             "command": " ".join(sys.argv),
         })
-        cost = {"wall_time_s": {"build": t_build}, "preference_labels": len(data["preferences"])}
+        # Labels are a cost only for algorithms that learn from them (not SFT, not PPO on the gold reward).
+        labels = len(data["preferences"]) if getattr(r.algo_cls, "uses_preferences", True) else 0
+        cost = {"wall_time_s": {"build": t_build}, "preference_labels": labels}
         metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
         records.atomic_write_json(partial / "metrics.json", metrics)
         records.atomic_write_json(partial / "cost.json", cost)
@@ -252,7 +259,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         task=r.task, policy=policy.to(dev), tokenizer=tokenizer, reference=reference.to(dev), train=r.train,
         seed=r.seed, log=lambda row: append(log_path, row), checkpoint_dir=checkpoint_dir, cache_dir=r.cache_dir,
         sft_examples=data["sft"], preferences=data["preferences"], test_preferences=data["test_preferences"],
-        reward=getattr(r.task, "gold_reward", None), generation=r.generation,
+        eval_prompts=data["eval_prompts"], reward=getattr(r.task, "gold_reward", None), generation=r.generation,
     )
 
     marks: set[int] = set()
@@ -329,7 +336,7 @@ def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bo
             for s, v in zip(samples, values):
                 s.values[key] = v
         for key, agg in result.aggregates.items():
-            metrics[key] = {**agg, "higher_is_better": getattr(ev_cls, "higher_is_better", None), "evaluator": ev_cls.name}
+            metrics[key] = {"higher_is_better": getattr(ev_cls, "higher_is_better", None), "evaluator": ev_cls.name, **agg}
     return metrics
 
 

@@ -1,0 +1,673 @@
+"""LLM-as-judge win rate of the policy against a baseline: the DPO paper's GPT-4 evaluation.
+
+For each evaluation prompt a judge reads the prompt and two completions, the policy's and the
+baseline's, labelled A and B in an order drawn per comparison from the run's seed, and answers
+in a fixed format ("Comparison: <one sentence>" then "Preferred: A"). The win rate is the share
+of comparisons the policy wins, ties counting one half, with a bootstrap confidence interval
+over prompts (arXiv:2305.18290, section 6 and appendix C.2).
+
+The judge is any chat model behind the OpenAI chat-completions API (OpenAI, vLLM, a llama.cpp
+server ...), or `oracle`: the task's gold reward, preferring the completion it scores higher.
+It is opt-in (`--set judge.model=gpt-4-0314`): without a model the evaluator does not apply,
+so default runs never touch the network.
+
+Baselines: the evaluation prompts' reference completions (TL;DR reference summaries, HH chosen
+responses, CNN/DM highlights), the samples of another complete run on the same prompts (head to
+head), or completions sampled from the starting (SFT) policy.
+
+Judges are biased toward the first position and toward longer answers, so the record also
+carries the share of verdicts preferring position A, the win rate split by whether the policy's
+completion is the longer one, position consistency when every pair is judged in both orders,
+and agreement with the gold reward where the task has one.
+
+Answers are cached in SQLite under the cache directory, keyed by (model, sampling settings,
+full prompt): a rerun costs no calls. The API key is read from the environment variable named
+by `api_key_env` and never written anywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.contracts import Evaluation
+from bench.errors import UserError
+from bench.stats import by_prompt
+
+BUILTIN_TEMPLATES = ("summarization", "summarization-concise", "summarization-news", "dialogue",
+                     "continuation-positive")
+DEFAULT_TEMPLATE = "continuation-positive"
+"""For tasks without a judge prompt (e.g. sentiment): which continuation is more positive."""
+OPENAI_URL = "https://api.openai.com/v1"
+BASELINES = ("auto", "reference", "run", "sft")
+_PLACEHOLDER = re.compile(r"\{(prompt|a|b)\}")
+_sleep = time.sleep  # module attribute so tests can record backoff delays instead of waiting
+
+
+@dataclass
+class Config:
+    """Options of the judge (`--set judge.KEY=VALUE`)."""
+
+    model: str = ""
+    """Judge model as the API names it (the paper used gpt-4-0314); `oracle` compares gold rewards; empty disables the judge."""
+    base_url: str = ""
+    """API root, e.g. http://127.0.0.1:8080/v1 for a local server; empty uses $OPENAI_BASE_URL, else OpenAI."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """NAME of the environment variable holding the API key (the key itself is never stored)."""
+    template: str = ""
+    """Built-in prompt name or a template file (see bench/judge_prompts/README.md); empty uses the task's."""
+    baseline: str = "auto"
+    """What the policy is compared with: reference (eval prompts' reference), run (judge.baseline_run), sft (samples of the starting policy), auto (run if given, else reference if every prompt has one, else sft)."""
+    baseline_run: str = ""
+    """Directory of a complete run on the same prompts, for a head-to-head comparison."""
+    samples_per_prompt: int = 1
+    """Completions judged per prompt (the first ones; the paper judged one); 0 judges all."""
+    both_orders: bool = False
+    """Judge every pair in both orders: the win is their mean, and position consistency is reported."""
+    temperature: float = 0.0
+    """Judge sampling temperature."""
+    max_tokens: int = 256
+    """Answer length limit of the judge in tokens."""
+    parse_retries: int = 2
+    """Extra requests when an answer does not follow the verdict format; then it counts as invalid."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    timeout_s: float = 60.0
+    """Seconds before a request counts as timed out (and is retried)."""
+    max_retries: int = 6
+    """Retries of a request after a timeout, a lost connection, 429 or 5xx."""
+    backoff_s: float = 1.0
+    """Wait before the first retry; doubles on each further one (a 429's Retry-After is honoured)."""
+    max_backoff_s: float = 60.0
+    """Longest wait between retries."""
+    max_calls: int = 0
+    """Cap on requests sent by this evaluation (retries included); 0 is no cap. Comparisons left are reported as not judged."""
+    max_total_tokens: int = 0
+    """Cap on prompt + completion tokens spent by this evaluation; 0 is no cap (requests in flight may overshoot it)."""
+    price_prompt_per_1k: float = 0.0
+    """USD per 1,000 prompt tokens, for the cost estimate (gpt-4-0314 was 0.03)."""
+    price_completion_per_1k: float = 0.0
+    """USD per 1,000 completion tokens, for the cost estimate (gpt-4-0314 was 0.06)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples of the prompts for the 95% interval of the win rate; 0 skips it."""
+
+
+# ---------------------------------------------------------------- prompt templates and verdicts
+
+@dataclass(frozen=True)
+class Template:
+    """A judge prompt with {prompt}, {a} and {b} placeholders; its last line gives the verdict format."""
+
+    name: str
+    text: str
+
+    @property
+    def verdict_key(self) -> str:
+        """`Preferred` for "Preferred: <"A" or "B">": the text before the colon of the last line."""
+        return [line for line in self.text.splitlines() if line.strip()][-1].split(":", 1)[0].strip()
+
+    def render(self, prompt: str, a: str, b: str) -> str:
+        values = {"prompt": prompt.strip(), "a": a.strip(), "b": b.strip()}
+        # One pass, so a completion that happens to contain "{b}" is never substituted again.
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
+
+
+def load_template(spec: str) -> Template:
+    """A built-in template by name, or a template file; malformed files are the user's error."""
+    if spec in BUILTIN_TEMPLATES:
+        return Template(spec, (resources.files("bench") / "judge_prompts" / f"{spec}.txt").read_text(encoding="utf-8"))
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"judge.template={spec}: no such file and not a built-in template ({', '.join(BUILTIN_TEMPLATES)})")
+    text = path.read_text(encoding="utf-8")
+    missing = [p for p in ("{prompt}", "{a}", "{b}") if p not in text]
+    if missing:
+        raise UserError(f"judge.template={spec}: the template lacks {', '.join(missing)}; "
+                        "use {prompt}, {a} and {b} (see bench/judge_prompts/README.md)")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or ":" not in lines[-1] or not lines[-1].split(":", 1)[0].strip():
+        raise UserError(f"judge.template={spec}: the last line must show the verdict format, e.g. Preferred: <\"A\" or \"B\">")
+    return Template(str(path), text)
+
+
+def parse_verdict(answer: str, key: str) -> str | None:
+    """"A" or "B" from the answer's `KEY: X` line; None unless exactly one letter is given that way.
+
+    Strict on purpose: a verdict line must hold nothing but the letter (quotes, a final period
+    and Markdown emphasis aside), so "Preferred: Summary A" or "Preferred: A or B" is invalid.
+    """
+    line_re = re.compile(rf"^\s*#*\s*{re.escape(key)}\s*:(.*)$", re.IGNORECASE)
+    letters = set()
+    for line in answer.splitlines():
+        m = line_re.match(line.replace("*", ""))
+        if not m:
+            continue
+        value = m.group(1).strip().strip("\"'`<>()[]").rstrip(".").strip().strip("\"'`").upper()
+        if value not in ("A", "B"):
+            return None
+        letters.add(value)
+    return letters.pop() if len(letters) == 1 else None
+
+
+# ---------------------------------------------------------------- the verdict cache
+
+class VerdictCache:
+    """Judge answers on disk. SQLite rather than a JSONL file: several runs may share one cache at once."""
+
+    def __init__(self, path: Path | None):
+        self.db = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), timeout=60)
+            self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, answer TEXT, "
+                            "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
+            self.db.commit()
+
+    @staticmethod
+    def key(model: str, temperature: float, max_tokens: int, prompt: str) -> str:
+        return hashlib.sha256(json.dumps([model, temperature, max_tokens, prompt]).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        if self.db is None:
+            return None
+        row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, key: str, model: str, answer: str, prompt_tokens: int, completion_tokens: int) -> None:
+        if self.db is not None:
+            self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
+                            (key, model, answer, prompt_tokens, completion_tokens, time.time()))
+            self.db.commit()
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+# ---------------------------------------------------------------- the API client
+
+@dataclass
+class Outcome:
+    """One judged prompt. status: ok, invalid (unparseable after retries), failed (API error), not_judged (cap)."""
+
+    status: str
+    verdict: str | None = None
+    answer: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+
+
+def public_url(url: str) -> str:
+    """The URL without user:password or query string, safe to record."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+class ChatJudge:
+    """Sends judge prompts concurrently; retries transient failures and unparseable answers; keeps to the caps."""
+
+    def __init__(self, config: Config, cache: VerdictCache):
+        import openai
+
+        self.config = config
+        self.cache = cache
+        self.base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
+        env = config.api_key_env
+        key = os.environ.get(env, "") if env else ""
+        if not key and self.base_url == OPENAI_URL:
+            raise UserError(f"judge.model={config.model} needs an API key: export {env or 'OPENAI_API_KEY'}=<key> "
+                            "(or set judge.base_url to a local OpenAI-compatible server)")
+        # Local servers (llama.cpp, vLLM) usually need no key, but the client insists on one.
+        # The client's own retries are off: ours count against the call cap and use our backoff.
+        self._key = key
+        self.client = openai.OpenAI(api_key=key or "no-key", base_url=self.base_url,
+                                    timeout=config.timeout_s, max_retries=0)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.reached = False  # any HTTP answer at all: the server exists, later failures are not "unreachable"
+        self.stats = {"calls": 0, "retries": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.first_error = ""
+
+    def ping(self) -> None:
+        """Fail now, not after training, if the server cannot be reached or refuses the key."""
+        import openai
+
+        try:
+            self.client.models.list()
+        except openai.APIConnectionError as exc:
+            raise UserError(self._unreachable(exc)) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise UserError(self._refused(exc)) from None
+        except openai.APIStatusError:
+            pass  # some servers have no /models; the chat endpoint may still work
+
+    def judge(self, prompts: list[str], verdict_key: str) -> list[Outcome]:
+        """One outcome per prompt, in order. Identical prompts are sent once; cached answers not at all."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        outcomes: list[Outcome | None] = [None] * len(prompts)
+        todo: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            key = VerdictCache.key(cfg.model, cfg.temperature, cfg.max_tokens, prompt)
+            answer = self.cache.get(key)
+            if answer is None:
+                todo.setdefault(key, []).append(i)
+                continue
+            verdict = parse_verdict(answer, verdict_key)
+            outcomes[i] = Outcome("ok" if verdict else "invalid", verdict, answer, cached=True)
+            self.stats["cache_hits"] += 1
+        bar = tqdm(total=len(todo), desc="judge", unit="prompt", dynamic_ncols=True, leave=False)
+        pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
+        futures = {pool.submit(self._ask, prompts[idx[0]], verdict_key): key for key, idx in todo.items()}
+        try:
+            for future in as_completed(futures):
+                key, outcome = futures[future], future.result()
+                if outcome.status in ("ok", "invalid"):
+                    # Cache writes stay on this thread: an SQLite connection belongs to one thread.
+                    self.cache.put(key, cfg.model, outcome.answer, outcome.prompt_tokens, outcome.completion_tokens)
+                for i in todo[key]:
+                    outcomes[i] = outcome
+                bar.update(1)
+        finally:
+            self.stop.set()  # on an error, queued comparisons return at once instead of calling
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        return outcomes  # type: ignore[return-value]
+
+    def _ask(self, prompt: str, verdict_key: str) -> Outcome:
+        """Up to 1 + parse_retries answers, until one follows the verdict format."""
+        answer, tokens = "", [0, 0]
+        for _ in range(1 + self.config.parse_retries):
+            reply = self._complete(prompt)
+            if isinstance(reply, str) and reply in ("failed", "not_judged"):
+                return Outcome(reply, None, answer, *tokens)
+            answer, usage = reply
+            tokens = [tokens[0] + usage[0], tokens[1] + usage[1]]
+            verdict = parse_verdict(answer, verdict_key)
+            if verdict:
+                return Outcome("ok", verdict, answer, *tokens)
+        return Outcome("invalid", None, answer, *tokens)
+
+    def _take_call(self) -> bool:
+        cfg, s = self.config, self.stats
+        with self.lock:
+            if self.stop.is_set():
+                return False
+            if (cfg.max_calls and s["calls"] >= cfg.max_calls) or \
+               (cfg.max_total_tokens and s["prompt_tokens"] + s["completion_tokens"] >= cfg.max_total_tokens):
+                return False
+            s["calls"] += 1
+            return True
+
+    def _complete(self, prompt: str):
+        """(answer, (prompt_tokens, completion_tokens)), or "failed" / "not_judged"."""
+        import openai
+
+        cfg, last = self.config, None
+        for attempt in range(cfg.max_retries + 1):
+            if not self._take_call():
+                return "not_judged"
+            try:
+                response = self.client.chat.completions.create(
+                    model=cfg.model, messages=[{"role": "user", "content": prompt}],
+                    temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise UserError(self._refused(exc)) from None
+            except openai.NotFoundError as exc:
+                raise UserError(f"judge: {public_url(self.base_url)} has no model {cfg.model!r} ({self._message(exc)}); "
+                                "set judge.model to a model the server serves") from None
+            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
+                last = exc
+                if not isinstance(exc, openai.APIConnectionError) or isinstance(exc, openai.APITimeoutError):
+                    self.reached = True
+                if attempt < cfg.max_retries and not self.stop.is_set():
+                    with self.lock:
+                        self.stats["retries"] += 1
+                    _sleep(self._backoff(attempt, exc))
+                continue
+            except openai.APIStatusError as exc:
+                # 400, 422 ...: this prompt (too long, say) fails however often it is sent.
+                self.reached = True
+                self._note_error(exc)
+                return "failed"
+            self.reached = True
+            usage = response.usage
+            tokens = (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+            with self.lock:
+                self.stats["prompt_tokens"] += tokens[0]
+                self.stats["completion_tokens"] += tokens[1]
+            content = response.choices[0].message.content if response.choices else None
+            return (content or "", tokens)
+        if last is None:
+            return "not_judged"
+        if isinstance(last, openai.APIConnectionError) and not isinstance(last, openai.APITimeoutError) and not self.reached:
+            raise UserError(self._unreachable(last))
+        self._note_error(last)
+        return "failed"
+
+    def _backoff(self, attempt: int, exc) -> float:
+        delay = self.config.backoff_s * 2 ** attempt
+        response = getattr(exc, "response", None)
+        try:
+            retry_after = float(response.headers.get("retry-after")) if response is not None else None
+        except (TypeError, ValueError):
+            retry_after = None
+        if retry_after is not None and retry_after > 0:
+            delay = max(delay, retry_after)
+        return min(delay, self.config.max_backoff_s)
+
+    def _note_error(self, exc) -> None:
+        with self.lock:
+            if not self.first_error:
+                self.first_error = f"{type(exc).__name__}: {self._message(exc)}"[:300]
+
+    def _unreachable(self, exc) -> str:
+        return (f"judge: cannot reach the judge API at {public_url(self.base_url)} ({self._message(exc)}); "
+                "start the server or set judge.base_url=URL (or OPENAI_BASE_URL)")
+
+    def _refused(self, exc) -> str:
+        env = self.config.api_key_env or "OPENAI_API_KEY"
+        return (f"judge: {public_url(self.base_url)} refused the API key from ${env} ({self._message(exc)}); "
+                f"export {env}=<a valid key> or set judge.api_key_env to the variable that holds it")
+
+    def _message(self, exc) -> str:
+        """The error in one short line, with the key blanked should a server echo it back."""
+        text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and str(cause) and str(cause) not in text:
+            text = f"{text}: {cause}"
+        if self._key:
+            text = text.replace(self._key, "***")
+        return " ".join(text.split())[:200]
+
+
+# ---------------------------------------------------------------- statistics
+
+def bootstrap_ci(values: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (one value per prompt)."""
+    if not values or resamples <= 0:
+        return float("nan"), float("nan")
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0x6A756467])  # a stream of its own, fixed by the run's seed
+    x = np.asarray(values, dtype=float)
+    means = np.concatenate([x[rng.integers(0, len(x), size=(min(500, resamples - done), len(x)))].mean(axis=1)
+                            for done in range(0, resamples, 500)])
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(low), float(high)
+
+
+def _rate(values, index) -> dict:
+    keep = [(v, i) for v, i in zip(values, index) if v == v]
+    return by_prompt([v for v, _ in keep], [i for _, i in keep])
+
+
+# ---------------------------------------------------------------- the evaluator
+
+@dataclass
+class _Pair:
+    """A policy completion and the baseline completion it is compared with."""
+
+    sample: int
+    prompt_index: int
+    slot: int
+    """Which of the prompt's completions this is (0 for the first)."""
+    prompt: str
+    policy: str
+    baseline: str
+
+
+class Judge:
+    name = "judge"
+    description = "LLM-as-judge win rate vs a baseline (reference, another run, or SFT samples); opt-in: --set judge.model=..."
+    higher_is_better = True
+    at_checkpoints = False  # paid calls: the final policy only
+    Config = Config
+
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config()
+
+    def applies(self, ctx) -> bool:
+        return bool(self.config.model.strip())
+
+    def preflight(self) -> None:
+        """Check the options, the key and the server before any training is spent (no judging)."""
+        if not self.applies(None):
+            return  # not enabled for this run
+        self._check()
+        if self.config.model != "oracle":
+            ChatJudge(self.config, VerdictCache(None)).ping()
+
+    def evaluate(self, samples, ctx) -> Evaluation:
+        cfg = self._check()
+        oracle = cfg.model == "oracle"
+        if oracle and ctx.reward is None:
+            raise UserError("judge.model=oracle needs a task with a gold reward; use a chat model as the judge")
+        pairs, baseline_kind = self._pairs(samples, ctx)
+        if ctx.reward is not None:
+            prompts = [p.prompt for p in pairs]
+            gold = [float(r) for r in ctx.reward(prompts + prompts, [p.policy for p in pairs] + [p.baseline for p in pairs])]
+            oracle_win = [_win_of(g, h) for g, h in zip(gold[:len(pairs)], gold[len(pairs):])]
+        else:
+            oracle_win = None
+
+        n, index = len(samples), [s.prompt_index for s in samples]
+        win, first = [math.nan] * n, [math.nan] * n
+        counts = {"pairs": len(pairs), "ties": 0, "invalid": 0, "failed": 0, "not_judged": 0}
+        record = {"judge": cfg.model, "baseline": baseline_kind, "order_seed": ctx.seed}
+        extra: dict[str, dict] = {}
+        if oracle:
+            for p, w in zip(pairs, oracle_win):
+                win[p.sample] = w
+                counts["ties"] += w == 0.5
+        else:
+            extra, record = self._chat(pairs, ctx, index, win, first, counts, oracle_win, record)
+
+        rate = _rate(win, index)
+        per_prompt = defaultdict(list)
+        for i in range(n):
+            if win[i] == win[i]:  # judged and valid (NaN otherwise)
+                per_prompt[index[i]].append(win[i])
+        low, high = bootstrap_ci([sum(v) / len(v) for _, v in sorted(per_prompt.items())], cfg.bootstrap, ctx.seed)
+        aggregates = {"judge_win_rate": {**rate, "ci_low": low, "ci_high": high, **counts, **record}}
+
+        longer = {p.sample: len(p.policy.split()) - len(p.baseline.split()) for p in pairs}
+        for name, keep in (("longer", lambda d: d > 0), ("shorter", lambda d: d < 0)):
+            split = [win[i] if i in longer and keep(longer[i]) else math.nan for i in range(n)]
+            aggregates[f"judge_win_rate_policy_{name}"] = _rate(split, index)
+        aggregates.update(extra)
+        per_sample = {"judge_win": win}
+        if not oracle and not cfg.both_orders:
+            per_sample["judge_policy_first"] = first
+        return Evaluation(per_sample=per_sample, aggregates=aggregates)
+
+    # -- pieces of evaluate
+
+    def _check(self) -> Config:
+        cfg = self.config
+        if cfg.baseline not in BASELINES:
+            raise UserError(f"judge.baseline={cfg.baseline}: use one of {', '.join(BASELINES)}")
+        for key in ("samples_per_prompt", "parse_retries", "max_retries", "max_calls", "max_total_tokens", "bootstrap"):
+            if getattr(cfg, key) < 0:
+                raise UserError(f"judge.{key}={getattr(cfg, key)}: cannot be negative")
+        if cfg.concurrency < 1 or cfg.max_tokens < 1 or not cfg.timeout_s > 0:
+            raise UserError("judge.concurrency and judge.max_tokens must be at least 1 and judge.timeout_s positive")
+        if cfg.backoff_s < 0 or cfg.max_backoff_s < 0 or cfg.temperature < 0:
+            raise UserError("judge.backoff_s, judge.max_backoff_s and judge.temperature cannot be negative")
+        return cfg
+
+    def _chat(self, pairs, ctx, index, win, first, counts, oracle_win, record):
+        """Judge the pairs with the chat model; fills win/first/counts, returns (extra aggregates, record)."""
+        cfg = self.config
+        template = load_template(cfg.template or getattr(ctx.task, "judge_prompt", None) or DEFAULT_TEMPLATE)
+        record = {**record, "template": template.name,
+                  "template_sha256": hashlib.sha256(template.text.encode()).hexdigest()[:16]}
+        # The order of each comparison depends only on (seed, prompt, slot): reproducible, and the
+        # same whatever else is judged, in whatever order the requests happen to finish.
+        requests = []  # (pair number, policy shown first)
+        for k, p in enumerate(pairs):
+            if p.policy.strip() == p.baseline.strip():
+                continue  # identical texts: a tie, no call
+            if cfg.both_orders:
+                requests += [(k, True), (k, False)]
+            else:
+                requests.append((k, random.Random(f"judge-order:{ctx.seed}:{p.prompt_index}:{p.slot}").random() < 0.5))
+        texts = [template.render(pairs[k].prompt, *((pairs[k].policy, pairs[k].baseline) if pf else
+                                                     (pairs[k].baseline, pairs[k].policy))) for k, pf in requests]
+        cache = VerdictCache(Path(ctx.cache_dir) / "judge" / "verdicts.sqlite")
+        try:
+            client = ChatJudge(cfg, cache)
+            outcomes = client.judge(texts, template.verdict_key)
+        finally:
+            cache.close()
+
+        by_pair: dict[int, list] = defaultdict(list)
+        for (k, pf), out in zip(requests, outcomes):
+            by_pair[k].append((pf, out))
+        first_pos, agree, consistent = [math.nan] * len(win), [], []
+        for k, p in enumerate(pairs):
+            if k not in by_pair:
+                win[p.sample] = 0.5
+                counts["ties"] += 1
+                continue
+            results = by_pair[k]
+            if not cfg.both_orders:
+                first[p.sample] = float(results[0][0])  # recorded whether or not the verdict is usable
+            status = next((s for s in ("not_judged", "failed", "invalid") if any(o.status == s for _, o in results)), "ok")
+            if status != "ok":
+                counts[status] += 1
+                continue
+            policy_won = [(o.verdict == "A") == pf for pf, o in results]
+            win[p.sample] = sum(policy_won) / len(policy_won)
+            counts["ties"] += win[p.sample] == 0.5
+            first_pos[p.sample] = sum(o.verdict == "A" for _, o in results) / len(results)
+            if cfg.both_orders:
+                consistent.append((float(policy_won[0] == policy_won[1]), p.prompt_index))
+            if oracle_win is not None and oracle_win[k] != 0.5:
+                agree += [(float(won == (oracle_win[k] == 1.0)), p.prompt_index) for won in policy_won]
+
+        s = client.stats
+        cost = (s["prompt_tokens"] * cfg.price_prompt_per_1k + s["completion_tokens"] * cfg.price_completion_per_1k) / 1000
+        record = {**record, **s, "cost_usd_estimate": cost, "base_url": public_url(client.base_url)}
+        if client.first_error:
+            record["first_error"] = client.first_error
+        # Neither high nor low is good here: 0.5 is an unbiased judge (when the runner lets aggregates say so).
+        extra = {"judge_first_position_rate": {**_rate(first_pos, index), "higher_is_better": None}}
+        if cfg.both_orders:
+            extra["judge_position_consistency"] = by_prompt([c for c, _ in consistent], [i for _, i in consistent])
+        if oracle_win is not None:
+            extra["judge_oracle_agreement"] = by_prompt([a for a, _ in agree], [i for _, i in agree])
+        return extra, record
+
+    def _pairs(self, samples, ctx) -> tuple[list[_Pair], str]:
+        """The judged samples (the first `samples_per_prompt` of each prompt) with their baselines."""
+        cfg = self.config
+        seen: dict[int, int] = defaultdict(int)
+        chosen = []  # (sample number, slot)
+        for i, s in enumerate(samples):
+            slot = seen[s.prompt_index]
+            seen[s.prompt_index] += 1
+            if cfg.samples_per_prompt == 0 or slot < cfg.samples_per_prompt:
+                chosen.append((i, slot))
+
+        kind = cfg.baseline
+        rows = None
+        if kind == "auto":
+            if cfg.baseline_run:
+                kind = "run"
+            else:
+                rows = _eval_rows(ctx, samples)
+                if rows is not None and all(rows[samples[i].prompt_index].get("reference") for i, _ in chosen):
+                    kind = "reference"
+                elif getattr(ctx, "reference", None) is not None and getattr(ctx, "tokenizer", None) is not None:
+                    kind = "sft"
+                else:
+                    raise UserError("judge: no baseline to compare with: the evaluation prompts have no \"reference\" "
+                                    "and there is no starting policy; set judge.baseline_run=DIR of a complete run")
+
+        if kind == "reference":
+            rows = rows if rows is not None else _eval_rows(ctx, samples)
+            if rows is None:
+                raise UserError("judge.baseline=reference: this task's evaluation prompts are not available to the judge")
+            missing = sorted({samples[i].prompt_index for i, _ in chosen if not rows[samples[i].prompt_index].get("reference")})
+            if missing:
+                raise UserError(f"judge.baseline=reference: evaluation prompt {missing[0]} has no \"reference\" completion "
+                                f"({len(missing)} without); add them or use judge.baseline=run or sft")
+            base = [rows[samples[i].prompt_index]["reference"] for i, _ in chosen]
+        elif kind == "run":
+            base = _run_baseline(cfg.baseline_run, samples, chosen)
+        else:
+            base = _sft_baseline(ctx, samples, chosen)
+        pairs = [_Pair(i, samples[i].prompt_index, slot, samples[i].prompt, samples[i].completion, b)
+                 for (i, slot), b in zip(chosen, base)]
+        return pairs, (f"run:{Path(cfg.baseline_run).name}" if kind == "run" else kind)
+
+
+def _win_of(policy_score: float, baseline_score: float) -> float:
+    return 1.0 if policy_score > baseline_score else 0.5 if policy_score == baseline_score else 0.0
+
+
+def _eval_rows(ctx, samples) -> list[dict] | None:
+    """The evaluation prompt rows the samples were drawn from, checked against the samples' prompts."""
+    rows = getattr(ctx, "eval_prompts", None)
+    if rows is None and hasattr(ctx.task, "eval_prompts"):
+        rows = ctx.task.eval_prompts()
+    if rows is None:
+        return None
+    for s in samples:
+        if s.prompt_index >= len(rows) or rows[s.prompt_index]["prompt"] != s.prompt:
+            raise UserError(f"judge: evaluation prompt {s.prompt_index} does not match the sampled prompt; "
+                            "the task's prompts differ from the ones evaluated (a data.eval_prompts file?)")
+    return rows
+
+
+def _run_baseline(run_dir: str, samples, chosen) -> list[str]:
+    """Head to head: the completion in the same (prompt, slot) of another complete run."""
+    path = Path(run_dir).expanduser()
+    if not (path / "COMPLETE").exists() or not (path / "samples.jsonl").exists():
+        raise UserError(f"judge.baseline_run={run_dir}: not a complete run directory (no COMPLETE or samples.jsonl)")
+    groups: dict[int, list[dict]] = defaultdict(list)
+    with open(path / "samples.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                groups[int(row["prompt_index"])].append(row)
+    out = []
+    for i, slot in chosen:
+        s = samples[i]
+        group = groups.get(s.prompt_index)
+        if not group or group[0]["prompt"] != s.prompt:
+            raise UserError(f"judge.baseline_run={run_dir}: its prompt {s.prompt_index} differs from this run's; "
+                            "compare runs on the same evaluation prompts")
+        out.append(group[slot % len(group)]["completion"])
+    return out
+
+
+def _sft_baseline(ctx, samples, chosen) -> list[str]:
+    """Completions of the starting (SFT) policy, with the run's sampling settings and a seed of their own."""
+    from bench.contracts import Generation
+    from bench.policy import ModelPolicy
+
+    if getattr(ctx, "reference", None) is None or getattr(ctx, "tokenizer", None) is None:
+        raise UserError("judge.baseline=sft needs the starting policy; use judge.baseline=reference or run")
+    order = sorted({samples[i].prompt_index for i, _ in chosen})
+    where = {p: k for k, p in enumerate(order)}
+    per_prompt = 1 + max(slot for _, slot in chosen)
+    gen = replace(ctx.generation or Generation(), samples_per_prompt=per_prompt)
+    prompt_text = {samples[i].prompt_index: samples[i].prompt for i, _ in chosen}
+    drawn = ModelPolicy(ctx.reference, ctx.tokenizer).sample([prompt_text[p] for p in order], gen, seed=ctx.seed + 2_000_003)
+    return [drawn[where[samples[i].prompt_index] * per_prompt + slot].completion for i, slot in chosen]
