@@ -72,6 +72,24 @@ def test_prompts_have_2_to_8_tokens_and_tokenize_alone_as_in_context(task, token
         assert n_tokens(tokenizer, row["completion"]) <= task.config.max_new_tokens
 
 
+def test_prompts_end_between_words(task):
+    rows = [r for r in task.eval_prompts() if r["reference"]]
+    for row in rows:
+        last, first = row["prompt"][-1], row["reference"][0]
+        assert not (last.isalpha() and first.isalpha()) and not (last.isdigit() and first.isdigit()), row
+
+
+def test_choose_prefix_draws_only_word_boundaries():
+    import random
+
+    word_ids = [0, 1, 1, 2, 3, 3, 3, 4, 5, 5]  # token -> word, as the pre-tokenizer splits them
+    rng = random.Random(0)
+    drawn = {sentiment.choose_prefix(word_ids, rng, 2, 8) for _ in range(200)}
+    assert drawn == {3, 4, 7, 8}
+    assert sentiment.choose_prefix([0, 0, 0, 0, 1], rng, 2, 3) is None
+    assert sentiment.choose_prefix([0, 1, 2], rng, 2, 8) == 2  # one token must be left to continue
+
+
 def test_preference_pairs_follow_the_gold_reward(task):
     for split in ("train", "test"):
         pairs = task.preference_data(split)
