@@ -88,7 +88,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     generation = cfg.apply_overrides(cfg.generation_for(task_cls), sets.pop("eval", {}), "eval")
     data = cfg.apply_overrides(cfg.DataConfig(), sets.pop("data", {}), "data")
     if sets:
-        valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e for e, c in evaluators if c is not None]
+        valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e.name for e, c in evaluators if c is not None]
         raise UserError(f"--set {next(iter(sets))}.*: unknown section; sections are {', '.join(valid)}")
     _check_ranges(train, generation)
     if options.eval_checkpoints < 0:
