@@ -1,0 +1,342 @@
+"""PPO-RLHF (Ziegler et al. 2019; Stiennon et al. 2020), the DPO paper's main baseline, and PPO on the gold reward.
+
+`ppo` maximises the learned reward model's score (bench.reward), `ppo-gt` the task's gold
+reward; everything else is one algorithm. Each update:
+
+1. rollout   sample one completion for each of `rollout_batch_size` training prompts from the
+             policy (bench.sampling.sample, KV cache);
+2. score     the reward rates the full completion; the score is whitened with the first
+             rollout's statistics (`whiten_rewards`);
+3. rewards   per token r_t = -kl_coef * (log pi(y_t) - log pi_ref(y_t)), plus the score on the
+             last token: the RLHF objective E[r] - kl_coef * KL(pi || pi_ref), per token;
+4. GAE       advantages from a value head on the policy's last hidden state, A_t by GAE(gamma,
+             lam), returns = A + V; advantages whitened over the rollout;
+5. optimise  clipped policy loss + vf_coef * clipped value loss, `ppo_epochs` passes over the
+             rollout in minibatches of train.batch_size (bench.train.train_loop, one Adam
+             state throughout);
+6. control   kl_coef *= 1 + clip(KL / target_kl - 1, -0.2, 0.2) * rollout_batch_size / kl_horizon
+             (Ziegler et al.'s adaptive controller).
+
+A run makes train.max_steps updates, or else train.epochs passes over the training prompts (those
+of the preference pairs); train.batch_size is the minibatch and train.lr the learning rate of
+policy and value head. The training log uses TRL's names: objective/kl (sequence KL of the rollout, summed sampled
+log-ratios), objective/scores (raw reward), objective/rlhf_reward (the per-sequence sum of the
+rewards PPO maximises), objective/kl_coef, policy/entropy, policy/clipfrac, policy/approxkl,
+loss/policy, loss/value, val/clipfrac. Every `train.checkpoint_every` updates the whole state
+(weights, value head, Adam, kl_coef, score statistics) goes to the run's checkpoint directory;
+the same command resumes from it and ends exactly where an uninterrupted run ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.errors import UserError
+from bench.logprobs import collate, token_logps
+from bench.policy import ModelPolicy
+from bench.reward import disable_dropout, learned_reward
+from bench.sampling import sample
+from bench.train import _example_order, make_optimizer, train_loop
+
+CHECKPOINT = "ppo_state.pt"
+
+
+@dataclass
+class Config:
+    target_kl: float = 6.0
+    """KL(pi || pi_ref) per completion, in nats, that the adaptive controller steers toward (the paper sweeps 3, 6, 9, 12)."""
+    init_kl_coef: float = 0.1
+    """Starting weight of the per-token KL penalty."""
+    adaptive_kl: bool = True
+    """Adapt the KL weight toward target_kl; false keeps init_kl_coef throughout."""
+    kl_horizon: int = 256
+    """Controller horizon in episodes: an update moves kl_coef by at most a factor 1 +- 0.2 * rollout_batch_size / kl_horizon
+    (Ziegler et al. use 10000 over far longer runs; a few thousand episodes here need a faster controller)."""
+    rollout_batch_size: int = 64
+    """Prompts per rollout, one completion each (TRL's batch_size); minibatches are train.batch_size."""
+    ppo_epochs: int = 4
+    """Optimisation passes over each rollout."""
+    cliprange: float = 0.2
+    """Clip range of the policy ratio pi / pi_old."""
+    cliprange_value: float = 0.2
+    """Clip range of the value prediction around its rollout-time value."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    gamma: float = 1.0
+    """Discount factor."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_rewards: bool = True
+    """Whiten scores with the mean and std of the first rollout's (the SFT policy's), kept fixed, so kl_coef keeps one scale."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (log-probs use the same one)."""
+    max_new_tokens: int = 0
+    """Completion length of the rollouts; 0 uses the task's evaluation length."""
+    reward_model: str = ""
+    """ppo only: a saved reward model directory; empty trains one (or reuses the cached one) with the reward-model defaults."""
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True) -> torch.Tensor:
+    """(values - mean) / std over the entries where mask is 1 (unbiased variance); shift_mean=False keeps the mean."""
+    mask = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    mean = masked_mean(values, mask)
+    n = mask.sum()
+    var = (((values - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+    out = (values - mean) * torch.rsqrt(var + 1e-8)
+    return out if shift_mean else out + mean
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalized advantage estimates and returns, both [B, T], for per-token rewards and values [B, T].
+
+    Entries where mask is 0 count as reward 0 and value 0, so the value after a completion's last
+    token is 0 (the episode ends there).
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): kl_coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_episodes / horizon."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, kl: float, n_episodes: int) -> float:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_episodes / self.horizon
+        return self.value
+
+
+class PolicyWithValue(torch.nn.Module):
+    """The policy and a scalar value head on its last hidden state: log-probs, entropies and values from one forward."""
+
+    def __init__(self, policy, temperature: float):
+        super().__init__()
+        self.policy = policy
+        self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+        self.temperature = temperature
+
+    def forward(self, batch: dict):
+        """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts token t+1)."""
+        out = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                          output_hidden_states=True)
+        logits = out.logits[:, :-1].float() / self.temperature
+        log_z = torch.logsumexp(logits, dim=-1)
+        logps = logits.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) - log_z
+        with torch.no_grad():  # a logged metric, not part of the loss: no graph for a [B, T, V] product
+            entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        values = self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1)
+        return logps, entropy, values
+
+
+class PPO:
+    name = "ppo"
+    description = "PPO-RLHF on the learned reward model: per-token KL penalty, adaptive KL controller, GAE, clipped losses"
+    Config = Config
+    # About 47 updates of 64 episodes on the default sentiment task (a few minutes on 2 CPU cores). TRL's
+    # GPT-2 sentiment recipe uses lr 1.41e-5; these small models learn at a larger one.
+    train_defaults = {"lr": 1e-4, "batch_size": 32, "epochs": 1.5, "warmup_steps": 0, "log_every": 1,
+                      "checkpoint_every": 10}
+
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config()
+        c = self.config
+        checks = {"target_kl": c.target_kl > 0, "init_kl_coef": c.init_kl_coef >= 0, "kl_horizon": c.kl_horizon >= 1,
+                  "rollout_batch_size": c.rollout_batch_size >= 1, "ppo_epochs": c.ppo_epochs >= 1,
+                  "cliprange": c.cliprange > 0, "cliprange_value": c.cliprange_value > 0, "vf_coef": c.vf_coef >= 0,
+                  "gamma": 0 < c.gamma <= 1, "lam": 0 <= c.lam <= 1, "temperature": c.temperature > 0,
+                  "max_new_tokens": c.max_new_tokens >= 0}
+        for key, ok in checks.items():
+            if not ok:
+                raise UserError(f"{self.name}: {key}={getattr(c, key)} is out of range; see `bench list -v`")
+
+    def reward(self, ctx):
+        """The score of full completions: the learned reward model, trained on first use and cached."""
+        return learned_reward(ctx, path=self.config.reward_model)
+
+    def fit(self, ctx) -> ModelPolicy:
+        c, tok = self.config, ctx.tokenizer
+        if ctx.train.warmup_steps:
+            raise UserError(f"{self.name}: train.warmup_steps={ctx.train.warmup_steps} is not used (PPO keeps its learning rate constant); leave it at 0")
+        if ctx.train.batch_size > c.rollout_batch_size:
+            raise UserError(f"{self.name}: train.batch_size ({ctx.train.batch_size}) is the minibatch and cannot exceed "
+                            f"rollout_batch_size ({c.rollout_batch_size})")
+        reward = self.reward(ctx)
+        prompts = list(dict.fromkeys(p["prompt"] for p in ctx.preferences)) or \
+            list(dict.fromkeys(e["prompt"] for e in ctx.sft_examples))
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        max_new_tokens = c.max_new_tokens or ctx.generation.max_new_tokens
+        total = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.rollout_batch_size)
+        # Minibatch epochs over one rollout, through the shared loop (clipping, accumulation, NaN checks).
+        inner = dataclasses.replace(ctx.train, epochs=c.ppo_epochs, max_steps=0, warmup_steps=0, log_every=10**9,
+                                    checkpoint_every=0)
+
+        policy = ctx.policy
+        disable_dropout(policy)  # else pi / pi_old would differ from 1 before any update
+        torch.manual_seed(ctx.seed)
+        model = PolicyWithValue(policy, c.temperature).to(next(policy.parameters()).device)
+        optimizer = make_optimizer(model.parameters(), ctx.train)
+        kl_ctl = AdaptiveKLController(c.init_kl_coef, c.target_kl, c.kl_horizon)
+        state = {"update": 0, "score_mean": None, "score_std": None, "window": []}
+
+        ckpt = Path(ctx.checkpoint_dir) / CHECKPOINT
+        if ckpt.exists():
+            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            kl_ctl.value = saved["kl_coef"]
+            state = saved["state"]
+
+        while state["update"] < total:
+            update = state["update"]
+            # 1. Rollout: the same prompts and draws for a given (seed, update), so a resumed run repeats them.
+            rows = _example_order(len(prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
+            queries = [prompt_ids[i] for i in rows]
+            completions = sample(policy, queries, max_new_tokens=max_new_tokens, temperature=c.temperature,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=pad, seed=ctx.seed * 1_000_003 + update,
+                                 batch_size=len(queries))
+            # 2. Score the full completions.
+            texts = tok.batch_decode(completions, skip_special_tokens=True)
+            scores = torch.tensor(reward([prompts[i] for i in rows], texts), dtype=torch.float32)
+            if state["score_mean"] is None:
+                std = scores.std().item() if len(scores) > 1 else 0.0
+                state["score_mean"], state["score_std"] = scores.mean().item(), std if std > 1e-6 else 1.0
+            whitened = (scores - state["score_mean"]) / state["score_std"] if c.whiten_rewards else scores
+
+            batch = {k: v.to(next(policy.parameters()).device)
+                     for k, v in collate([(q + y, len(q)) for q, y in zip(queries, completions)], pad).items()}
+            mask = batch["completion_mask"][:, 1:].float()
+            with torch.no_grad():
+                old_logps, _, old_values = model(batch)
+                ref_logps, _ = token_logps(ctx.reference, batch, c.temperature)
+            # 3. Per-token rewards: the KL penalty everywhere, the score on each completion's last token.
+            kl = (old_logps - ref_logps) * mask
+            rewards = -kl_ctl.value * kl
+            last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
+            rewards[torch.arange(len(rows)), last] += whitened.to(rewards.device)
+            # 4. Advantages and value targets.
+            advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
+            advantages = whiten(advantages, mask) * mask
+            rollout = {**batch, "old_logps": old_logps, "old_values": old_values * mask, "advantages": advantages,
+                       "returns": returns, "mask": mask}
+
+            # 5. Optimise: ppo_epochs over the rollout in minibatches.
+            stats: list[dict] = []
+            train_loop(model, list(range(len(rows))), lambda idx: _minibatch(rollout, idx), self._loss, inner,
+                       seed=ctx.seed * 1_000_003 + update, log=stats.append, desc=f"{self.name} update {update + 1}",
+                       optimizer=optimizer)
+
+            # 6. Steer the KL weight toward the target.
+            sequence_kl = kl.sum(-1).mean().item()
+            kl_coef = kl_ctl.value
+            if c.adaptive_kl:
+                kl_ctl.update(sequence_kl, len(rows))
+            state["update"] = update + 1
+            row = {k: v for k, v in stats[-1].items() if k not in ("step", "epoch")}
+            row.update({
+                "objective/kl": sequence_kl,
+                "objective/scores": scores.mean().item(),
+                "objective/rlhf_reward": rewards.sum(-1).mean().item(),
+                "objective/kl_coef": kl_coef,
+                "objective/entropy": -(old_logps * mask).sum(-1).mean().item(),
+                "sampled_tokens": sum(len(y) for y in completions),
+                "episodes": len(rows),
+            })
+            state["window"].append(row)
+            if state["update"] % ctx.train.log_every == 0 or state["update"] == total:
+                ctx.log({"step": state["update"], **_window_average(state["window"])})
+                state["window"] = []
+            if ctx.train.checkpoint_every and state["update"] % ctx.train.checkpoint_every == 0 and state["update"] < total:
+                _save_checkpoint(Path(ctx.checkpoint_dir), model, optimizer, kl_ctl.value, state)
+            if ctx.on_step is not None:
+                ctx.on_step(state["update"], total, policy)
+
+        policy.eval()
+        trained = ModelPolicy(policy, tok)
+        if hasattr(reward, "accuracy"):
+            trained.fit_metrics = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
+        return trained
+
+    def _loss(self, model, batch):
+        """Clipped surrogate policy loss + vf_coef * clipped value loss, over the minibatch's completion tokens."""
+        c = self.config
+        logps, entropy, values = model(batch)
+        mask, advantages = batch["mask"], batch["advantages"]
+        log_ratio = logps - batch["old_logps"]
+        ratio = torch.exp(log_ratio)
+        pg_losses = -advantages * ratio
+        pg_losses_clipped = -advantages * ratio.clamp(1 - c.cliprange, 1 + c.cliprange)
+        policy_loss = masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)
+        old_values, returns = batch["old_values"], batch["returns"]
+        values_clipped = old_values + (values - old_values).clamp(-c.cliprange_value, c.cliprange_value)
+        vf_losses, vf_losses_clipped = (values - returns) ** 2, (values_clipped - returns) ** 2
+        value_loss = 0.5 * masked_mean(torch.max(vf_losses, vf_losses_clipped), mask)
+        with torch.no_grad():
+            metrics = {
+                "loss/policy": policy_loss,
+                "loss/value": value_loss,
+                "policy/entropy": masked_mean(entropy, mask),
+                "policy/clipfrac": masked_mean((pg_losses_clipped > pg_losses).float(), mask),
+                "policy/approxkl": 0.5 * masked_mean(log_ratio ** 2, mask),
+                "val/clipfrac": masked_mean((vf_losses_clipped > vf_losses).float(), mask),
+            }
+        return policy_loss + c.vf_coef * value_loss, metrics
+
+
+class PPOGT(PPO):
+    name = "ppo-gt"
+    description = "PPO on the task's gold reward (an oracle upper reference for PPO-RLHF; tasks with a gold reward only)"
+
+    def reward(self, ctx):
+        if ctx.reward is None:
+            raise UserError(f"ppo-gt needs a gold reward and the task {ctx.task.name!r} has none; use --algo ppo (learned reward model)")
+        if self.config.reward_model:
+            raise UserError("ppo-gt scores with the task's gold reward; drop ppo-gt.reward_model (or use --algo ppo)")
+        return ctx.reward
+
+
+def _minibatch(rollout: dict, idx: list[int]) -> dict:
+    """Rows `idx` of the rollout, cut to their longest sequence (right padding beyond it is never computed)."""
+    idx_t = torch.tensor(idx, device=rollout["input_ids"].device)
+    width = int(rollout["attention_mask"][idx_t].sum(-1).max())
+    return {k: v[idx_t, :width] if v.shape[1] == rollout["input_ids"].shape[1] else v[idx_t, :width - 1]
+            for k, v in rollout.items()}
+
+
+def _window_average(rows: list[dict]) -> dict:
+    """One log row per window: counts are summed, everything else averaged."""
+    out = {}
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [r[key] for r in rows if key in r]
+        out[key] = sum(values) if key in ("tokens", "sampled_tokens", "episodes") else sum(values) / len(values)
+    return out
+
+
+def _save_checkpoint(directory: Path, model, optimizer, kl_coef: float, state: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f"{CHECKPOINT}.tmp{os.getpid()}"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "kl_coef": kl_coef, "state": state}, tmp)
+    os.replace(tmp, directory / CHECKPOINT)
+    # The runner reads the resume step from this sidecar without loading the weights.
+    sidecar = directory / f"train_state.json.tmp{os.getpid()}"
+    sidecar.write_text(json.dumps({"step": state["update"]}))
+    os.replace(sidecar, directory / "train_state.json")

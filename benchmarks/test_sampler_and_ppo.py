@@ -1,0 +1,171 @@
+"""Rollout speed: our sampler against transformers' generate, and one PPO iteration against one of TRL's RLOOTrainer.
+
+(a) bench.sampling.sample against `model.generate(do_sample=True, top_k=0)` on the same model,
+    the same 64 prompts of 8 tokens and 48 new tokens each; eos is disabled on both sides so
+    every row samples exactly 48 tokens.
+(b) One iteration of online RL on the same policy, reference and reward model (the default
+    `sentiment` task's shape, built from a config), 64 completions of 48 tokens, minibatches of
+    16, 4 optimisation passes (16 optimizer steps):
+      ours  PPO-GT's fit() for one update with the reward model as its reward: rollout, reward
+            model scores, reference log-probs, GAE, 16 clipped PPO steps (value head included);
+      TRL   RLOOTrainer.train() for one generation (16 prompts x 4 generations, steps_per_generation
+            4, num_iterations 4): generation, reward model scores, reference and old log-probs,
+            16 steps. PPOTrainer left TRL after 1.12; RLOO is its closest online trainer.
+    Both sides include their set-up (optimizer, value head / dataloader) once per iteration.
+
+Runs alternate in one process with a fixed thread count: every round runs the peer (timed here,
+inside pytest-benchmark's untimed `setup`) and then ours (timed by pytest-benchmark). The printed
+ratio is ours / peer; nothing here asserts a time. Run with `make bench` or
+    pytest benchmarks/test_sampler_and_ppo.py --benchmark-enable -s
+"""
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+THREADS = 2
+ROUNDS, WARMUP = 5, 1
+PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 64, 8, 48
+MINIBATCH, EPOCHS = 16, 4
+# The default `sentiment` task's policy shape (GPT-2, 4 x 128, byte-level BPE of 4096 tokens).
+SHAPE = dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096, n_positions=128)
+
+
+def _policy():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(**SHAPE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                        pad_token_id=1)
+    return GPT2LMHeadModel(config).eval()
+
+
+def _word_tokenizer():
+    """Word w<i> is token i, so sampled ids decode to text that encodes back to the same ids; 0 is eos, 1 is pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": 0, "<pad>": 1, **{f"w{i}": i for i in range(2, SHAPE["vocab_size"])}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+def _prompt_ids(n: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(2, SHAPE["vocab_size"], (n, PROMPT_TOKENS), generator=g).tolist()
+
+
+def _report(name: str, benchmark, peer_name: str, peer_times: list[float]) -> None:
+    peer = peer_times[WARMUP:]
+    peer_min, peer_median = min(peer), statistics.median(peer)
+    our_min, our_median = benchmark.stats.stats.min, benchmark.stats.stats.median
+    benchmark.extra_info.update(peer=peer_name, peer_min_s=peer_min, peer_median_s=peer_median,
+                                ratio_min=our_min / peer_min, ratio_median=our_median / peer_median, threads=THREADS)
+    print(f"\n{name}, {THREADS} threads, {ROUNDS} rounds:")
+    print(f"  ours  min {our_min:.3f} s  median {our_median:.3f} s")
+    print(f"  {peer_name:<5} min {peer_min:.3f} s  median {peer_median:.3f} s")
+    print(f"  ours / {peer_name}: {our_min / peer_min:.2f} (min), {our_median / peer_median:.2f} (median)")
+
+
+def test_sampler_vs_generate(benchmark):
+    from bench.sampling import sample
+
+    torch.set_num_threads(THREADS)
+    model = _policy()
+    prompts = _prompt_ids(PROMPTS)
+    input_ids = torch.tensor(prompts)  # equal lengths: no padding on either side
+    peer_times, lengths = [], {}
+
+    def generate():
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+                                 top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=NEW_TOKENS,
+                                 min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=1)
+        peer_times.append(time.perf_counter() - start)
+        lengths["generate"] = out.shape[1] - PROMPT_TOKENS
+
+    def ours():
+        out = sample(model, prompts, max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=1, seed=0,
+                     batch_size=PROMPTS)
+        lengths["ours"] = max(map(len, out))
+
+    benchmark.pedantic(ours, setup=generate, rounds=ROUNDS, warmup_rounds=WARMUP)
+    assert lengths == {"generate": NEW_TOKENS, "ours": NEW_TOKENS}  # the same work on both sides
+    _report(f"sampling {PROMPTS} x {NEW_TOKENS} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
+            benchmark, "HF", peer_times)
+
+
+def _reward_model(policy, tok):
+    from bench.reward import from_policy
+
+    return from_policy(policy, tok, seed=0).eval().requires_grad_(False)
+
+
+def _rloo_trainer(policy_dir, reward_model, tok, tmp_path):
+    from datasets import Dataset
+    from trl import RLOOConfig, RLOOTrainer
+
+    text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
+    generations = 4
+    prompts = [{"prompt": text(p)} for p in _prompt_ids(PROMPTS // generations)]
+    args = RLOOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=MINIBATCH, gradient_accumulation_steps=1,
+        steps_per_generation=PROMPTS // MINIBATCH, num_generations=generations, num_iterations=EPOCHS,
+        max_steps=EPOCHS * PROMPTS // MINIBATCH, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0,
+        top_k=0, beta=0.05, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        bf16=False, use_cpu=True, gradient_checkpointing=False, disable_dropout=True, report_to=[],
+        save_strategy="no", logging_steps=10_000, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+    )
+    return RLOOTrainer(model=str(policy_dir), reward_funcs=reward_model, args=args, processing_class=tok,
+                       reward_processing_classes=tok, train_dataset=Dataset.from_list(prompts))
+
+
+def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
+    from pathlib import Path
+
+    from bench.algorithms.ppo import PPOGT, Config
+    from bench.contracts import Context, Generation
+    from bench.reward import score
+    from bench.train import TrainConfig
+
+    torch.set_num_threads(THREADS)
+    tok = _word_tokenizer()
+    base = _policy()
+    base.save_pretrained(tmp_path / "policy")  # TRL loads policy and reference by path
+    tok.save_pretrained(tmp_path / "policy")
+    reward_model = _reward_model(base, tok)
+    trainer = _rloo_trainer(tmp_path / "policy", copy.deepcopy(reward_model), tok, tmp_path / "trl")
+
+    prompts = [" ".join(f"w{i}" for i in p) for p in _prompt_ids(PROMPTS)]
+    train = TrainConfig(lr=1e-5, batch_size=MINIBATCH, max_steps=1, warmup_steps=0, log_every=1, max_length=128)
+    config = Config(rollout_batch_size=PROMPTS, ppo_epochs=EPOCHS, max_new_tokens=NEW_TOKENS)
+    rows, peer_times = [], []
+
+    def rloo_iteration():
+        start = time.perf_counter()
+        trainer.train()
+        peer_times.append(time.perf_counter() - start)
+
+    def ppo_iteration():
+        ctx = Context(task=None, policy=copy.deepcopy(base).requires_grad_(True), tokenizer=tok, reference=base, train=train, seed=0,
+                      log=rows.append, checkpoint_dir=Path(tmp_path / "ours"), cache_dir=tmp_path,
+                      sft_examples=[], preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
+                      test_preferences=[], generation=Generation(max_new_tokens=NEW_TOKENS),
+                      reward=lambda p, c: score(reward_model, tok, p, c, max_length=128))
+        PPOGT(config).fit(ctx)
+
+    base.requires_grad_(False)
+    benchmark.pedantic(ppo_iteration, setup=rloo_iteration, rounds=ROUNDS, warmup_rounds=WARMUP)
+    assert rows[-1]["sampled_tokens"] > PROMPTS * NEW_TOKENS * 0.9  # nearly all rows ran to the length limit
+    steps = trainer.state.global_step
+    _report(f"one online-RL iteration: {PROMPTS} completions x {NEW_TOKENS} tokens, {EPOCHS} epochs of minibatch "
+            f"{MINIBATCH} (TRL steps per iteration: {steps})", benchmark, "TRL", peer_times)
