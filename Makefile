@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 RESULTS ?= results
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench clean-results
+.PHONY: setup demo test bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The embedded comparison on the offline `sentiment` task: builds the task once (cached), trains
-# each offline algorithm at its default setting, evaluates, and prints the table.
+# each offline algorithm at its default setting, evaluates, prints the table and writes the report.
+# Runs already complete are skipped, so an interrupted demo continues where it stopped.
+DEMO_ALGOS ?= sft,preferred-ft,unlikelihood,dpo
 demo: setup
-	$(BENCH) run --algo sft --task sentiment --results $(RESULTS)
-	$(BENCH) run --algo preferred-ft --task sentiment --results $(RESULTS)
-	$(BENCH) run --algo unlikelihood --task sentiment --results $(RESULTS)
-	$(BENCH) run --algo dpo --task sentiment --results $(RESULTS)
+	$(BENCH) sweep --task sentiment --algo $(DEMO_ALGOS) --seeds 0 --results $(RESULTS)
 	$(BENCH) table --task sentiment --results $(RESULTS)
+	$(BENCH) report --task sentiment --results $(RESULTS) --out reports/sentiment
 
 test: setup
 	$(VENV)/bin/pytest -q tests
