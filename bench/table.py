@@ -74,8 +74,9 @@ def cell(present: list[dict]) -> dict:
     """
     if len(present) == 1:
         agg = present[0]
-        return {"mean": agg["mean"], "half": ci95_halfwidth(agg["se"], agg["n"]), "n": f"{agg['n']} prompts",
-                "count": agg["n"], "unit": "prompts", "estimator": agg.get("estimator")}
+        unit = agg.get("unit", "prompts")  # what n counts; e.g. held-out pairs for pair accuracy
+        return {"mean": agg["mean"], "half": ci95_halfwidth(agg["se"], agg["n"]), "n": f"{agg['n']} {unit}",
+                "count": agg["n"], "unit": unit, "estimator": agg.get("estimator")}
     s = mean_se([a["mean"] for a in present])
     return {"mean": s["mean"], "half": ci95_halfwidth(s["se"], s["n"]), "n": f"{s['n']} seeds",
             "count": s["n"], "unit": "seeds", "estimator": present[0].get("estimator")}

@@ -32,4 +32,4 @@ class PairAccuracy:
             logps[side] = dataset_logps(ctx.trained.model, enc, pad, bs) - ref
         margins = (logps["chosen"] - logps["rejected"]).tolist()
         correct = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
-        return Evaluation(aggregates={"pair_accuracy": mean_se(correct)})
+        return Evaluation(aggregates={"pair_accuracy": {**mean_se(correct), "unit": "pairs"}})
