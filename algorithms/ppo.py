@@ -19,12 +19,13 @@ reward; everything else is one algorithm. Each update:
 
 A run makes train.max_steps updates, or else train.epochs passes over the training prompts (those
 of the preference pairs); train.batch_size is the minibatch and train.lr the learning rate of
-policy and value head. The training log uses TRL's names: objective/kl (sequence KL of the rollout, summed sampled
-log-ratios), objective/scores (raw reward), objective/rlhf_reward (the per-sequence sum of the
-rewards PPO maximises), objective/kl_coef, policy/entropy, policy/clipfrac, policy/approxkl,
-loss/policy, loss/value, val/clipfrac. Every `train.checkpoint_every` updates the whole state
-(weights, value head, Adam, kl_coef, score statistics) goes to the run's checkpoint directory;
-the same command resumes from it and ends exactly where an uninterrupted run ends.
+policy and value head. The training log uses TRL's names: objective/kl (the rollout's sequence
+KL, summed sampled log-ratios), objective/scores (raw reward), objective/rlhf_reward (the
+per-sequence sum of the rewards PPO maximises), objective/kl_coef, policy/entropy,
+policy/clipfrac, policy/approxkl, loss/policy, loss/value, val/clipfrac. Every
+`train.checkpoint_every` updates the whole state (weights, value head, Adam, kl_coef, score
+statistics) goes to the run's checkpoint directory; the same command resumes from it and ends
+exactly where an uninterrupted run ends.
 """
 from __future__ import annotations
 
@@ -305,6 +306,7 @@ class PPO:
 class PPOGT(PPO):
     name = "ppo-gt"
     description = "PPO on the task's gold reward (an oracle upper reference for PPO-RLHF; tasks with a gold reward only)"
+    uses_preferences = False  # cost accounting: the gold reward replaces the preference labels
 
     def reward(self, ctx):
         if ctx.reward is None:

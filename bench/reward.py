@@ -37,7 +37,7 @@ from bench.records import read_jsonl, write_jsonl
 from bench.stats import mean_se
 from bench.train import TrainConfig, train_loop
 
-TRAIN_DEFAULTS = {"lr": 5e-5, "epochs": 1.0, "batch_size": 32, "warmup_steps": 10, "max_grad_norm": 1.0}
+TRAIN_DEFAULTS = {"lr": 3e-4, "epochs": 1.0, "batch_size": 32, "warmup_steps": 10, "max_grad_norm": 1.0}
 """Training settings of the reward model (the `reward-model` algorithm's train defaults; PPO and best-of-N use them)."""
 INFO = "reward_model.json"
 LOG = "train_log.jsonl"
