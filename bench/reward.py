@@ -115,7 +115,7 @@ def pair_accuracy(model, tokenizer, pairs: list[dict], *, max_length: int, batch
     prompts = [p["prompt"] for p in pairs]
     chosen = score(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length=max_length, batch_size=batch_size)
     rejected = score(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length, batch_size=batch_size)
-    return mean_se([1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)])
+    return {**mean_se([1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]), "unit": "pairs"}
 
 
 def train(policy, tokenizer, pairs: list[dict], cfg: TrainConfig, *, seed: int,
@@ -232,7 +232,7 @@ def learned_reward(ctx, rm_config: TrainConfig | None = None, *, path: str | Pat
                                             "pairs": len(ctx.preferences), "train": dataclasses.asdict(cfg)})
     model = model.to(device()).eval().requires_grad_(False)
     accuracy = pair_accuracy(model, tok, ctx.test_preferences, max_length=cfg.max_length) if ctx.test_preferences \
-        else mean_se([])
+        else {**mean_se([]), "unit": "pairs"}
     return LearnedReward(model, tok, where, accuracy, cfg.max_length)
 
 
