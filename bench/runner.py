@@ -134,37 +134,31 @@ def _check_ranges(train, generation) -> None:
         raise UserError("eval.max_prompts, train.max_steps and train.epochs cannot be negative")
 
 
-def load_data(r: Resolved) -> dict[str, list[dict]]:
-    """Training and evaluation rows, from the user's files where given, else from the task; validated."""
-    task, d = r.task, r.data
-    sources = {
-        "preferences": (d.preferences, rows.PREFERENCE_KEYS, lambda: task.preference_data("train")),
-        "test_preferences": (d.test_preferences, rows.PREFERENCE_KEYS, lambda: task.preference_data("test")),
-        "sft": (d.sft, rows.SFT_KEYS, task.sft_data),
-        "eval_prompts": (d.eval_prompts, rows.PROMPT_KEYS, task.eval_prompts),
-    }
-    out = {}
-    for key, (path, keys, from_task) in sources.items():
-        if path:
-            out[key] = rows.read_rows(path, keys)
-        else:
-            out[key] = rows.validate(from_task(), keys, f"task {r.task_cls.name}: {key}")
+SCHEMAS = {"preferences": rows.PREFERENCE_KEYS, "test_preferences": rows.PREFERENCE_KEYS,
+           "sft": rows.SFT_KEYS, "eval_prompts": rows.PROMPT_KEYS}
+"""The data a run uses, by `data.*` key, with the fields every row must have."""
+
+
+def read_user_files(r: Resolved) -> dict[str, list[dict]]:
+    """The user's data files, read and validated once, before anything is built or written."""
+    out = {key: rows.read_rows(getattr(r.data, key), keys) for key, keys in SCHEMAS.items() if getattr(r.data, key)}
+    if "eval_prompts" in out and not out["eval_prompts"]:
+        raise UserError(f"{r.data.eval_prompts}: the evaluation prompt set is empty; give at least one {{\"prompt\": ...}} line")
+    return out
+
+
+def load_data(r: Resolved, user_rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Training and evaluation rows: the user's (already validated) where given, else the task's, validated."""
+    task = r.task
+    from_task = {"preferences": lambda: task.preference_data("train"), "test_preferences": lambda: task.preference_data("test"),
+                 "sft": task.sft_data, "eval_prompts": task.eval_prompts}
+    out = {key: user_rows[key] if key in user_rows else rows.validate(from_task[key](), keys, f"task {r.task_cls.name}: {key}")
+           for key, keys in SCHEMAS.items()}
     if r.generation.max_prompts:
         out["eval_prompts"] = out["eval_prompts"][: r.generation.max_prompts]
     if not out["eval_prompts"]:
         raise UserError("the evaluation prompt set is empty; give a data.eval_prompts file with at least one {\"prompt\": ...} line")
     return out
-
-
-def _read_user_files(r: Resolved) -> None:
-    """Validate the user's data files before anything is built or written."""
-    for key, keys in (("preferences", rows.PREFERENCE_KEYS), ("test_preferences", rows.PREFERENCE_KEYS),
-                      ("sft", rows.SFT_KEYS), ("eval_prompts", rows.PROMPT_KEYS)):
-        path = getattr(r.data, key)
-        if path:
-            found = rows.read_rows(path, keys)
-            if key == "eval_prompts" and not found:
-                raise UserError(f"{path}: the evaluation prompt set is empty; give at least one {{\"prompt\": ...}} line")
 
 
 def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> Path:
@@ -175,7 +169,7 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
     if records.is_complete(final):
         echo(f"{r.name}: complete, skipped ({final})")
         return final
-    _read_user_files(r)
+    user_rows = read_user_files(r)
     for ev_cls, ev_config in r.evaluators:
         # Evaluators that talk to a service check it now, not after minutes of training.
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
@@ -188,7 +182,7 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
 
     t0 = time.time()
     r.task.build()
-    data = load_data(r)
+    data = load_data(r, user_rows)
     t_build = time.time() - t0
 
     partial = results / records.PARTIAL / r.name
