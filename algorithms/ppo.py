@@ -43,7 +43,7 @@ from bench.logprobs import collate, token_logps
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
-from bench.train import _example_order, make_optimizer, train_loop
+from bench.train import example_order, make_optimizer, train_loop
 
 CHECKPOINT = "ppo_state.pt"
 
@@ -210,7 +210,7 @@ class PPO:
         while state["update"] < total:
             update = state["update"]
             # 1. Rollout: the same prompts and draws for a given (seed, update), so a resumed run repeats them.
-            rows = _example_order(len(prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
+            rows = example_order(len(prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
             queries = [prompt_ids[i] for i in rows]
             completions = sample(policy, queries, max_new_tokens=max_new_tokens, temperature=c.temperature,
                                  eos_token_id=tok.eos_token_id, pad_token_id=pad, seed=ctx.seed * 1_000_003 + update,

@@ -65,7 +65,7 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     return max(1, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
 
 
-def _example_order(n: int, seed: int, start: int, count: int) -> list[int]:
+def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
     """Indices `start .. start+count` of an endless stream of seeded per-epoch permutations.
 
     Step k always sees the same examples, so a resumed run continues exactly where it stopped.
@@ -133,7 +133,7 @@ def train_loop(
     model.train()
     bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False, disable=None)
     while step < steps:
-        order = _example_order(len(examples), seed, step * cfg.batch_size, cfg.batch_size)
+        order = example_order(len(examples), seed, step * cfg.batch_size, cfg.batch_size)
         # Each process takes its share of the step's examples (one process on CPU).
         order = order[accelerator.process_index::accelerator.num_processes]
         step_metrics: dict[str, float] = {}

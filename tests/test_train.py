@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.errors import UserError
-from bench.train import TrainConfig, _example_order, make_optimizer, train_loop
+from bench.train import TrainConfig, example_order, make_optimizer, train_loop
 
 X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
 Y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
@@ -94,9 +94,9 @@ def test_warmup_is_linear_then_constant():
 
 
 def test_example_order_is_an_endless_sequence_of_permutations():
-    order = _example_order(5, seed=3, start=0, count=15)
+    order = example_order(5, seed=3, start=0, count=15)
     assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
-    assert _example_order(5, seed=3, start=7, count=4) == order[7:11]
+    assert example_order(5, seed=3, start=7, count=4) == order[7:11]
 
 
 def test_nan_loss_stops_with_a_user_error():
