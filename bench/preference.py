@@ -7,7 +7,8 @@
   `bench.logprobs.concatenated_forward`'s dict and the reference values are [B] tensors (None
   when `needs_reference=False`).
 - `fit_on_demonstrations(ctx, examples)`: SFT and preferred-FT, the mean token negative
-  log-likelihood of completions with the prompt masked out.
+  log-likelihood of completions with the prompt masked out (`train_on_demonstrations` is the
+  same without a run context, for tasks that fine-tune a starting policy at build time).
 """
 from __future__ import annotations
 
@@ -66,11 +67,21 @@ def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: 
     return ModelPolicy(model, tok)
 
 
+def train_on_demonstrations(model, tokenizer, examples: list[dict], train, *, seed: int, log=None, checkpoint_dir=None,
+                            on_step=None, desc: str = "train"):
+    """Maximum likelihood on {"prompt", "completion"} examples (prompt tokens masked); returns the trained model.
+
+    Also what tasks use at build time to make a starting policy (e.g. a base model fine-tuned on
+    the task's demonstrations or chosen responses).
+    """
+    pad = pad_id(tokenizer)
+    encoded = [encode(tokenizer, e["prompt"], e["completion"], train.max_length) for e in examples]
+    return train_loop(model, encoded, lambda batch: collate(batch, pad), demonstration_loss, train, seed=seed,
+                      log=log, checkpoint_dir=checkpoint_dir, desc=desc, on_step=on_step)
+
+
 def fit_on_demonstrations(ctx, examples: list[dict], desc: str = "train") -> ModelPolicy:
     """Maximum likelihood on {"prompt", "completion"} examples (prompt tokens masked); returns the trained policy."""
-    tok, pad = ctx.tokenizer, pad_id(ctx.tokenizer)
-    encoded = [encode(tok, e["prompt"], e["completion"], ctx.train.max_length) for e in examples]
-
-    model = train_loop(ctx.policy, encoded, lambda batch: collate(batch, pad), demonstration_loss, ctx.train, seed=ctx.seed,
-                       log=ctx.log, checkpoint_dir=ctx.checkpoint_dir, desc=desc, on_step=ctx.on_step)
-    return ModelPolicy(model, tok)
+    model = train_on_demonstrations(ctx.policy, ctx.tokenizer, examples, ctx.train, seed=ctx.seed, log=ctx.log,
+                                    checkpoint_dir=ctx.checkpoint_dir, on_step=ctx.on_step, desc=desc)
+    return ModelPolicy(model, ctx.tokenizer)

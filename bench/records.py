@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,7 +27,7 @@ from typing import Any, Iterable
 COMPLETE = "COMPLETE"
 PARTIAL = ".partial"
 PACKAGES = ("alignment-bench", "torch", "transformers", "tokenizers", "accelerate", "numpy", "scipy",
-            "scikit-learn", "pandas", "datasets", "trl", "peft", "openai")
+            "scikit-learn", "pandas", "datasets", "trl", "peft", "gguf", "openai")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -48,6 +48,14 @@ class TrainConfig:
     """Optimizer steps between rows of train_log.jsonl (metrics averaged over the window)."""
     checkpoint_every: int = 0
     """Optimizer steps between resumable checkpoints; 0 disables them."""
+    lora_r: int = 0
+    """LoRA rank: > 0 trains a low-rank adapter (peft) on the policy instead of all its weights; 0 trains every weight."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch during training."""
+    lora_targets: str = "all-linear"
+    """Modules that get adapters: "all-linear" (every linear layer but the output head) or comma-separated module names."""
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
