@@ -45,10 +45,15 @@ def cmd_list(args) -> None:
         print()
 
 
+def _sets(args) -> list[str]:
+    """--set items, with --eval-task as the run.eval_task setting it stands for."""
+    return (args.set or []) + ([f"run.eval_task={args.eval_task}"] if getattr(args, "eval_task", None) else [])
+
+
 def cmd_run(args) -> None:
     from bench.runner import RunSpec, execute
 
-    execute(RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=args.set or []),
+    execute(RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args)),
             results=Path(args.results), cache_dir=Path(args.cache))
 
 
@@ -68,11 +73,11 @@ def cmd_sweep(args) -> None:
     if args.executor and args.dispatch != "submitit":
         raise UserError("--executor options apply to --dispatch submitit only")
     if args.preset:
-        specs = sweep.preset_specs(args.preset, args.task, algos, seeds, grid, args.set or [])
+        specs = sweep.preset_specs(args.preset, args.task, algos, seeds, grid, _sets(args))
     elif algos is None:
         raise UserError("bench sweep: give --algo A[,B...] or --preset NAME")
     else:
-        specs = sweep.expand(args.task, algos, grid, seeds or [0], args.set or [])
+        specs = sweep.expand(args.task, algos, grid, seeds or [0], _sets(args))
     planned = sweep.plan(specs, results, cache)
     if args.dry_run:
         print("\n".join(sweep.describe(planned, results)))
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. --set dpo.beta=0.5 --set train.lr=1e-5 --set task.scale=tiny")
+    p.add_argument("--eval-task", metavar="TASK",
+                   help="evaluate on another task's prompts, e.g. --task tldr --eval-task cnn-dm (out-of-distribution)")
     p.add_argument("--results", default="results", help="results directory (default: ./results)")
     p.add_argument("--cache", default=str(default_cache_dir()),
                    help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)")
@@ -122,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated seeds (default: 0, or the preset's)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="a fixed setting for every run, as in `bench run`")
     p.add_argument("--preset", help="a named grid: `paper` is the DPO paper's sentiment sweep")
+    p.add_argument("--eval-task", metavar="TASK", help="evaluate every run on another task's prompts (as in `bench run`)")
     p.add_argument("--results", default="results", help="results directory (default: ./results)")
     p.add_argument("--cache", default=str(default_cache_dir()),
                    help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)")

@@ -1,8 +1,10 @@
 """Resolving a run's configuration: plugin defaults, then `--set section.key=value` overrides.
 
 Sections: `task`, `algo` (or the algorithm's own name, e.g. `dpo`), `train`, `eval`, `data`,
-`run`, and one per evaluator that has options. Unknown sections or keys and values of the wrong
-type are errors. The resolved configuration is plain JSON; its hash is the run id.
+`run`, `eval_task` (with --eval-task), and one per evaluator that has options. A task may add
+its own defaults for runs on it (`run_defaults`, e.g. tldr's dpo.beta=0.5); `--set` overrides
+them. Unknown sections or keys and values of the wrong type are errors. The resolved
+configuration is plain JSON; its hash is the run id.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class RunOptions:
     """Comma-separated evaluator names; empty runs every installed evaluator that applies."""
     eval_checkpoints: int = 0
     """Intermediate policies to evaluate during training (evenly spaced); each adds a point to checkpoints.jsonl."""
+    eval_task: str = ""
+    """Evaluate on another task's prompts (e.g. cnn-dm for a policy trained on tldr); `--eval-task NAME` sets it, `--set eval_task.KEY=VALUE` its options."""
 
 
 def parse_value(text: str, annotation: Any, where: str) -> Any:

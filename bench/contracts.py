@@ -12,7 +12,7 @@ Task (constructed as `Task(config, cache_dir)`):
     reference_key: str                 identifies the starting policy's weights (for caches)
     sft_data() -> [{"prompt", "completion"}]
     preference_data(split) -> [{"prompt", "chosen", "rejected"}]   split: "train" or "test"
-    eval_prompts() -> [{"prompt", "reference"?}]
+    eval_prompts() -> [{"prompt", "reference"?, "query"?}]   query: what a judge reads instead of the prompt
     gold_reward: callable(prompts, completions) -> list[float], or None
     judge_prompt: str or None
 
@@ -108,3 +108,5 @@ class Context:
     generation: Generation | None = None
     on_step: Callable[[int, int, Any], None] | None = None
     """Pass to bench.train.train_loop(on_step=...): the harness evaluates intermediate checkpoints."""
+    eval_task: Any = None
+    """The task whose prompts are evaluated when it is not `task` (--eval-task): judges take its prompt and rows."""

@@ -48,6 +48,8 @@ class Resolved:
     seed: int
     record: dict
     cache_dir: Path
+    eval_task: Any = None
+    """The task whose prompts, generation defaults, judge prompt and gold reward evaluate the run (--eval-task), or None."""
 
     @property
     def run_id(self) -> str:
@@ -66,6 +68,15 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     if "algo" in sets and spec.algo in sets:
         raise UserError(f"--set algo.* and --set {spec.algo}.* both given; use one of them")
     algo_sets = sets.pop("algo", None) or sets.pop(spec.algo, {})
+    if getattr(task_cls, "eval_only", False):
+        raise UserError(f"task {spec.task} is evaluation-only: train on another task and evaluate here with "
+                        f"--eval-task {spec.task}, e.g. bench run --algo {spec.algo} --task "
+                        f"{getattr(task_cls, 'train_task', 'TASK')} --eval-task {spec.task}")
+    # The task's own defaults for runs on it (e.g. tldr: dpo.beta=0.5), below the user's --set.
+    task_defaults = cfg.split_sets([f"{k}={v}" for k, v in (getattr(task_cls, "run_defaults", None) or {}).items()])
+    algo_sets = {**task_defaults.get(spec.algo, {}), **algo_sets}
+    for section in ("train", "eval"):
+        sets[section] = {**task_defaults.get(section, {}), **sets.get(section, {})}
 
     ev_names = registry.names("evaluator")
     options = cfg.apply_overrides(cfg.RunOptions(), sets.pop("run", {}), "run")
@@ -84,8 +95,18 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     algo_config = cfg.apply_overrides(algo_cls.Config(), algo_sets, spec.algo)
     algo_cls(config=algo_config)  # constructors check their options: fail before anything is built
     task_config = cfg.apply_overrides(task_cls.Config(), sets.pop("task", {}), "task")
+    eval_task = None
+    if options.eval_task:
+        # Train on one task, evaluate on another (the paper's TL;DR -> CNN/DailyMail transfer).
+        eval_cls = registry.load("task", options.eval_task)
+        if eval_cls is task_cls:
+            raise UserError(f"--eval-task {options.eval_task}: the run's own task; leave --eval-task out")
+        eval_config = cfg.apply_overrides(eval_cls.Config(), sets.pop("eval_task", {}), "eval_task")
+        eval_task = eval_cls(eval_config, Path(cache_dir))
+    elif "eval_task" in sets:
+        raise UserError("--set eval_task.*: set options of an evaluation task only together with --eval-task NAME")
     train = cfg.apply_overrides(cfg.train_config_for(algo_cls), sets.pop("train", {}), "train")
-    generation = cfg.apply_overrides(cfg.generation_for(task_cls), sets.pop("eval", {}), "eval")
+    generation = cfg.apply_overrides(cfg.generation_for(type(eval_task) if eval_task else task_cls), sets.pop("eval", {}), "eval")
     data = cfg.apply_overrides(cfg.DataConfig(), sets.pop("data", {}), "data")
     if sets:
         valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e.name for e, c in evaluators if c is not None]
@@ -112,8 +133,10 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
         "run": cfg.to_jsonable(options),
         "evaluators": {ev.name: cfg.to_jsonable(c) if c is not None else {} for ev, c in evaluators},
     }
+    if eval_task is not None:
+        record["eval_task"] = {"name": type(eval_task).name, **cfg.to_jsonable(getattr(eval_task, "config", eval_config))}
     return Resolved(algo_cls, task_cls, algo_config, task, train, generation, data, options,
-                    [(ev_cls, c) for ev_cls, c in evaluators], spec.seed, record, Path(cache_dir))
+                    [(ev_cls, c) for ev_cls, c in evaluators], spec.seed, record, Path(cache_dir), eval_task)
 
 
 def _check_ranges(train, generation) -> None:
@@ -132,6 +155,8 @@ def _check_ranges(train, generation) -> None:
         raise UserError("eval.top_p must lie in (0, 1] and eval.temperature must be >= 0")
     if generation.max_prompts < 0 or train.max_steps < 0 or train.epochs < 0:
         raise UserError("eval.max_prompts, train.max_steps and train.epochs cannot be negative")
+    if train.lora_r < 0 or train.lora_alpha < 1 or not 0 <= train.lora_dropout < 1:
+        raise UserError("train.lora_r cannot be negative, train.lora_alpha must be at least 1 and train.lora_dropout must lie in [0, 1)")
 
 
 SCHEMAS = {"preferences": rows.PREFERENCE_KEYS, "test_preferences": rows.PREFERENCE_KEYS,
@@ -151,7 +176,7 @@ def load_data(r: Resolved, user_rows: dict[str, list[dict]]) -> dict[str, list[d
     """Training and evaluation rows: the user's (already validated) where given, else the task's, validated."""
     task = r.task
     from_task = {"preferences": lambda: task.preference_data("train"), "test_preferences": lambda: task.preference_data("test"),
-                 "sft": task.sft_data, "eval_prompts": task.eval_prompts}
+                 "sft": task.sft_data, "eval_prompts": (r.eval_task or task).eval_prompts}
     out = {key: user_rows[key] if key in user_rows else rows.validate(from_task[key](), keys, f"task {r.task_cls.name}: {key}")
            for key, keys in SCHEMAS.items()}
     if r.generation.max_prompts:
@@ -182,6 +207,8 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
 
     t0 = time.time()
     r.task.build()
+    if r.eval_task is not None:
+        r.eval_task.build()
     data = load_data(r, user_rows)
     t_build = time.time() - t0
 
@@ -247,6 +274,10 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     torch.manual_seed(r.seed)
     policy, tokenizer = r.task.load_policy()
     reference, _ = r.task.load_policy()
+    if r.train.lora_r:
+        from bench.policy import add_lora
+
+        policy = add_lora(policy, r.train)
     reference.requires_grad_(False)
     reference.eval()
     ctx = Context(
@@ -256,6 +287,9 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         eval_prompts=data["eval_prompts"], reward=getattr(r.task, "gold_reward", None), generation=r.generation,
     )
 
+    # Evaluators see the evaluation task: its gold reward, judge prompt and prompt rows.
+    eval_ctx = (lambda c: c) if r.eval_task is None else \
+        (lambda c: dataclasses.replace(c, eval_task=r.eval_task, reward=getattr(r.eval_task, "gold_reward", None)))
     marks: set[int] = set()
 
     def on_step(step: int, total: int, model) -> None:
@@ -267,7 +301,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
             marks.update(round(total * i / (k + 1)) for i in range(1, k + 1))
         if step in marks:
             model.eval()
-            point = dataclasses.replace(ctx, trained=ModelPolicy(model, tokenizer))
+            point = eval_ctx(dataclasses.replace(ctx, trained=ModelPolicy(model, tokenizer)))
             samples = point.trained.sample(prompts, r.generation, seed=eval_seed)
             metrics = _evaluate(r.evaluators, samples, point, at_checkpoint=True)
             append(points_path, {"step": step, "total_steps": total, "metrics": metrics})
@@ -288,7 +322,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
 
     t0 = time.time()
     metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
-    metrics.update(_evaluate(r.evaluators, samples, ctx))
+    metrics.update(_evaluate(r.evaluators, samples, eval_ctx(ctx)))
     # Aggregates the algorithm measured while fitting, e.g. its reward model's held-out accuracy.
     metrics.update(getattr(trained, "fit_metrics", None) or {})
     cost["wall_time_s"]["evaluate"] = time.time() - t0

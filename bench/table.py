@@ -18,11 +18,16 @@ SECTIONS = ("algo", "train", "task", "eval", "data")
 """Config sections whose differences make two runs of one algorithm different settings."""
 
 
+def evaluated_task(record: dict) -> str:
+    """The task a run is evaluated on, under which tables and reports list it: --eval-task, else its own."""
+    return (record.get("run") or {}).get("eval_task") or record["task"]["name"]
+
+
 def load_runs(results: Path, task: str | None = None) -> list[dict]:
     runs = []
     for run_dir in records.complete_runs(results):
         config = json.loads((run_dir / "config.json").read_text())
-        if task is not None and config["config"]["task"]["name"] != task:
+        if task is not None and evaluated_task(config["config"]) != task:
             continue
         metrics = json.loads((run_dir / "metrics.json").read_text())
         runs.append({"dir": run_dir, "config": config["config"], "metrics": metrics})

@@ -1,6 +1,8 @@
-"""Shared fixtures: one tiny build of the embedded task per test session, and a CLI runner."""
+"""Shared fixtures: one tiny build of the embedded task per test session, local fixtures of the hub
+tasks, and a CLI runner."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -31,3 +33,24 @@ def run_cli(args: list[str], cache: Path, env_extra: dict | None = None, timeout
     script = Path(sys.executable).parent / "bench"  # the installed console script, as a user runs it
     return subprocess.run([str(script), *args], capture_output=True, text=True,
                           env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def task_settings(tmp_path_factory, cache_dir) -> dict[str, dict]:
+    """`--set task.KEY=VALUE` settings that run each registered task small and offline.
+
+    The embedded task runs at its tiny scale; every other task must ship `tests/fixtures_<task>.py`
+    whose `make(root)` writes local copies of its data and models (hub formats) and returns the
+    settings pointing at them. A task without one fails the contract tests.
+    """
+    from bench import registry
+
+    root = tmp_path_factory.mktemp("hub-fixtures")
+    settings = {}
+    for name in registry.names("task"):
+        if name == "sentiment":
+            settings[name] = {"scale": "tiny"}
+            continue
+        module = importlib.import_module("fixtures_" + name.replace("-", "_"))
+        settings[name] = {k: str(v) for k, v in module.make(root / name).items()}
+    return settings
