@@ -429,6 +429,9 @@ class _Pair:
     prompt: str
     policy: str
     baseline: str
+    query: str
+    """What the judge reads as the prompt: the evaluation row's "query" (e.g. the post without the policy's
+    "TL;DR:" cue, the user's question without the chat template) or else the prompt itself."""
 
 
 class Judge:
@@ -513,7 +516,8 @@ class Judge:
     def _chat(self, pairs, ctx, index, win, first, counts, oracle_win, record):
         """Judge the pairs with the chat model; fills win/first/counts, returns (extra aggregates, record)."""
         cfg = self.config
-        template = load_template(cfg.template or getattr(ctx.task, "judge_prompt", None) or DEFAULT_TEMPLATE)
+        task = getattr(ctx, "eval_task", None) or ctx.task
+        template = load_template(cfg.template or getattr(task, "judge_prompt", None) or DEFAULT_TEMPLATE)
         record = {**record, "template": template.name,
                   "template_sha256": hashlib.sha256(template.text.encode()).hexdigest()[:16]}
         # The order of each comparison depends only on (seed, prompt, slot): reproducible, and the
@@ -526,7 +530,7 @@ class Judge:
                 requests += [(k, True), (k, False)]
             else:
                 requests.append((k, random.Random(f"judge-order:{ctx.seed}:{p.prompt_index}:{p.slot}").random() < 0.5))
-        texts = [template.render(pairs[k].prompt, *((pairs[k].policy, pairs[k].baseline) if pf else
+        texts = [template.render(pairs[k].query, *((pairs[k].policy, pairs[k].baseline) if pf else
                                                      (pairs[k].baseline, pairs[k].policy))) for k, pf in requests]
         cache = VerdictCache(Path(ctx.cache_dir) / "judge" / "verdicts.sqlite")
         try:
@@ -612,8 +616,11 @@ class Judge:
             base = _run_baseline(cfg.baseline_run, samples, chosen)
         else:
             base = _sft_baseline(ctx, samples, chosen)
-        pairs = [_Pair(i, samples[i].prompt_index, slot, samples[i].prompt, samples[i].completion, b)
-                 for (i, slot), b in zip(chosen, base)]
+        rows = rows if rows is not None else _eval_rows(ctx, samples)
+        queries = [(rows[samples[i].prompt_index].get("query") if rows is not None else None) or samples[i].prompt
+                   for i, _ in chosen]
+        pairs = [_Pair(i, samples[i].prompt_index, slot, samples[i].prompt, samples[i].completion, b, q)
+                 for (i, slot), b, q in zip(chosen, base, queries)]
         return pairs, (f"run:{Path(cfg.baseline_run).name}" if kind == "run" else kind)
 
 
@@ -624,8 +631,9 @@ def _win_of(policy_score: float, baseline_score: float) -> float:
 def _eval_rows(ctx, samples) -> list[dict] | None:
     """The evaluation prompt rows the samples were drawn from, checked against the samples' prompts."""
     rows = getattr(ctx, "eval_prompts", None)
-    if rows is None and hasattr(ctx.task, "eval_prompts"):
-        rows = ctx.task.eval_prompts()
+    task = getattr(ctx, "eval_task", None) or ctx.task
+    if rows is None and hasattr(task, "eval_prompts"):
+        rows = task.eval_prompts()
     if rows is None:
         return None
     for s in samples:
