@@ -1,0 +1,290 @@
+"""The DPO paper's single-turn dialogue experiment: Anthropic HH, judged against the chosen responses.
+
+Data: `Anthropic/hh-rlhf` (columns chosen, rejected; splits train, test), or a local copy in the
+same schema. Each cell is a whole dialogue, "\\n\\nHuman: ...\\n\\nAssistant: ...". Only
+single-turn dialogues are kept (exactly one Human turn, then one Assistant turn), as in the
+paper. The prompt is the text up to and including "\\n\\nAssistant:" and each completion is the
+rest of its dialogue, so prompt + completion is the dialogue exactly (the response's leading space
+opens its first token). A pair is skipped, and counted, when either dialogue is not single-turn,
+when the two dialogues' prompts differ, when a response is empty, or when both responses are the
+same. Prompts longer than `max_prompt_tokens` tokens of the model are dropped (cutting a question
+could change what it asks), counted as well.
+
+Starting policy and reference: the paper had no SFT model for HH and fine-tuned Pythia-2.8B on
+the chosen responses of the train pairs ("preferred-FT"). With `reference=preferred-ft` (the
+default) build() does the same, with the paper code's settings (RMSprop, one epoch at lr 5e-7,
+batch 64, 150 warmup steps, gradient norm clipped at 10, 512 tokens), and caches the result
+under `<cache_dir>/hh/<hash of base model, demonstrations and settings>/policy`; `reference=base`
+starts from the base model as it is. Evaluation: the first `max_prompts` single-turn test
+prompts, judged against their chosen response with the paper's "dialogue" judge prompt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import hub
+from bench.contracts import Generation
+from bench.errors import UserError
+from bench.tasks.tldr import PreferenceRows, model_key, text_field
+
+TASK = "hh"
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+COLUMNS = ("chosen", "rejected")
+REFERENCES = ("preferred-ft", "base")
+SKIPS = {"multi_turn": "not single-turn", "prompt_mismatch": "prompts differ", "empty_response": "empty response",
+         "identical_pairs": "chosen == rejected", "long_prompts": "prompt over {tokens} tokens"}
+"""Why a pair is skipped (the keys of HH.stats) and how the build summary names it."""
+CHUNK = 256
+"""Prompts tokenized at a time when checking their length."""
+BUILD_VERSION = 1
+"""Bump when a change to the preferred-FT build changes what it produces: old caches are then ignored."""
+SFT_OPTIMIZER, SFT_MAX_GRAD_NORM, SFT_MAX_LENGTH, SFT_SEED = "rmsprop", 10.0, 512, 0
+"""Fixed settings of the preferred-FT build, those of the paper's code."""
+
+
+@dataclass
+class Config:
+    """Where the HH data and the base model come from, how the starting policy is made, how much data is used (`--set task.KEY=VALUE`)."""
+
+    model: str = "EleutherAI/pythia-2.8b"
+    """Base model: a hub id or a local directory (the paper's Pythia-2.8B by default)."""
+    dataset: str = "Anthropic/hh-rlhf"
+    """Preference dialogues (train and test splits): hub id or local copy, columns chosen, rejected."""
+    reference: str = "preferred-ft"
+    """Starting policy and reference: "preferred-ft" (the base model fine-tuned on the chosen responses of the train pairs at build time, cached, as in the paper) or "base" (the base model as it is)."""
+    sft_steps: int = 0
+    """Optimizer steps of the preferred-FT build; 0 makes one epoch over the train pairs' chosen responses."""
+    sft_lr: float = 5e-7
+    """Peak learning rate of the preferred-FT build (RMSprop, as in the paper's code)."""
+    sft_batch_size: int = 64
+    """Demonstrations per optimizer step of the preferred-FT build."""
+    sft_warmup_steps: int = 150
+    """Steps of linear learning-rate warmup of the preferred-FT build."""
+    max_prompts: int = 256
+    """Evaluation prompts kept, the first single-turn ones of the test split (the paper judged 256); 0 keeps all."""
+    max_train_pairs: int = 0
+    """Training preference pairs kept (also the preferred-FT demonstrations), the first usable ones of the train split; 0 keeps all."""
+    max_test_pairs: int = 1000
+    """Held-out preference pairs (implicit-reward accuracy), the first usable ones of the test split; 0 keeps all."""
+    max_prompt_tokens: int = 256
+    """Longest prompt in tokens of the model's tokenizer (the paper code's 256); longer pairs are dropped. Keep it below train.max_length."""
+
+
+def split_dialogue(text: str) -> tuple[str, str] | None:
+    """(prompt, response) of a single-turn dialogue, prompt ending in "\\n\\nAssistant:"; None for any other number of turns.
+
+    Leading white space is normalised to the dataset's "\\n\\nHuman:" opening; otherwise
+    prompt + response is the dialogue to the character.
+    """
+    body = text.lstrip()
+    if not body.startswith(HUMAN.lstrip()):
+        return None
+    text = "\n\n" + body
+    if text.count(HUMAN) != 1 or text.count(ASSISTANT) != 1:
+        return None
+    cut = text.index(ASSISTANT) + len(ASSISTANT)
+    return text[:cut], text[cut:]
+
+
+def user_query(prompt: str) -> str:
+    """The human's turn of a single-turn prompt, as a judge reads it (an evaluation row's "query")."""
+    return prompt.split(HUMAN, 1)[-1].rsplit(ASSISTANT, 1)[0].strip()
+
+
+def single_turn_pair(chosen: str, rejected: str) -> tuple[dict | None, str | None]:
+    """({"prompt", "chosen", "rejected"}, None) for a usable pair of dialogues, else (None, the SKIPS key saying why)."""
+    first, second = split_dialogue(chosen), split_dialogue(rejected)
+    if first is None or second is None:
+        return None, "multi_turn"
+    if first[0] != second[0]:
+        return None, "prompt_mismatch"
+    if not first[1].strip() or not second[1].strip():
+        return None, "empty_response"
+    if first[1].strip() == second[1].strip():
+        return None, "identical_pairs"
+    return {"prompt": first[0], "chosen": first[1], "rejected": second[1]}, None
+
+
+def keep_fitting(rows: list[dict], tokenizer, max_tokens: int, limit: int = 0) -> tuple[list[dict], int]:
+    """The first `limit` rows (0: all) whose "prompt" is at most `max_tokens` tokens, and how many longer ones were passed.
+
+    Rows are tokenized a chunk at a time and never further than needed to keep `limit`.
+    """
+    kept, dropped, position = [], 0, 0
+    while position < len(rows) and not (limit and len(kept) == limit):
+        size = min(CHUNK, limit - len(kept)) if limit else CHUNK
+        chunk = rows[position:position + size]
+        position += size
+        ids = tokenizer([r["prompt"] for r in chunk], add_special_tokens=False)["input_ids"]
+        for row, row_ids in zip(chunk, ids):
+            if len(row_ids) > max_tokens:
+                dropped += 1
+            else:
+                kept.append(row)
+    return kept, dropped
+
+
+def check_settings(config, counts: tuple[str, ...], min_prompt_tokens: int = 8) -> None:
+    """UserError for a negative row limit or a max_prompt_tokens too small to hold a prompt."""
+    for key in counts:
+        if getattr(config, key) < 0:
+            raise UserError(f"--set task.{key}={getattr(config, key)}: cannot be negative (0 keeps all)")
+    if config.max_prompt_tokens < min_prompt_tokens:
+        raise UserError(f"--set task.max_prompt_tokens={config.max_prompt_tokens}: too short for a prompt; "
+                        f"use {min_prompt_tokens} or more")
+
+
+def check_context(tokenizer, max_prompt_tokens: int) -> None:
+    """UserError if max_prompt_tokens leaves the model's context no room for a response."""
+    context = getattr(tokenizer, "model_max_length", 0) or 0
+    if context < 1e9 and max_prompt_tokens >= context:
+        raise UserError(f"--set task.max_prompt_tokens={max_prompt_tokens}: the model's context is {context} tokens; "
+                        "leave room for the response")
+
+
+class HH(PreferenceRows):
+    """Single-turn dialogue (Anthropic HH); Pythia-2.8B fine-tuned on the chosen responses; judge win rate vs chosen."""
+
+    name = TASK
+    description = ("single-turn dialogue (Anthropic HH): Pythia-2.8B preferred-FT policy, judge win rate vs the chosen "
+                   "responses (DPO paper, exp. 3)")
+    Config = Config
+    generation = Generation(max_new_tokens=128, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=16)
+    judge_prompt = "dialogue"
+    gold_reward = None
+    run_defaults = {"dpo.beta": 0.1, "train.max_length": 512}
+    """The paper's beta; room for a 256-token prompt and its response (the paper code's 512; the harness's 128 would cut them)."""
+
+    def __init__(self, config: Config, cache_dir: Path):
+        check_settings(config, ("max_prompts", "max_train_pairs", "max_test_pairs"))
+        if config.reference not in REFERENCES:
+            raise UserError(f"--set task.reference={config.reference}: use {' or '.join(REFERENCES)}")
+        if config.sft_steps < 0 or config.sft_warmup_steps < 0 or config.sft_batch_size < 1 or not config.sft_lr > 0:
+            raise UserError("task.sft_steps and task.sft_warmup_steps cannot be negative, task.sft_batch_size must be "
+                            "at least 1 and task.sft_lr positive")
+        self.config = config
+        self.cache_dir = Path(cache_dir)
+        self._data: dict[str, list[dict]] | None = None
+        self._tokenizer = None
+        self._artifact_dir: Path | None = None
+        self.stats: Counter = Counter()
+        """Rows read per split ("rows_train", "rows_test") and pairs skipped, by the SKIPS reason."""
+
+    # ---------------------------------------------------------------- data
+
+    def _load_data(self) -> dict[str, list[dict]]:
+        """Load and normalise every row the task serves, once per instance."""
+        if self._data is not None:
+            return self._data
+        cfg = self.config
+        self._tokenizer = hub.load_tokenizer(cfg.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
+        check_context(self._tokenizer, cfg.max_prompt_tokens)
+        self.stats = Counter()
+        train = self._load("train", cfg.max_train_pairs)
+        # One pass over the test split serves both the held-out pairs and the evaluation prompts.
+        test = self._load("test", 0 if not cfg.max_test_pairs or not cfg.max_prompts else max(cfg.max_test_pairs, cfg.max_prompts))
+        self._data = {
+            "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in train],
+            "train": train,
+            "test": test[:cfg.max_test_pairs or None],
+            "eval": [{"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": user_query(p["prompt"])}
+                     for p in test[:cfg.max_prompts or None]],
+        }
+        s = self.stats
+        print(f"hh: {len(train)} train pairs (of {s['rows_train']} rows read), {len(self._data['test'])} test pairs and "
+              f"{len(self._data['eval'])} evaluation prompts (of {s['rows_test']} rows read); pairs skipped: "
+              + ", ".join(f"{s[k]} {what.format(tokens=cfg.max_prompt_tokens)}" for k, what in SKIPS.items()),
+              file=sys.stderr)
+        return self._data
+
+    def _load(self, split: str, limit: int) -> list[dict]:
+        """The first `limit` usable single-turn pairs of a split (0: all), reading past skipped rows as needed."""
+        rows = hub.load_rows(self.config.dataset, split, task=TASK, key="task.dataset", max_rows=limit)
+        kept, counts = self._normalise(rows, split, limit)
+        if limit and len(kept) < limit and len(rows) == limit:
+            rows = hub.load_rows(self.config.dataset, split, task=TASK, key="task.dataset")
+            kept, counts = self._normalise(rows, split, limit)
+        self.stats.update(counts)
+        return kept
+
+    def _normalise(self, rows: list[dict], split: str, limit: int) -> tuple[list[dict], Counter]:
+        """Usable pairs of `rows` in order (at most `limit`), and counts of the rows read and the pairs skipped."""
+        counts, pairs = Counter({f"rows_{split}": len(rows)}), []
+        for i, row in enumerate(rows):
+            where = f"task {TASK}: {self.config.dataset} (task.dataset) split {split!r} row {i} (0-based)"
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: not a row of columns {', '.join(COLUMNS)}")
+            pair, skip = single_turn_pair(*(text_field(row, c, where, COLUMNS) for c in COLUMNS))
+            if skip:
+                counts[skip] += 1
+            else:
+                pairs.append(pair)
+        kept, counts["long_prompts"] = keep_fitting(pairs, self._tokenizer, self.config.max_prompt_tokens, limit)
+        return kept, counts
+
+    def build(self) -> None:
+        """Load the data and, for reference=preferred-ft, fine-tune and cache the starting policy unless it is cached."""
+        self._load_data()
+        if self.config.reference == "preferred-ft":
+            from bench.artifacts import build_once
+
+            build_once(self.artifact_dir, self._build_policy)
+
+    # ---------------------------------------------------------------- the starting policy
+
+    def _sft_settings(self) -> dict:
+        cfg = self.config
+        return {"lr": cfg.sft_lr, "batch_size": cfg.sft_batch_size, "max_steps": cfg.sft_steps, "epochs": 1.0,
+                "warmup_steps": cfg.sft_warmup_steps, "optimizer": SFT_OPTIMIZER, "max_grad_norm": SFT_MAX_GRAD_NORM,
+                "max_length": SFT_MAX_LENGTH}
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where the preferred-FT policy of this base model, data and settings is cached."""
+        if self._artifact_dir is not None:
+            return self._artifact_dir
+        demonstrations = hashlib.sha256(json.dumps(self._load_data()["sft"], sort_keys=True).encode()).hexdigest()
+        identity = {"model": model_key(TASK, self.config.model), "demonstrations": demonstrations,
+                    "settings": self._sft_settings(), "seed": SFT_SEED, "build_version": BUILD_VERSION}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        self._artifact_dir = self.cache_dir / TASK / key
+        return self._artifact_dir
+
+    def _build_policy(self, out: Path) -> dict:
+        """Fine-tune the base model on the train pairs' chosen responses; save it under out/policy."""
+        import torch
+
+        from bench import preference
+        from bench.train import TrainConfig
+
+        t0 = time.time()
+        model, tokenizer = hub.load_causal_lm(self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir,
+                                              dtype=torch.float32)
+        log: list[dict] = []
+        examples = self._load_data()["sft"]
+        print(f"hh: preferred-FT of {self.config.model} on {len(examples)} chosen responses (cached for later runs)",
+              file=sys.stderr)
+        model = preference.train_on_demonstrations(model, tokenizer, examples, TrainConfig(**self._sft_settings()),
+                                                   seed=SFT_SEED, log=log.append, desc="hh preferred-FT")
+        model.save_pretrained(out / "policy")
+        tokenizer.save_pretrained(out / "policy")
+        return {"model": self.config.model, "examples": len(examples), "settings": self._sft_settings(),
+                "seed": SFT_SEED, "build_version": BUILD_VERSION, "seconds": round(time.time() - t0, 1), "train_log": log}
+
+    @property
+    def reference_key(self) -> str:
+        key = model_key(TASK, self.config.model)
+        return key if self.config.reference == "base" else f"{key}+preferred-ft@{self.artifact_dir.name}"
+
+    def load_policy(self):
+        """A fresh copy of the starting policy (preferred-FT or the base model), in eval mode, and its tokenizer."""
+        if self.config.reference == "base":
+            return hub.load_causal_lm(self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
+        self.build()
+        return hub.load_causal_lm(str(self.artifact_dir / "policy"), task=TASK, key="task.model")
