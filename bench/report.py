@@ -16,7 +16,8 @@ table as CSV and LaTeX. What the numbers are:
   budget integrates the best reward reached at or below each KL (a step function; below an
   algorithm's first point it counts the lowest reward of the whole report), with a percentile
   bootstrap 95% CI over seeds. The budget is --kl-budget, else the smallest of the algorithms'
-  largest KLs, so that every algorithm has reached it.
+  largest KLs, so that every algorithm has reached it. An algorithm that leaves the starting
+  policy unchanged (a reward model's run: KL 0) is shown as that point, with no area.
 - Pairwise: for each pair of algorithms, their best settings (above) are compared on the same
   evaluation prompts and seeds: per-prompt mean gold reward of each run (samples.jsonl), paired
   by (seed, prompt), averaged over the shared seeds per prompt; the difference is the mean over
@@ -223,14 +224,26 @@ def _frontier(groups: list[dict], reward: str, kl_budget: float | None) -> dict 
         algos.append(a)
     if not algos:
         return None
+    # An algorithm whose every policy is the starting one (a reward model's run: KL 0) is plotted as
+    # that reference point; it reaches no KL, so it neither sets the budget nor has an area.
+    unchanged = {a["algo"] for a in algos if not np.nanmax(a["mean_kl"]) > 0}
     if kl_budget is None:
-        budget = min(float(np.nanmax(a["mean_kl"])) for a in algos)
+        moved = [float(np.nanmax(a["mean_kl"])) for a in algos if a["algo"] not in unchanged]
+        budget = min(moved) if moved else 0.0
     else:
         budget = float(kl_budget)
     floor = min(float(np.nanmin(a["mean_rw"])) for a in algos)
     for a in algos:
         a["area"] = stats.bootstrap_front_area(a["kl"], a["rw"], budget, floor, n_boot=N_BOOT, seed=RNG_SEED)
-        a["label"] = f"{a['algo']} (area {a['area']['area']:.3g})"
+        if a["algo"] in unchanged:
+            a["area"] = {**a["area"], "area": math.nan, "low": math.nan, "high": math.nan}
+            a["label"] = f"{a['algo']} (the starting policy, KL 0)"
+        elif not any(k <= budget for k, _ in a["front"]):
+            # Its area would be floor x budget for any such algorithm: a number that compares nothing.
+            a["area"] = {**a["area"], "area": math.nan, "low": math.nan, "high": math.nan}
+            a["label"] = f"{a['algo']} (no policy within the KL budget)"
+        else:
+            a["label"] = f"{a['algo']} (area {a['area']['area']:.3g})"
     return {"algos": algos, "budget": budget, "floor": floor}
 
 
@@ -252,7 +265,9 @@ def _frontier_table(front: dict, reward: str) -> Table:
         ["algorithm", "points", "front_points", "seeds", "kl_budget", "floor", "area", "ci_low", "ci_high",
          "best_reward_within_budget"], csv_rows,
         f"Area = ∫₀^B F(k) dk, F(k) = best seed-averaged {reward} reached at KL ≤ k, and {front['floor']:.3g} (the lowest "
-        f"reward in this report) below an algorithm's first point; B = {front['budget']:.3g} nats. "
+        f"reward in this report) below an algorithm's first point; B = {front['budget']:.3g} nats; – where no policy "
+        f"of the algorithm is within B (evaluate intermediate checkpoints, run.eval_checkpoints, or pass --kl-budget) "
+        f"and for algorithms that leave the starting policy unchanged (KL 0). "
         f"CI: percentile bootstrap over seeds ({N_BOOT} replicates, seed {RNG_SEED}); none with one seed.")
 
 

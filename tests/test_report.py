@@ -114,7 +114,20 @@ def test_frontier_front_and_area_with_bootstrap_over_seeds(tmp_path):
     assert rows["dpo"]["ci_low"] == pytest.approx(1.7) and rows["dpo"]["ci_high"] == pytest.approx(1.8)
     assert rows["dpo"]["front_points"] == 2
     # Default budget: the smallest of the algorithms' largest KLs (sft's 0.5).
-    assert build(tmp_path, "sentiment").frontier["budget"] == pytest.approx(0.5)
+    default = build(tmp_path, "sentiment")
+    assert default.frontier["budget"] == pytest.approx(0.5)
+    # No dpo policy has KL <= 0.5: no area (floor x budget would compare nothing), said so in table and legend.
+    rows = {r["algorithm"]: r for r in _rows(default.tables["frontier"])}
+    assert rows["dpo"]["area"] == "" and rows["sft"]["area"] == pytest.approx(0.4 * 0.5)
+    assert "no policy within the KL budget" in {a["algo"]: a for a in default.frontier["algos"]}["dpo"]["label"]
+    # A run that leaves the policy unchanged (a reward model's: KL 0) is the starting point: it does not
+    # pull the budget to 0 and has no area (doing nothing would otherwise "win" at a small budget).
+    fake_run(tmp_path, "reward-model", 0, reward=flat + 0.45, kl=flat)
+    with_rm = build(tmp_path, "sentiment")
+    assert with_rm.frontier["budget"] == pytest.approx(0.5)
+    rows = {r["algorithm"]: r for r in _rows(with_rm.tables["frontier"])}
+    assert rows["reward-model"]["area"] == "" and rows["sft"]["area"] == pytest.approx(0.4 * 0.5)
+    assert "starting policy" in {a["algo"]: a for a in with_rm.frontier["algos"]}["reward-model"]["label"]
 
 
 def test_checkpoints_line_up_across_seeds_by_training_progress(tmp_path):
