@@ -2,7 +2,8 @@
 
 Through the task: the build (splits, prompts cut at word boundaries of the model's tokenizer, the
 fine-tuned policy, preference pairs labelled by the gold reward), the gold reward read by label
-name, an SFT checkpoint used as it is, malformed rows. Through the real CLI: DPO and SFT runs, and
+name, an SFT checkpoint used as it is, malformed rows. Through the real CLI: DPO and SFT runs judged
+against the reviews' real continuations by a scripted local server, and
 the one-line error for the default hub ids when the hub is unreachable.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bench.logprobs import encode
 from bench.tasks.imdb import IMDb
 from bench.tasks.sentiment import clean_review, preference_pairs
 from conftest import run_cli
+from openai_stub import StubServer, answer
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: bench.hub's probe is refused at once
 OFFLINE_ENV = {"HF_ENDPOINT": UNREACHABLE, "HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
@@ -170,7 +172,12 @@ def test_cli_run_end_to_end(algo, task, settings, cache, tmp_path):
     for item in [*(f"task.{k}={v}" for k, v in settings.items()), "train.max_steps=2", "train.batch_size=4",
                  "eval.samples_per_prompt=1", "eval.max_new_tokens=8", "task.max_prompts=4"]:
         args += ["--set", item]
-    out = run_cli(args, cache)
+    # The judge (a scripted local server that always answers "A") against each review's real continuation.
+    with StubServer(lambda n, prompt: answer("A")) as server:
+        judge = ["judge.model=stub", f"judge.base_url={server.url}", "judge.backoff_s=0.01", "judge.bootstrap=200"]
+        out = run_cli(args + [a for item in judge for a in ("--set", item)], cache,
+                      env_extra={"OPENAI_API_KEY": "sk-test-imdb"})
+        asked = [r["body"]["messages"][-1]["content"] for r in server.chat_requests]
     assert out.returncode == 0, out.stderr
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     config = json.loads((run / "config.json").read_text())["config"]
@@ -180,3 +187,8 @@ def test_cli_run_end_to_end(algo, task, settings, cache, tmp_path):
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == [r["prompt"] for r in task.eval_prompts()[:4]]
     assert "imdb: data:" not in out.stderr  # the module's build was reused, not rebuilt
+    win = metrics["judge_win_rate"]
+    assert win["n"] == 4 and win["baseline"] == "reference" and win["template"] == "continuation-positive"
+    assert win["mean"] == pytest.approx(sum(s["judge_policy_first"] for s in samples) / 4)
+    references = {r["prompt"]: r["reference"] for r in task.eval_prompts()[:4]}
+    assert len(asked) <= 4 and all(any(ref.strip() in text for ref in references.values()) for text in asked)
