@@ -587,3 +587,25 @@ def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
     print("\nlive judge:", json.dumps(report))
     assert win["calls"] > 0 and win["failed"] == 0
     assert win["n"] + win["invalid"] == n
+
+
+@pytest.mark.parametrize("algo", ["dpo", "sft"])
+def test_cli_sentiment_runs_judged_against_the_real_continuations(algo, cache_dir, tmp_path):
+    """The embedded task end to end: a scripted local judge, the positive-continuation prompt, the review's continuation."""
+    from conftest import TINY, run_cli
+
+    with StubServer(lambda n, prompt: answer("A")) as server:
+        sets = ["train.max_steps=2", "eval.max_prompts=6", "eval.samples_per_prompt=1", "judge.model=stub",
+                f"judge.base_url={server.url}", "judge.backoff_s=0.01", "judge.bootstrap=200"]
+        out = run_cli(["run", "--algo", algo, "--task", "sentiment", "--results", str(tmp_path), *TINY,
+                       *[a for s in sets for a in ("--set", s)]], cache_dir, env_extra={"OPENAI_API_KEY": "sk-test"})
+        asked = [r["body"]["messages"][-1]["content"] for r in server.chat_requests]
+    assert out.returncode == 0, out.stderr
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    win = json.loads((run / "metrics.json").read_text())["judge_win_rate"]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert win["n"] == 6 and win["baseline"] == "reference" and win["template"] == "continuation-positive"
+    # The stub always answers A: the policy wins exactly where it was shown first (ties: identical texts).
+    assert win["mean"] == pytest.approx(sum(s["judge_policy_first"] for s in samples) / 6)
+    assert 0 < len(asked) <= 6 and all("sk-test" not in text for text in asked)
+    assert "sk-test" not in (run / "config.json").read_text()
