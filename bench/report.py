@@ -235,15 +235,13 @@ def _frontier(groups: list[dict], reward: str, kl_budget: float | None) -> dict 
     floor = min(float(np.nanmin(a["mean_rw"])) for a in algos)
     for a in algos:
         a["area"] = stats.bootstrap_front_area(a["kl"], a["rw"], budget, floor, n_boot=N_BOOT, seed=RNG_SEED)
-        if a["algo"] in unchanged:
+        # Without a policy within the budget the area would be floor x budget for any algorithm: a
+        # number that compares nothing.
+        no_area = ("the starting policy, KL 0" if a["algo"] in unchanged else
+                   "no policy within the KL budget" if not any(k <= budget for k, _ in a["front"]) else None)
+        if no_area:
             a["area"] = {**a["area"], "area": math.nan, "low": math.nan, "high": math.nan}
-            a["label"] = f"{a['algo']} (the starting policy, KL 0)"
-        elif not any(k <= budget for k, _ in a["front"]):
-            # Its area would be floor x budget for any such algorithm: a number that compares nothing.
-            a["area"] = {**a["area"], "area": math.nan, "low": math.nan, "high": math.nan}
-            a["label"] = f"{a['algo']} (no policy within the KL budget)"
-        else:
-            a["label"] = f"{a['algo']} (area {a['area']['area']:.3g})"
+        a["label"] = f"{a['algo']} ({no_area or 'area ' + format(a['area']['area'], '.3g')})"
     return {"algos": algos, "budget": budget, "floor": floor}
 
 
