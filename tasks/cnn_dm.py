@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench import hub
 from bench.errors import UserError
-from bench.tasks.tldr import MARKER, TLDR, judge_query, model_key, text_field
+from bench.tasks.common import model_key, text_field
+from bench.tasks.tldr import MARKER, TLDR, judge_query
 
 TASK = "cnn-dm"
 COLUMNS = ("article", "highlights")

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import hub
+from bench.artifacts import build_once, content_key
 from bench.contracts import Generation
 from bench.errors import UserError
-from bench.tasks.tldr import PreferenceRows, model_key, text_field
+from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, load_usable, model_key, text_field
 
 TASK = "hh"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -40,8 +41,6 @@ REFERENCES = ("preferred-ft", "base")
 SKIPS = {"multi_turn": "not single-turn", "prompt_mismatch": "prompts differ", "empty_response": "empty response",
          "identical_pairs": "chosen == rejected", "long_prompts": "prompt over {tokens} tokens"}
 """Why a pair is skipped (the keys of HH.stats) and how the build summary names it."""
-CHUNK = 256
-"""Prompts tokenized at a time when checking their length."""
 BUILD_VERSION = 1
 """Bump when a change to the preferred-FT build changes what it produces: old caches are then ignored."""
 SFT_OPTIMIZER, SFT_MAX_GRAD_NORM, SFT_MAX_LENGTH, SFT_SEED = "rmsprop", 10.0, 512, 0
@@ -111,43 +110,6 @@ def single_turn_pair(chosen: str, rejected: str) -> tuple[dict | None, str | Non
     return {"prompt": first[0], "chosen": first[1], "rejected": second[1]}, None
 
 
-def keep_fitting(rows: list[dict], tokenizer, max_tokens: int, limit: int = 0) -> tuple[list[dict], int]:
-    """The first `limit` rows (0: all) whose "prompt" is at most `max_tokens` tokens, and how many longer ones were passed.
-
-    Rows are tokenized a chunk at a time and never further than needed to keep `limit`.
-    """
-    kept, dropped, position = [], 0, 0
-    while position < len(rows) and not (limit and len(kept) == limit):
-        size = min(CHUNK, limit - len(kept)) if limit else CHUNK
-        chunk = rows[position:position + size]
-        position += size
-        ids = tokenizer([r["prompt"] for r in chunk], add_special_tokens=False)["input_ids"]
-        for row, row_ids in zip(chunk, ids):
-            if len(row_ids) > max_tokens:
-                dropped += 1
-            else:
-                kept.append(row)
-    return kept, dropped
-
-
-def check_settings(config, counts: tuple[str, ...], min_prompt_tokens: int = 8) -> None:
-    """UserError for a negative row limit or a max_prompt_tokens too small to hold a prompt."""
-    for key in counts:
-        if getattr(config, key) < 0:
-            raise UserError(f"--set task.{key}={getattr(config, key)}: cannot be negative (0 keeps all)")
-    if config.max_prompt_tokens < min_prompt_tokens:
-        raise UserError(f"--set task.max_prompt_tokens={config.max_prompt_tokens}: too short for a prompt; "
-                        f"use {min_prompt_tokens} or more")
-
-
-def check_context(tokenizer, max_prompt_tokens: int) -> None:
-    """UserError if max_prompt_tokens leaves the model's context no room for a response."""
-    context = getattr(tokenizer, "model_max_length", 0) or 0
-    if context < 1e9 and max_prompt_tokens >= context:
-        raise UserError(f"--set task.max_prompt_tokens={max_prompt_tokens}: the model's context is {context} tokens; "
-                        "leave room for the response")
-
-
 class HH(PreferenceRows):
     """Single-turn dialogue (Anthropic HH); Pythia-2.8B fine-tuned on the chosen responses; judge win rate vs chosen."""
 
@@ -205,11 +167,8 @@ class HH(PreferenceRows):
 
     def _load(self, split: str, limit: int) -> list[dict]:
         """The first `limit` usable single-turn pairs of a split (0: all), reading past skipped rows as needed."""
-        rows = hub.load_rows(self.config.dataset, split, task=TASK, key="task.dataset", max_rows=limit)
-        kept, counts = self._normalise(rows, split, limit)
-        if limit and len(kept) < limit and len(rows) == limit:
-            rows = hub.load_rows(self.config.dataset, split, task=TASK, key="task.dataset")
-            kept, counts = self._normalise(rows, split, limit)
+        kept, counts = load_usable(self.config.dataset, split, limit, lambda rows: self._normalise(rows, split, limit),
+                                   task=TASK, key="task.dataset")
         self.stats.update(counts)
         return kept
 
@@ -232,8 +191,6 @@ class HH(PreferenceRows):
         """Load the data and, for reference=preferred-ft, fine-tune and cache the starting policy unless it is cached."""
         self._load_data()
         if self.config.reference == "preferred-ft":
-            from bench.artifacts import build_once
-
             build_once(self.artifact_dir, self._build_policy)
 
     # ---------------------------------------------------------------- the starting policy
@@ -252,8 +209,7 @@ class HH(PreferenceRows):
         demonstrations = hashlib.sha256(json.dumps(self._load_data()["sft"], sort_keys=True).encode()).hexdigest()
         identity = {"model": model_key(TASK, self.config.model), "demonstrations": demonstrations,
                     "settings": self._sft_settings(), "seed": SFT_SEED, "build_version": BUILD_VERSION}
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-        self._artifact_dir = self.cache_dir / TASK / key
+        self._artifact_dir = self.cache_dir / TASK / content_key(identity)
         return self._artifact_dir
 
     def _build_policy(self, out: Path) -> dict:

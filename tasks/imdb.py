@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import hub
+from bench.artifacts import build_once, content_key
 from bench.errors import UserError
-from bench.tasks.sentiment import (BuiltTask, Stages, carve, check_counts, clean_review, content_key, encode_texts,
+from bench.tasks.sentiment import (BuiltTask, Stages, carve, check_counts, clean_review, encode_texts,
                                    load_fast_tokenizer, model_identity, policy_stage, preference_stage, prompt_stage)
-from bench.tasks.tldr import text_field
+from bench.tasks.common import text_field
 
 TASK = "imdb"
 BUILD_VERSION = 1
@@ -240,8 +241,6 @@ class IMDb(BuiltTask):
 
     def build(self) -> None:
         """Build the artifacts unless this configuration's are already cached."""
-        from bench.artifacts import build_once
-
         build_once(self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out,
                                                          self.cache_dir, self.identity))
 

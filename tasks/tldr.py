@@ -19,7 +19,6 @@ on this task default to 640 tokens.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ from pathlib import Path
 from bench import hub
 from bench.contracts import Generation
 from bench.errors import UserError
+from bench.tasks.common import CHUNK, PreferenceRows, check_context, check_settings, load_usable, model_key, text_field
 
 TASK = "tldr"
 MARKER = "TL;DR:"
 """Ends every prompt; the summary follows after one space."""
 LONG_PROMPTS = ("truncate", "drop")
-CHUNK = 256
-"""Rows normalised (and prompts tokenized) at a time."""
 
 
 @dataclass
@@ -104,62 +102,6 @@ def truncate_post(prompt: str, n_tokens, max_tokens: int) -> str | None:
     return cut(lo)
 
 
-def model_key(task: str, model: str) -> str:
-    """`task/model`, plus for a local directory a fingerprint of its files, so replacing the weights changes the key."""
-    if not hub.is_local(model):
-        return f"{task}/{model}"
-    path = Path(model).expanduser()
-    digest = hashlib.sha256()
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    for f in files:
-        stat = f.stat()
-        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    if (path / "config.json").is_file():
-        digest.update((path / "config.json").read_bytes())
-    return f"{task}/{model}@{digest.hexdigest()[:12]}"
-
-
-def text_field(row: dict, column: str, where: str, columns: tuple[str, ...]) -> str:
-    """row[column] as a non-empty string, or a UserError naming the dataset, split and row."""
-    if column not in row:
-        raise UserError(f"{where}: column '{column}' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
-                        f"this dataset needs columns {', '.join(columns)}")
-    value = row[column]
-    if value is None:  # a table stores a value absent from some rows as null
-        raise UserError(f"{where}: '{column}' is missing (null); fix the row or drop it from the dataset")
-    if not isinstance(value, str):
-        raise UserError(f"{where}: '{column}' is not text ({type(value).__name__}); fix the row or drop it from the dataset")
-    if not value.strip():
-        raise UserError(f"{where}: '{column}' is empty; fix the row or drop it from the dataset")
-    return value
-
-
-class PreferenceRows:
-    """The contract's data methods for a task whose build() fills self._data with "sft", "train", "test" and "eval" rows."""
-
-    _data: dict[str, list[dict]] | None
-
-    def build(self) -> None:
-        raise NotImplementedError
-
-    def sft_data(self) -> list[dict]:
-        """Demonstrations: prompts with human-written (TL;DR) or chosen (preference tasks) completions."""
-        self.build()
-        return list(self._data["sft"])
-
-    def preference_data(self, split: str = "train") -> list[dict]:
-        """Preference pairs: "train", or "test" (held out, for implicit-reward accuracy)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"preference_data: split must be 'train' or 'test', got {split!r}")
-        self.build()
-        return list(self._data[split])
-
-    def eval_prompts(self) -> list[dict]:
-        """Held-out prompts, each with its reference completion (the judge's baseline) and what the judge reads as the prompt."""
-        self.build()
-        return list(self._data["eval"])
-
-
 class TLDR(PreferenceRows):
     """Summarise Reddit posts (TL;DR); GPT-J SFT policy, human preference pairs, judge win rate vs reference summaries."""
 
@@ -174,11 +116,7 @@ class TLDR(PreferenceRows):
     """The paper's TL;DR beta; room for a 512-token prompt and its summary (the harness's 128 would cut the posts)."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        for key in ("max_prompts", "max_train_pairs", "max_test_pairs", "max_sft_examples"):
-            if getattr(config, key) < 0:
-                raise UserError(f"--set task.{key}={getattr(config, key)}: cannot be negative (0 keeps all)")
-        if config.max_prompt_tokens < 8:
-            raise UserError(f"--set task.max_prompt_tokens={config.max_prompt_tokens}: too short for a post; use 8 or more")
+        check_settings(config, ("max_prompts", "max_train_pairs", "max_test_pairs", "max_sft_examples"))
         if config.long_prompts not in LONG_PROMPTS:
             raise UserError(f"--set task.long_prompts={config.long_prompts}: use {' or '.join(LONG_PROMPTS)}")
         self.config = config
@@ -200,10 +138,7 @@ class TLDR(PreferenceRows):
             return
         cfg = self.config
         self._tokenizer = hub.load_tokenizer(cfg.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
-        context = getattr(self._tokenizer, "model_max_length", 0) or 0
-        if context < 1e9 and cfg.max_prompt_tokens >= context:
-            raise UserError(f"--set task.max_prompt_tokens={cfg.max_prompt_tokens}: the model's context is {context} tokens; "
-                            "leave room for the summary")
+        check_context(self._tokenizer, cfg.max_prompt_tokens)
         self.stats = {"truncated": 0, "dropped": 0, "identical_pairs": 0}
         sft = ("sft_dataset", ("prompt", "label"))
         pairs = ("preference_dataset", ("prompt", "chosen", "rejected"))
@@ -228,12 +163,8 @@ class TLDR(PreferenceRows):
     def _load(self, setting: str, columns: tuple[str, ...], split: str, limit: int) -> list[dict]:
         """The first `limit` usable rows of a split (0: all), normalised, with prompts that fit."""
         name = str(getattr(self.config, setting))
-        rows = hub.load_rows(name, split, task=TASK, key=f"task.{setting}", max_rows=limit)
-        kept, counts = self._normalise(rows, name, setting, columns, split, limit)
-        if limit and len(kept) < limit and len(rows) == limit:
-            # Rows were skipped (too long, identical pair): read on past the first `limit`.
-            rows = hub.load_rows(name, split, task=TASK, key=f"task.{setting}")
-            kept, counts = self._normalise(rows, name, setting, columns, split, limit)
+        kept, counts = load_usable(name, split, limit, lambda rows: self._normalise(rows, name, setting, columns, split, limit),
+                                   task=TASK, key=f"task.{setting}")
         for key, n in counts.items():
             self.stats[key] += n
         return kept

@@ -32,8 +32,7 @@ from pathlib import Path
 from bench import hub
 from bench.contracts import Generation
 from bench.errors import UserError
-from bench.tasks.hh import check_context, check_settings, keep_fitting
-from bench.tasks.tldr import PreferenceRows, model_key, text_field
+from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, model_key, text_field
 
 TASK = "truthy"
 COLUMNS = ("prompt", "chosen", "rejected")

@@ -23,7 +23,7 @@ from bench.errors import UserError
 from bench.logprobs import encode
 from bench.runner import RunSpec, resolve
 from bench.tasks.hh import HH, single_turn_pair, split_dialogue, user_query
-from bench.tasks.tldr import model_key
+from bench.tasks.common import model_key
 from bench.tasks.truthy import Truthy, format_dialogue, held_out
 from conftest import run_cli
 from openai_stub import StubServer, answer, shown

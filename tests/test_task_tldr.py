@@ -23,7 +23,8 @@ from bench.evaluators.judge import load_template
 from bench.logprobs import encode
 from bench.runner import RunSpec, resolve
 from bench.tasks.cnn_dm import CNNDM, EVAL_ONLY
-from bench.tasks.tldr import TLDR, judge_query, model_key
+from bench.tasks.common import model_key
+from bench.tasks.tldr import TLDR, judge_query
 from conftest import run_cli
 from openai_stub import StubServer, answer, shown
 
