@@ -54,3 +54,14 @@ def task_settings(tmp_path_factory, cache_dir) -> dict[str, dict]:
         module = importlib.import_module("fixtures_" + name.replace("-", "_"))
         settings[name] = {k: str(v) for k, v in module.make(root / name).items()}
     return settings
+
+
+@pytest.fixture(scope="session")
+def good_record(cache_dir, tmp_path_factory) -> Path:
+    """One complete record (tiny sft run, no saved model), which fault tests copy beside their bad input."""
+    results = tmp_path_factory.mktemp("good-record")
+    proc = run_cli(["run", "--algo", "sft", "--task", "sentiment", *TINY, "--set", "run.save_model=false",
+                    "--results", str(results)], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return record
