@@ -28,7 +28,8 @@ table as CSV and LaTeX. What the numbers are:
   curves, a few sample completions per algorithm, and the list of runs.
 
 The same records give byte-identical files: nothing depends on the time, on directory order, on
-the environment or on unseeded randomness.
+the environment or on unseeded randomness. A record that cannot be read (records.load_record) is
+named in one warning line on stderr and left out.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -91,8 +91,8 @@ class Report:
 # ---------------------------------------------------------------- reading run records
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return records.read_jsonl(path) if path.exists() else []
+# Every file of a run is read once, and checked, by records.load_record (through table.load_runs):
+# run["record"] holds them, and a run that cannot be read never gets here.
 
 
 def _policies(run: dict) -> dict[float, dict]:
@@ -102,7 +102,7 @@ def _policies(run: dict) -> dict[float, dict]:
     evaluated fewer checkpoints.
     """
     out = {}
-    for row in _read_jsonl(run["dir"] / "checkpoints.jsonl"):
+    for row in run["record"].checkpoints:
         if not row.get("final") and row.get("total_steps"):
             out[round(row["step"] / row["total_steps"], 4)] = row["metrics"]
     out[1.0] = run["metrics"]  # metrics.json is the record of the final policy
@@ -115,17 +115,10 @@ def _mean(metrics: dict, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def _samples(run: dict, cache: dict) -> list[dict]:
-    """samples.jsonl of a run, read once per report."""
-    if run["dir"] not in cache:
-        cache[run["dir"]] = _read_jsonl(run["dir"] / "samples.jsonl")
-    return cache[run["dir"]]
-
-
-def _per_prompt(run: dict, key: str, cache: dict) -> dict[int, tuple[str, float]]:
+def _per_prompt(run: dict, key: str) -> dict[int, tuple[str, float]]:
     """prompt index -> (prompt, mean of `key` over that prompt's samples), NaN values left out."""
     values: dict[int, list] = {}
-    for row in _samples(run, cache):
+    for row in run["record"].samples:
         v = row.get(key)
         if isinstance(v, (int, float)) and v == v:
             values.setdefault(row["prompt_index"], [row["prompt"], []])[1].append(float(v))
@@ -293,7 +286,7 @@ def _best(groups: list[dict], reward: str | None, budget: float | None) -> tuple
     return {a: i for a, (_, i) in {**nearest, **best}.items()}, over
 
 
-def _compare(runs_a: list[dict], runs_b: list[dict], key: str, cache: dict) -> dict:
+def _compare(runs_a: list[dict], runs_b: list[dict], key: str) -> dict:
     """Paired comparison of two settings on shared seeds and prompts; {"note"} when impossible."""
     by_seed_a = {r["config"]["seed"]: r for r in reversed(runs_a)}
     by_seed_b = {r["config"]["seed"]: r for r in reversed(runs_b)}
@@ -302,7 +295,7 @@ def _compare(runs_a: list[dict], runs_b: list[dict], key: str, cache: dict) -> d
         return {"note": "no shared seeds"}
     pairs: dict[int, list[tuple[float, float]]] = {}
     for seed in shared:
-        pa, pb = _per_prompt(by_seed_a[seed], key, cache), _per_prompt(by_seed_b[seed], key, cache)
+        pa, pb = _per_prompt(by_seed_a[seed], key), _per_prompt(by_seed_b[seed], key)
         for i in sorted(set(pa) & set(pb)):
             if pa[i][0] != pb[i][0]:
                 return {"note": f"different evaluation prompts (seed {seed}, prompt {i})"}
@@ -314,7 +307,7 @@ def _compare(runs_a: list[dict], runs_b: list[dict], key: str, cache: dict) -> d
     return {**stats.paired_difference(a, b, seed=RNG_SEED), "seeds": len(shared)}
 
 
-def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics: list[str], cache: dict) -> Table | None:
+def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics: list[str]) -> Table | None:
     algos = sorted(best)
     if len(algos) < 2:
         return None
@@ -323,7 +316,7 @@ def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics:
     for x in range(len(algos)):
         for y in range(x + 1, len(algos)):
             ga, gb = groups[best[algos[x]]], groups[best[algos[y]]]
-            results.append((ga, gb, {m: _compare(ga["runs"], gb["runs"], PER_SAMPLE[m], cache) for m in keys}))
+            results.append((ga, gb, {m: _compare(ga["runs"], gb["runs"], PER_SAMPLE[m]) for m in keys}))
     adjusted = {m: stats.holm([r[2][m].get("p", math.nan) for r in results]) for m in keys}
     header = ["A", "B", "A setting (KL)", "B setting (KL)"]
     csv_header = ["a", "b", "a_setting", "b_setting", "a_kl", "b_kl"]
@@ -374,8 +367,7 @@ def _cost(groups: list[dict]) -> Table:
     for g in groups:
         values: dict[str, list[float]] = {k: [] for k, _ in keys}
         for r in g["runs"]:
-            path = r["dir"] / "cost.json"
-            cost = json.loads(path.read_text()) if path.exists() else {}
+            cost = r["record"].cost
             for k, _ in keys:
                 v = cost.get(k)
                 if k == "wall_time_s" and isinstance(v, dict):
@@ -395,21 +387,21 @@ def _runs_table(groups: list[dict]) -> Table:
     rows = []
     for g in groups:
         for r in g["runs"]:
-            record = json.loads((r["dir"] / "config.json").read_text())
+            record = r["record"].record
             rows.append([r["dir"].name, g["algo"], g["setting"], str(r["config"]["seed"]),
                          str(record.get("git_revision", "–"))])
     return Table("runs", "Runs in this report", ["run", "algorithm", "setting", "seed", "git revision"], rows,
                  ["run", "algorithm", "setting", "seed", "git_revision"], [list(r) for r in rows])
 
 
-def _examples(groups: list[dict], best: dict[str, int], cache: dict) -> list[dict]:
+def _examples(groups: list[dict], best: dict[str, int]) -> list[dict]:
     out = []
     for algo in sorted({g["algo"] for g in groups}):
         index = best.get(algo, next(i for i, g in enumerate(groups) if g["algo"] == algo))
         g = groups[index]
         run = g["runs"][0]
         first: dict[int, dict] = {}
-        for row in _samples(run, cache):
+        for row in run["record"].samples:
             first.setdefault(row["prompt_index"], row)
         for i in sorted(first)[:N_EXAMPLES]:
             row = first[i]
@@ -431,7 +423,7 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
     for g in groups:
         g["cells"] = {}
         for m in metrics:
-            present = [r["metrics"][m] for r in g["runs"] if m in r["metrics"]]
+            present = [r["metrics"][m] for r in g["runs"] if records.is_aggregate(r["metrics"].get(m))]
             if present:
                 g["cells"][m] = table.cell(present)
     reward = REWARD if REWARD in metrics else ("judge_win_rate" if "judge_win_rate" in metrics else None)
@@ -451,19 +443,19 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
             report.frontier_note = f"Not on the frontier (no KL or reward recorded): {', '.join(missing)}."
     else:
         report.frontier_note = f"No frontier: the runs record no {KL} and {reward or 'reward'} together."
-    cache: dict = {}
-    pairwise = _pairwise(groups, best, over, metrics, cache)
+    pairwise = _pairwise(groups, best, over, metrics)
     if pairwise is not None:
         report.tables["pairwise"] = pairwise
     report.tables["cost"] = _cost(groups)
     for algo in algos:
+        # A row without a step (a plugin's own log row) has no place on the x axis.
         algo_runs = [{"setting": g["setting"], "seed": r["config"]["seed"],
-                      "log": _read_jsonl(r["dir"] / "train_log.jsonl")} for g in groups if g["algo"] == algo
-                     for r in g["runs"]]
+                      "log": [row for row in r["record"].train_log if isinstance(row.get("step"), (int, float))]}
+                     for g in groups if g["algo"] == algo for r in g["runs"]]
         present = [m for m in CURVE_METRICS if any(m in row for r in algo_runs for row in r["log"])]
         if present:
             report.figures[f"curves-{_safe(algo)}.png"] = plots.curves_png(algo, present, algo_runs)
-    report.samples = _examples(groups, best, cache)
+    report.samples = _examples(groups, best)
     report.tables["runs"] = _runs_table(groups)
     return report
 

@@ -2,7 +2,8 @@
 
 Runs that differ only in their seed form one row. With several seeds a cell is the mean over
 seeds ± the 95% t-interval over seeds (n = seeds); with one seed it is that run's mean ± the
-95% t-interval over evaluation prompts (n = prompts).
+95% t-interval over evaluation prompts (n = prompts). A record that cannot be read is named on
+stderr in one line and left out.
 """
 from __future__ import annotations
 
@@ -18,20 +19,17 @@ SECTIONS = ("algo", "train", "task", "eval", "data")
 """Config sections whose differences make two runs of one algorithm different settings."""
 
 
-def evaluated_task(record: dict) -> str:
-    """The task a run is evaluated on, under which tables and reports list it: --eval-task, else its own."""
-    return (record.get("run") or {}).get("eval_task") or record["task"]["name"]
+evaluated_task = records.evaluated_task  # defined beside the schema, which readable_runs filters with
 
 
-def load_runs(results: Path, task: str | None = None) -> list[dict]:
-    runs = []
-    for run_dir in records.complete_runs(results):
-        config = json.loads((run_dir / "config.json").read_text())
-        if task is not None and evaluated_task(config["config"]) != task:
-            continue
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        runs.append({"dir": run_dir, "config": config["config"], "metrics": metrics})
-    return runs
+def load_runs(results: Path, task: str | None = None, keep_samples: bool = True) -> list[dict]:
+    """{"dir", "config", "metrics", "record"} of each readable complete run (of `task`, when given).
+
+    "record" is the checked records.Record. A complete run that cannot be read is named on
+    stderr, one line, and left out (records.readable_runs).
+    """
+    return [{"dir": r.dir, "config": r.config, "metrics": r.metrics, "record": r}
+            for r in records.readable_runs(results, task, keep_samples=keep_samples)]
 
 
 def _setting(run: dict, varying: dict[str, set]) -> str:
@@ -46,7 +44,7 @@ def _setting(run: dict, varying: dict[str, set]) -> str:
 
 def metric_names(runs: list[dict]) -> list[str]:
     """Every aggregate metric found in the runs, the usual ones first."""
-    return sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, dict) and "mean" in v},
+    return sorted({k for r in runs for k, v in r["metrics"].items() if records.is_aggregate(v)},
                   key=lambda k: (PREFERRED_ORDER.index(k) if k in PREFERRED_ORDER else len(PREFERRED_ORDER), k))
 
 
@@ -94,7 +92,8 @@ def rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
     for group in groups(runs):
         cells = {}
         for m in names:
-            present = [r["metrics"][m] for r in group["runs"] if m in r["metrics"]]
+            # A run may hold the same key as a plain value (not an aggregate): that is no cell.
+            present = [r["metrics"][m] for r in group["runs"] if records.is_aggregate(r["metrics"].get(m))]
             if present:
                 cells[m] = cell(present)
         out.append({"algo": group["algo"], "setting": group["setting"], "seeds": len(group["runs"]), "cells": cells})
@@ -112,7 +111,7 @@ def _fmt(cell: dict | None) -> str:
 
 
 def markdown(results: Path, task: str) -> str:
-    runs = load_runs(results, task)
+    runs = load_runs(results, task, keep_samples=False)  # the table needs aggregates only
     if not runs:
         return f"No complete runs for task {task!r} under {results}."
     names, table = rows(runs)
