@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bench.checks import at_least
 from bench.contracts import Generation, Sample
-from bench.errors import UserError
 from bench.kl import best_of_n_kl_bound
 from bench.policy import ModelPolicy
 from bench.reward import learned_reward
@@ -24,6 +24,9 @@ class Config:
     """Candidates sampled per completion; the reward model keeps the best one."""
     reward_model: str = ""
     """A saved reward model directory; empty trains one (or reuses the cached one) with the reward-model defaults."""
+
+    def check(self, section: str = "best-of-n") -> None:
+        at_least(self, section, "n", 1, "e.g. 16")
 
 
 class BestOfNPolicy:
@@ -57,8 +60,7 @@ class BestOfN:
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
-        if self.config.n < 1:
-            raise UserError(f"best-of-n: n={self.config.n}; n must be at least 1 (e.g. --set best-of-n.n=16)")
+        self.config.check(self.name)
 
     def fit(self, ctx) -> BestOfNPolicy:
         # Training the reward model is all the training best-of-N does, so its rows are this run's

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from bench.checks import between, one_of, positive, require
 from bench.logprobs import collate_pairs, concatenated_forward
 from bench.preference import fit_on_pairs
 
@@ -38,6 +38,14 @@ class Config:
     """Conservative DPO: the assumed share of flipped labels, in [0, 0.5); sigmoid loss only."""
     reference_free: bool = False
     """Take log pi_ref = 0 (a reference that rates every completion alike): no reference forward at all."""
+
+    def check(self, section: str = "dpo") -> None:
+        """One line naming the first option out of range (apply_overrides and the constructor call it)."""
+        one_of(self, section, "loss_type", LOSS_TYPES)
+        positive(self, section, "beta", "the paper's 0.1; swept 0.05 to 5")
+        between(self, section, "label_smoothing", 0, 0.5, "[)", "the assumed share of flipped labels")
+        require(not self.label_smoothing or self.loss_type == "sigmoid", section, "label_smoothing",
+                self.label_smoothing, f"applies to {section}.loss_type=sigmoid only, not {self.loss_type}")
 
 
 def dpo_loss(
@@ -94,13 +102,7 @@ class DPO:
         """
         self.config = dataclasses.replace(config or Config(), **options)
         c = self.config
-        if c.loss_type not in LOSS_TYPES:
-            raise UserError(f"dpo: loss_type {c.loss_type!r} is unknown; use one of {', '.join(LOSS_TYPES)}")
-        if not c.beta > 0:
-            raise UserError(f"dpo: beta must be positive, got {c.beta}")
-        if not 0 <= c.label_smoothing < 0.5 or (c.label_smoothing and c.loss_type != "sigmoid"):
-            raise UserError(f"dpo: label_smoothing must lie in [0, 0.5) and needs loss_type=sigmoid, "
-                            f"got {c.label_smoothing} with {c.loss_type}")
+        c.check(self.name)
         self.model, self.ref_model = model, ref_model
         self.max_grad_norm, self.pad_token_id = max_grad_norm, pad_token_id
         if model is not None:

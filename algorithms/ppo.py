@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from bench.checks import at_least, between, non_negative, positive
 from bench.errors import UserError
 from bench.logprobs import collate, token_logps
 from bench.policy import ModelPolicy
@@ -81,6 +82,21 @@ class Config:
     """Completion length of the rollouts; 0 uses the task's evaluation length."""
     reward_model: str = ""
     """ppo only: a saved reward model directory; empty trains one (or reuses the cached one) with the reward-model defaults."""
+
+    def check(self, section: str = "ppo") -> None:
+        """One line naming the first option out of range (apply_overrides and the constructor call it)."""
+        positive(self, section, "target_kl", "nats per completion; the paper sweeps 3 to 12")
+        non_negative(self, section, "init_kl_coef")
+        at_least(self, section, "kl_horizon", 1)
+        at_least(self, section, "rollout_batch_size", 1)
+        at_least(self, section, "ppo_epochs", 1)
+        positive(self, section, "cliprange", "e.g. 0.2")
+        positive(self, section, "cliprange_value", "e.g. 0.2")
+        non_negative(self, section, "vf_coef")
+        between(self, section, "gamma", 0, 1, "(]")
+        between(self, section, "lam", 0, 1)
+        positive(self, section, "temperature", "rollouts cannot be greedy: their log-probs divide by it")
+        non_negative(self, section, "max_new_tokens", "0 uses eval.max_new_tokens")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,15 +175,7 @@ class PPO:
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
-        c = self.config
-        checks = {"target_kl": c.target_kl > 0, "init_kl_coef": c.init_kl_coef >= 0, "kl_horizon": c.kl_horizon >= 1,
-                  "rollout_batch_size": c.rollout_batch_size >= 1, "ppo_epochs": c.ppo_epochs >= 1,
-                  "cliprange": c.cliprange > 0, "cliprange_value": c.cliprange_value > 0, "vf_coef": c.vf_coef >= 0,
-                  "gamma": 0 < c.gamma <= 1, "lam": 0 <= c.lam <= 1, "temperature": c.temperature > 0,
-                  "max_new_tokens": c.max_new_tokens >= 0}
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"{self.name}: {key}={getattr(c, key)} is out of range; see `bench list -v`")
+        self.config.check(self.name)
 
     def reward(self, ctx):
         """The score of full completions: the learned reward model, trained on first use and cached."""

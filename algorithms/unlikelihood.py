@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import UserError
+from bench.checks import non_negative
 from bench.preference import fit_on_pairs, mean_token_nll
 
 MIN_ONE_MINUS_P = 1e-5
@@ -29,6 +29,9 @@ and stops the gradient p / (1 - p) from blowing up for tokens the policy is sure
 class Config:
     alpha: float = 1.0
     """Weight of the unlikelihood term on rejected tokens (the paper swept 0.05, 0.1, 0.5 and 1)."""
+
+    def check(self, section: str = "unlikelihood") -> None:
+        non_negative(self, section, "alpha", "0 is plain likelihood on the chosen completions")
 
 
 def unlikelihood_loss(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_token_logps: torch.Tensor,
@@ -50,8 +53,7 @@ class Unlikelihood:
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
-        if self.config.alpha < 0:
-            raise UserError(f"unlikelihood: alpha must be >= 0, got {self.config.alpha}")
+        self.config.check(self.name)
 
     def loss(self, out: dict, ref_chosen_logps=None, ref_rejected_logps=None):
         loss, likelihood, unlikelihood = unlikelihood_loss(

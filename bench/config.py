@@ -11,15 +11,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bench.checks import require
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.train import TrainConfig
+
+MAX_INT = 2**53
+"""Largest integer setting in absolute value: far above any count, length or seed, and still exact as a float."""
 
 
 @dataclass
@@ -35,6 +40,15 @@ class DataConfig:
     eval_prompts: str = ""
     """Evaluation prompts, one {"prompt"} object (optionally "reference") per line."""
 
+    def check(self, section: str = "data") -> None:
+        """Each file given must exist and be a file (what is in it is checked by bench.data.read_rows)."""
+        for f in fields(self):
+            path = getattr(self, f.name)
+            if path:
+                p = Path(path).expanduser()
+                require(not p.is_dir(), section, f.name, path, "a directory, not a file; pass a JSON Lines file")
+                require(p.is_file(), section, f.name, path, "no such file; pass an existing JSON Lines file")
+
 
 @dataclass
 class RunOptions:
@@ -48,6 +62,17 @@ class RunOptions:
     """Intermediate policies to evaluate during training (evenly spaced); each adds a point to checkpoints.jsonl."""
     eval_task: str = ""
     """Evaluate on another task's prompts (e.g. cnn-dm for a policy trained on tldr); `--eval-task NAME` sets it, `--set eval_task.KEY=VALUE` its options."""
+
+    def check(self, section: str = "run") -> None:
+        """One line naming the first setting out of range."""
+        # Each checkpoint samples and evaluates the policy: a cap keeps a slip of the keyboard from
+        # planning millions of evaluations.
+        require(0 <= self.eval_checkpoints <= MAX_EVAL_CHECKPOINTS, section, "eval_checkpoints", self.eval_checkpoints,
+                f"must lie in [0, {MAX_EVAL_CHECKPOINTS}] (0 evaluates the final policy only)")
+
+
+MAX_EVAL_CHECKPOINTS = 10_000
+"""Most intermediate policies a run evaluates (run.eval_checkpoints)."""
 
 
 def parse_value(text: str, annotation: Any, where: str) -> Any:
@@ -67,17 +92,23 @@ def parse_value(text: str, annotation: Any, where: str) -> Any:
                 return False
             raise ValueError
         if annotation is int:
-            return int(text)
+            digits = text.strip().lstrip("+-")
+            # More digits than 2**53 has: out of range without parsing (int() refuses thousands of digits).
+            value = MAX_INT + 1 if digits.isdigit() and len(digits) > len(str(MAX_INT)) else int(text)
+            if abs(value) > MAX_INT:
+                raise UserError(f"--set {where}={text}: out of range; expected an integer between -2**53 and 2**53")
+            return value
         if annotation is float:
             value = float(text)
-            if value != value:  # NaN never makes sense as a setting
-                raise ValueError
+            if not math.isfinite(value):  # inf and nan never make sense as a setting (1e999 reads as inf)
+                raise UserError(f"--set {where}={text}: expected a finite number")
             return value
         if annotation is str:
             return text
     except ValueError:
-        name = getattr(annotation, "__name__", str(annotation))
-        raise UserError(f"--set {where}={text}: expected {'true or false' if annotation is bool else 'a ' + name}") from None
+        wanted = {bool: "true or false", int: "an integer", float: "a float"}.get(annotation)
+        wanted = wanted or "a " + getattr(annotation, "__name__", str(annotation))
+        raise UserError(f"--set {where}={text}: expected {wanted}") from None
     raise UserError(f"--set {where}: this option cannot be set from the command line")
 
 
@@ -90,7 +121,12 @@ def apply_overrides(obj: Any, overrides: dict[str, str], section: str) -> Any:
         if key not in known:
             raise UserError(f"--set {section}.{key}: unknown key; known keys: {', '.join(sorted(known))}")
         changes[key] = parse_value(text, hints[key], f"{section}.{key}")
-    return dataclasses.replace(obj, **changes)
+    out = dataclasses.replace(obj, **changes)
+    # Every section's ranges in one place, its Config's check(), also when nothing was overridden.
+    check = getattr(out, "check", None)
+    if callable(check):
+        check(section)
+    return out
 
 
 def split_sets(items: list[str]) -> dict[str, dict[str, str]]:

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.checks import at_least, between, non_negative
+
 
 @dataclass
 class Generation:
@@ -51,6 +53,19 @@ class Generation:
     """Use only the first N evaluation prompts; 0 uses all."""
     batch_size: int = 64
     """Prompts per sampling batch."""
+
+    def check(self, section: str = "eval") -> None:
+        """One line naming the first setting out of range (bench.config.apply_overrides calls it for every run).
+
+        Whether max_new_tokens fits the policy's context is checked once the model is loaded, by
+        bench.runner.check_context.
+        """
+        at_least(self, section, "max_new_tokens", 1)
+        non_negative(self, section, "temperature", "0 is greedy")
+        between(self, section, "top_p", 0, 1, "(]", "1 disables nucleus sampling")
+        at_least(self, section, "samples_per_prompt", 1)
+        non_negative(self, section, "max_prompts", "0 uses all")
+        at_least(self, section, "batch_size", 1)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from bench.errors import UserError
 
 RECORD_VERSION = 1
 """Bumped when the meaning of a run record changes, so old and new runs never share an id."""
+MAX_SEED = 2**31 - 1
+"""Largest --seed: derived seeds (seed * 1_000_003 + k, twice over in PPO) stay within what a torch generator takes."""
 
 
 @dataclass
@@ -61,7 +63,13 @@ class Resolved:
 
 
 def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
-    """Apply defaults and `--set` overrides; every unknown or ill-typed setting is an error here."""
+    """Apply defaults and `--set` overrides; every unknown, ill-typed or out-of-range setting is an error here.
+
+    Each section's Config checks its own ranges (bench.config.apply_overrides calls its check());
+    what depends on the model, lengths within its context, is checked once it is loaded (check_context).
+    """
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= MAX_SEED:
+        raise UserError(f"--seed {spec.seed}: out of range; use an integer from 0 to {MAX_SEED}")
     algo_cls = registry.load("algorithm", spec.algo)
     task_cls = registry.load("task", spec.task)
     sets = cfg.split_sets(spec.sets)
@@ -93,7 +101,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
         evaluators.append((ev_cls, ev_config))
 
     algo_config = cfg.apply_overrides(algo_cls.Config(), algo_sets, spec.algo)
-    algo_cls(config=algo_config)  # constructors check their options: fail before anything is built
+    algo_cls(config=algo_config)  # a plugin may still check in its constructor: fail before anything is built
     task_config = cfg.apply_overrides(task_cls.Config(), sets.pop("task", {}), "task")
     eval_task = None
     if options.eval_task:
@@ -111,17 +119,16 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     if sets:
         valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e.name for e, c in evaluators if c is not None]
         raise UserError(f"--set {next(iter(sets))}.*: unknown section; sections are {', '.join(valid)}")
-    _check_ranges(train, generation)
-    if options.eval_checkpoints < 0:
-        raise UserError(f"--set run.eval_checkpoints={options.eval_checkpoints}: cannot be negative")
 
     task = task_cls(task_config, Path(cache_dir))
     data_record = cfg.to_jsonable(data)
     for key, path in dataclasses.asdict(data).items():
-        if path:
-            if not Path(path).expanduser().is_file():
-                raise UserError(f"--set data.{key}={path}: no such file; pass an existing JSON Lines file")
-            data_record[f"{key}_sha256"] = cfg.file_sha256(str(Path(path).expanduser()))
+        if path:  # DataConfig.check saw that it is a file
+            try:
+                data_record[f"{key}_sha256"] = cfg.file_sha256(str(Path(path).expanduser()))
+            except OSError as exc:
+                raise UserError(f"--set data.{key}={path}: cannot read it ({exc.strerror or exc}); "
+                                "pass a readable JSON Lines file") from None
     record = {
         "record_version": RECORD_VERSION,
         "seed": spec.seed,
@@ -139,24 +146,25 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
                     [(ev_cls, c) for ev_cls, c in evaluators], spec.seed, record, Path(cache_dir), eval_task)
 
 
-def _check_ranges(train, generation) -> None:
-    positive = {"train.batch_size": train.batch_size, "train.grad_accum": train.grad_accum,
-                "train.max_length": train.max_length, "train.log_every": train.log_every,
-                "eval.max_new_tokens": generation.max_new_tokens,
-                "eval.samples_per_prompt": generation.samples_per_prompt, "eval.batch_size": generation.batch_size}
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"--set {key}={value}: must be at least 1")
-    if train.optimizer not in ("adamw", "rmsprop"):
-        raise UserError(f"--set train.optimizer={train.optimizer}: use adamw or rmsprop")
-    if not train.lr > 0:
-        raise UserError(f"--set train.lr={train.lr}: must be positive")
-    if not 0 < generation.top_p <= 1 or generation.temperature < 0:
-        raise UserError("eval.top_p must lie in (0, 1] and eval.temperature must be >= 0")
-    if generation.max_prompts < 0 or train.max_steps < 0 or train.epochs < 0:
-        raise UserError("eval.max_prompts, train.max_steps and train.epochs cannot be negative")
-    if train.lora_r < 0 or train.lora_alpha < 1 or not 0 <= train.lora_dropout < 1:
-        raise UserError("train.lora_r cannot be negative, train.lora_alpha must be at least 1 and train.lora_dropout must lie in [0, 1)")
+def check_context(model, tokenizer, train, generation, prompts: list[str]) -> None:
+    """Lengths that must fit the policy's context window, known once it is loaded: train.max_length and the
+    longest evaluation prompt plus eval.max_new_tokens. Past the window a model indexes beyond its position
+    table (an IndexError, or a device assert on GPU), so this is one line naming the setting instead."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(context, int) or context < 2:
+        return  # no fixed window to fit
+    if train.max_length > context:
+        raise UserError(f"--set train.max_length={train.max_length}: longer than the policy's context of {context} "
+                        f"tokens; use at most {context}")
+    longest = max((len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]), default=0)
+    if longest >= context:
+        raise UserError(f"an evaluation prompt is {longest} tokens long and the policy's context {context} tokens; "
+                        "shorten the prompts (data.eval_prompts) so a completion fits after them")
+    if longest + generation.max_new_tokens > context:
+        raise UserError(f"--set eval.max_new_tokens={generation.max_new_tokens}: the longest evaluation prompt "
+                        f"({longest} tokens) leaves {context - longest} of the policy's {context}-token context; "
+                        f"use at most {context - longest}")
 
 
 SCHEMAS = {"preferences": rows.PREFERENCE_KEYS, "test_preferences": rows.PREFERENCE_KEYS,
@@ -164,26 +172,59 @@ SCHEMAS = {"preferences": rows.PREFERENCE_KEYS, "test_preferences": rows.PREFERE
 """The data a run uses, by `data.*` key, with the fields every row must have."""
 
 
+PAIRS = ("preferences", "test_preferences")
+"""The data.* keys that hold preference pairs, whose chosen must differ from rejected."""
+
+
 def read_user_files(r: Resolved) -> dict[str, list[dict]]:
     """The user's data files, read and validated once, before anything is built or written."""
-    out = {key: rows.read_rows(getattr(r.data, key), keys) for key, keys in SCHEMAS.items() if getattr(r.data, key)}
-    if "eval_prompts" in out and not out["eval_prompts"]:
-        raise UserError(f"{r.data.eval_prompts}: the evaluation prompt set is empty; give at least one {{\"prompt\": ...}} line")
+    out = {}
+    for key, keys in SCHEMAS.items():
+        path = getattr(r.data, key)
+        if not path:
+            continue
+        out[key] = rows.read_rows(path, keys)
+        if not out[key] and key == "eval_prompts":
+            raise UserError(f"{path}: the evaluation prompt set is empty; give at least one {{\"prompt\": ...}} line")
+        if not out[key]:
+            raise UserError(f"{path}: no rows (data.{key}); write one JSON object with {', '.join(keys)} per line")
+        if key in PAIRS:
+            # A file of nothing but identical pairs fails now, before anything is built; load_data drops them.
+            rows.drop_identical_pairs(out[key], path)
     return out
 
 
-def load_data(r: Resolved, user_rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Training and evaluation rows: the user's (already validated) where given, else the task's, validated."""
+def load_data(r: Resolved, user_rows: dict[str, list[dict]]) -> dict[str, Any]:
+    """Training and evaluation rows: the user's (already validated) where given, else the task's, validated.
+
+    Preference pairs whose chosen equals rejected are dropped, from the user's files and the task's data
+    alike; the returned "skipped_pairs" counts them per key (`data_notes` says so, in the run's cost.json
+    and as a line of output), and is no part of the run's config, so the run id does not change.
+    """
     task = r.task
     from_task = {"preferences": lambda: task.preference_data("train"), "test_preferences": lambda: task.preference_data("test"),
                  "sft": task.sft_data, "eval_prompts": (r.eval_task or task).eval_prompts}
-    out = {key: user_rows[key] if key in user_rows else rows.validate(from_task[key](), keys, f"task {r.task_cls.name}: {key}")
-           for key, keys in SCHEMAS.items()}
+    sources = {key: getattr(r.data, key) if key in user_rows else f"task {r.task_cls.name}: {key}" for key in SCHEMAS}
+    out: dict[str, Any] = {key: user_rows[key] if key in user_rows else
+                           rows.validate(from_task[key](), keys, sources[key]) for key, keys in SCHEMAS.items()}
+    skipped = {}
+    for key in PAIRS:
+        out[key], skipped[key] = rows.drop_identical_pairs(out[key], sources[key])
+    out["skipped_pairs"] = skipped
     if r.generation.max_prompts:
         out["eval_prompts"] = out["eval_prompts"][: r.generation.max_prompts]
     if not out["eval_prompts"]:
         raise UserError("the evaluation prompt set is empty; give a data.eval_prompts file with at least one {\"prompt\": ...} line")
     return out
+
+
+def data_notes(data: dict) -> tuple[list[str], dict]:
+    """What load_data dropped: (lines to echo, none when nothing was; entries for cost.json)."""
+    skipped = data.get("skipped_pairs") or {}
+    lines = [f"data: skipped {n} {'held-out ' if key == 'test_preferences' else ''}preference pair{'s' * (n != 1)} "
+             f"whose chosen equals rejected" for key, n in skipped.items() if n]
+    return lines, {"skipped_pairs": skipped.get("preferences", 0),
+                   "skipped_test_pairs": skipped.get("test_preferences", 0)}
 
 
 def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> Path:
@@ -273,6 +314,8 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
 
     torch.manual_seed(r.seed)
     policy, tokenizer = r.task.load_policy()
+    check_context(policy, tokenizer, r.train, r.generation, prompts)
+    cost.update(data_notes(data)[1])
     reference, _ = r.task.load_policy()
     if r.train.lora_r:
         from bench.policy import add_lora

@@ -49,7 +49,8 @@ def sample(
         with torch.inference_mode():
             for b, start in enumerate(range(0, len(order), batch_size)):
                 rows = order[start:start + batch_size]
-                generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
+                # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
+                generator = torch.Generator(device=model.device).manual_seed((seed * 1_000_003 + b) % 2**64)
                 out = _sample_batch(model, [prompt_ids[i] for i in rows], max_new_tokens, temperature, top_p,
                                     eos_token_id, pad_token_id, generator)
                 for i, completion in zip(rows, out):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bench.checks import at_least, between, non_negative, one_of, positive, require
 from bench.device import mixed_precision
 from bench.errors import UserError
 
@@ -57,14 +58,44 @@ class TrainConfig:
     lora_targets: str = "all-linear"
     """Modules that get adapters: "all-linear" (every linear layer but the output head) or comma-separated module names."""
 
+    def check(self, section: str = "train") -> None:
+        """One line naming the first setting out of range (bench.config.apply_overrides calls it for every run).
+
+        Lengths that depend on the model (max_length within its context) are checked once it is
+        loaded, by bench.runner.check_context.
+        """
+        positive(self, section, "lr", "e.g. 1e-4")
+        one_of(self, section, "optimizer", tuple(OPTIMIZERS))
+        at_least(self, section, "batch_size", 1)
+        at_least(self, section, "grad_accum", 1)
+        require(self.batch_size % self.grad_accum == 0, section, "batch_size", self.batch_size,
+                f"must be a multiple of {section}.grad_accum ({self.grad_accum})")
+        non_negative(self, section, "max_steps", f"0 derives the steps from {section}.epochs")
+        if self.max_steps == 0:
+            positive(self, section, "epochs", f"or set {section}.max_steps")
+        else:
+            non_negative(self, section, "epochs", f"ignored while {section}.max_steps > 0")
+        non_negative(self, section, "warmup_steps", "0 starts at the full learning rate")
+        non_negative(self, section, "max_grad_norm", "0 disables clipping")
+        non_negative(self, section, "weight_decay")
+        at_least(self, section, "max_length", 2, "a prompt token and a completion token")
+        at_least(self, section, "log_every", 1)
+        non_negative(self, section, "checkpoint_every", "0 disables checkpoints")
+        non_negative(self, section, "lora_r", "0 trains every weight")
+        at_least(self, section, "lora_alpha", 1)
+        between(self, section, "lora_dropout", 0, 1, "[)")
+
+
+OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "rmsprop": lambda params, cfg: torch.optim.RMSprop(params, lr=cfg.lr),
+}
+"""train.optimizer's choices."""
+
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr)
-    raise UserError(f"unknown train.optimizer {cfg.optimizer!r}; use adamw or rmsprop")
+    cfg.check()  # direct callers (PPO, the Python API) get the same checks as --set
+    return OPTIMIZERS[cfg.optimizer]([p for p in params if p.requires_grad], cfg)
 
 
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -81,7 +112,9 @@ def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
     out: list[int] = []
     epoch, offset = divmod(start, n)
     while len(out) < count:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
+        perm = torch.randperm(n, generator=generator).tolist()
         out.extend(perm[offset:offset + count - len(out)])
         epoch, offset = epoch + 1, 0
     return out
@@ -113,8 +146,7 @@ def train_loop(
 
     if len(examples) == 0:
         raise UserError(f"{desc}: no training examples; check the task's data or the data.* files you passed")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.batch_size % cfg.grad_accum:
-        raise UserError(f"train.batch_size ({cfg.batch_size}) must be a positive multiple of train.grad_accum ({cfg.grad_accum})")
+    cfg.check()  # settings built in code (task builds, PPO's inner loop, tests) meet the same ranges as --set
     steps = total_steps(len(examples), cfg)
     micro = cfg.batch_size // cfg.grad_accum
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import hub
+from bench.checks import non_negative
 from bench.errors import UserError
 from bench.tasks.common import model_key, text_field
 from bench.tasks.tldr import MARKER, TLDR, judge_query
@@ -42,6 +43,11 @@ class Config:
     """Articles kept, the first ones of the split; 0 keeps all."""
     max_article_chars: int = 2000
     """Articles are cut at the last word boundary within this many characters (about 450 GPT-J tokens); 0 keeps them whole."""
+
+    def check(self, section: str = "eval_task") -> None:
+        """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
+        non_negative(self, section, "max_prompts", "0 keeps all")
+        non_negative(self, section, "max_article_chars", "0 keeps them whole")
 
 
 def article_prompt(article: str, max_chars: int) -> str:
@@ -74,8 +80,7 @@ class CNNDM:
     gold_reward = None
 
     def __init__(self, config: Config, cache_dir: Path):
-        if config.max_prompts < 0 or config.max_article_chars < 0:
-            raise UserError("eval_task.max_prompts and eval_task.max_article_chars cannot be negative (0 keeps all)")
+        config.check()
         self.config = config
         self.cache_dir = Path(cache_dir)
         self._prompts: list[dict] | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import hub
+from bench.checks import at_least, non_negative
 from bench.errors import UserError
 
 CHUNK = 256
@@ -105,14 +106,11 @@ def keep_fitting(rows: list[dict], tokenizer, max_tokens: int, limit: int = 0) -
     return kept, dropped
 
 
-def check_settings(config, counts: tuple[str, ...], min_prompt_tokens: int = 8) -> None:
+def check_settings(config, counts: tuple[str, ...], section: str = "task", min_prompt_tokens: int = 8) -> None:
     """UserError for a negative row limit or a max_prompt_tokens too small to hold a prompt."""
     for key in counts:
-        if getattr(config, key) < 0:
-            raise UserError(f"--set task.{key}={getattr(config, key)}: cannot be negative (0 keeps all)")
-    if config.max_prompt_tokens < min_prompt_tokens:
-        raise UserError(f"--set task.max_prompt_tokens={config.max_prompt_tokens}: too short for a prompt; "
-                        f"use {min_prompt_tokens} or more")
+        non_negative(config, section, key, "0 keeps all")
+    at_least(config, section, "max_prompt_tokens", min_prompt_tokens, "shorter is too short for a prompt")
 
 
 def check_context(tokenizer, max_prompt_tokens: int) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench import hub
 from bench.artifacts import build_once, content_key
+from bench.checks import at_least, non_negative, one_of, positive
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, load_usable, model_key, text_field
@@ -73,6 +74,15 @@ class Config:
     """Held-out preference pairs (implicit-reward accuracy), the first usable ones of the test split; 0 keeps all."""
     max_prompt_tokens: int = 256
     """Longest prompt in tokens of the model's tokenizer (the paper code's 256); longer pairs are dropped. Keep it below train.max_length."""
+
+    def check(self, section: str = "task") -> None:
+        """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
+        check_settings(self, ("max_prompts", "max_train_pairs", "max_test_pairs"), section)
+        one_of(self, section, "reference", REFERENCES)
+        non_negative(self, section, "sft_steps", "0 makes one epoch")
+        non_negative(self, section, "sft_warmup_steps")
+        at_least(self, section, "sft_batch_size", 1)
+        positive(self, section, "sft_lr", "e.g. 5e-7")
 
 
 def split_dialogue(text: str) -> tuple[str, str] | None:
@@ -124,12 +134,7 @@ class HH(PreferenceRows):
     """The paper's beta; room for a 256-token prompt and its response (the paper code's 512; the harness's 128 would cut them)."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        check_settings(config, ("max_prompts", "max_train_pairs", "max_test_pairs"))
-        if config.reference not in REFERENCES:
-            raise UserError(f"--set task.reference={config.reference}: use {' or '.join(REFERENCES)}")
-        if config.sft_steps < 0 or config.sft_warmup_steps < 0 or config.sft_batch_size < 1 or not config.sft_lr > 0:
-            raise UserError("task.sft_steps and task.sft_warmup_steps cannot be negative, task.sft_batch_size must be "
-                            "at least 1 and task.sft_lr positive")
+        config.check()
         self.config = config
         self.cache_dir = Path(cache_dir)
         self._data: dict[str, list[dict]] | None = None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench import hub
 from bench.artifacts import build_once, content_key
+from bench.checks import require
 from bench.errors import UserError
 from bench.tasks.sentiment import (BuiltTask, Stages, carve, check_counts, clean_review, encode_texts,
                                    load_fast_tokenizer, model_identity, policy_stage, preference_stage, prompt_stage)
@@ -88,6 +89,12 @@ class Config:
     """Prompts per sampling batch while building preference data."""
     gold_batch_size: int = 32
     """Texts per batch of the gold classifier."""
+
+    def check(self, section: str = "task") -> None:
+        """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
+        check_counts(self, ("gold_batch_size",), section)
+        require(bool(self.gold_label.strip()), section, "gold_label", self.gold_label,
+                "empty; name the gold classifier's positive label, e.g. POSITIVE")
 
 
 class GoldReward:
@@ -219,9 +226,7 @@ class IMDb(BuiltTask):
     Config = Config
 
     def __init__(self, config: Config, cache_dir: Path):
-        check_counts(config, ("gold_batch_size",))
-        if not config.gold_label.strip():
-            raise UserError("--set task.gold_label: empty; name the gold classifier's positive label, e.g. POSITIVE")
+        config.check()
         self.config = config
         self.cache_dir = Path(cache_dir)
         # What the artifacts depend on: max_prompts only slices what is served; with an SFT

@@ -42,6 +42,7 @@ from typing import Callable
 
 from bench import hub
 from bench.artifacts import build_once, content_key
+from bench.checks import at_least, non_negative, positive, require
 from bench.contracts import Generation
 from bench.errors import UserError
 
@@ -111,6 +112,18 @@ class Config:
     sample_batch_size: int = 256
     """Prompts per sampling batch while building preference data."""
 
+    def check(self, section: str = "task") -> None:
+        """One line naming the first setting out of range; fields left at None are checked at their preset's value."""
+        cfg = with_presets(self, section)
+        check_counts(cfg, ("n_gold_reviews", "n_gold_test_reviews", "n_layer", "n_embd", "n_head", "gold_window_words"),
+                     section)
+        require(cfg.n_embd % cfg.n_head == 0, section, "n_embd", cfg.n_embd,
+                f"must be a multiple of {section}.n_head ({cfg.n_head})")
+        at_least(cfg, section, "vocab_size", 260, "a byte-level BPE needs 257 tokens and a few merges")
+        if not cfg.model and cfg.max_prefix_tokens + cfg.max_new_tokens > _n_positions(cfg):
+            raise UserError(f"{section}.max_prefix_tokens + {section}.max_new_tokens exceed the policy's context; "
+                            f"lower them or raise {section}.lm_window")
+
 
 PRESETS = {
     "default": dict(
@@ -145,37 +158,33 @@ GPT2_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head")
 """Settings of the GPT-2 trained from scratch: unused, and not part of the build's identity, with task.model."""
 
 
-def check_counts(cfg, at_least_one: tuple[str, ...]) -> None:
+def check_counts(cfg, at_least_one: tuple[str, ...], section: str = "task") -> None:
     """The settings the review-prefix tasks share (sentiment, imdb): counts, prefix lengths, pairs, learning rate."""
-    for name in ("n_eval_prompts", "n_preference_prefixes", "n_lm_valid_reviews", "lm_window", "lm_steps", "lm_batch_size",
+    for name in ("n_eval_prompts", "n_preference_prefixes", "n_lm_valid_reviews", "lm_steps", "lm_batch_size",
                  "max_new_tokens", "sample_batch_size", *at_least_one):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--set task.{name}={getattr(cfg, name)}: must be at least 1")
+        at_least(cfg, section, name, 1)
+    at_least(cfg, section, "lm_window", 2, "a window of one token has no next token to learn")
     for name in ("n_test_preference_prefixes", "n_lm_reviews", "max_prompts", "max_sft_examples"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--set task.{name}={getattr(cfg, name)}: cannot be negative")
-    if cfg.samples_per_prefix < 2:
-        raise UserError(f"--set task.samples_per_prefix={cfg.samples_per_prefix}: need at least 2 completions to form a pair")
-    if not 1 <= cfg.min_prefix_tokens <= cfg.max_prefix_tokens:
-        raise UserError("task.min_prefix_tokens must be at least 1 and at most task.max_prefix_tokens")
-    if not cfg.lm_lr > 0:
-        raise UserError(f"--set task.lm_lr={cfg.lm_lr}: must be positive")
+        non_negative(cfg, section, name)
+    at_least(cfg, section, "samples_per_prefix", 2, "two completions form a pair")
+    at_least(cfg, section, "min_prefix_tokens", 1)
+    require(cfg.min_prefix_tokens <= cfg.max_prefix_tokens, section, "min_prefix_tokens", cfg.min_prefix_tokens,
+            f"must be at most {section}.max_prefix_tokens ({cfg.max_prefix_tokens})")
+    positive(cfg, section, "lm_lr")
+
+
+def with_presets(config: Config, section: str = "task") -> Config:
+    """`config` with every field left at None filled from its scale preset (and MODEL_PRESETS with a model)."""
+    if config.scale not in PRESETS:
+        raise UserError(f"--set {section}.scale={config.scale}: unknown scale; use one of {', '.join(PRESETS)}")
+    preset = {**PRESETS[config.scale], **(MODEL_PRESETS[config.scale] if config.model else {})}
+    return dataclasses.replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
 
 
 def resolve(config: Config) -> Config:
     """`config` with every field left at None filled from its scale preset (and MODEL_PRESETS with a model), checked."""
-    if config.scale not in PRESETS:
-        raise UserError(f"--set task.scale={config.scale}: unknown scale; use one of {', '.join(PRESETS)}")
-    preset = {**PRESETS[config.scale], **(MODEL_PRESETS[config.scale] if config.model else {})}
-    cfg = dataclasses.replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
-    check_counts(cfg, ("n_gold_reviews", "n_gold_test_reviews", "n_layer", "n_embd", "n_head", "gold_window_words"))
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"task.n_embd ({cfg.n_embd}) must be a multiple of task.n_head ({cfg.n_head})")
-    if cfg.vocab_size < 260:
-        raise UserError(f"--set task.vocab_size={cfg.vocab_size}: a byte-level BPE needs at least 257 tokens; use 260 or more")
-    if not cfg.model and cfg.max_prefix_tokens + cfg.max_new_tokens > _n_positions(cfg):
-        raise UserError("task.max_prefix_tokens + task.max_new_tokens exceed the policy's context; lower them or raise task.lm_window")
-    return cfg
+    config.check()
+    return with_presets(config)
 
 
 def model_identity(task: str, model: str) -> str:

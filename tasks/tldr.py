@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import hub
+from bench.checks import one_of
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.tasks.common import CHUNK, PreferenceRows, check_context, check_settings, load_usable, model_key, text_field
@@ -57,6 +58,11 @@ class Config:
     """Longest prompt in tokens of the model's tokenizer; keep it below train.max_length minus the summary length."""
     long_prompts: str = "truncate"
     """Prompts over max_prompt_tokens: "truncate" keeps the subreddit, the title and the beginning of the post, cut at a word, then "\\nTL;DR:"; "drop" skips the row."""
+
+    def check(self, section: str = "task") -> None:
+        """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
+        check_settings(self, ("max_prompts", "max_train_pairs", "max_test_pairs", "max_sft_examples"), section)
+        one_of(self, section, "long_prompts", LONG_PROMPTS)
 
 
 def split_summary(prompt: str, summary: str) -> tuple[str, str]:
@@ -116,9 +122,7 @@ class TLDR(PreferenceRows):
     """The paper's TL;DR beta; room for a 512-token prompt and its summary (the harness's 128 would cut the posts)."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        check_settings(config, ("max_prompts", "max_train_pairs", "max_test_pairs", "max_sft_examples"))
-        if config.long_prompts not in LONG_PROMPTS:
-            raise UserError(f"--set task.long_prompts={config.long_prompts}: use {' or '.join(LONG_PROMPTS)}")
+        config.check()
         self.config = config
         self.cache_dir = Path(cache_dir)
         self._data: dict[str, list[dict]] | None = None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import hub
+from bench.checks import between
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, model_key, text_field
@@ -59,6 +60,11 @@ class Config:
     """Held-out preference pairs (implicit-reward accuracy), the first ones; 0 keeps all."""
     max_prompt_tokens: int = 512
     """Longest formatted prompt in tokens of the model's tokenizer; longer pairs are dropped. Keep it below train.max_length."""
+
+    def check(self, section: str = "task") -> None:
+        """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
+        check_settings(self, ("max_prompts", "max_train_pairs", "max_test_pairs"), section)
+        between(self, section, "test_fraction", 0, 1, "()", "a share, e.g. 0.1")
 
 
 def held_out(prompt: str, fraction: float, seed: int) -> bool:
@@ -107,9 +113,7 @@ class Truthy(PreferenceRows):
     recipe (r = alpha = 16, dropout 0.05, every linear layer); room for a 512-token prompt and a long answer."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        check_settings(config, ("max_prompts", "max_train_pairs", "max_test_pairs"))
-        if not 0 < config.test_fraction < 1:
-            raise UserError(f"--set task.test_fraction={config.test_fraction}: use a share between 0 and 1, e.g. 0.1")
+        config.check()
         self.config = config
         self.cache_dir = Path(cache_dir)
         self._data: dict[str, list[dict]] | None = None

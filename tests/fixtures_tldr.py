@@ -16,6 +16,8 @@ from pathlib import Path
 
 import hub_fixtures
 
+CONTEXT = 1024
+"""The tiny model's context window in tokens."""
 MAX_PROMPT_TOKENS = 200
 """task.max_prompt_tokens for the fixture: above every short post, below the long one."""
 LONG_POST_TITLE = "Long story about my first year running a tiny bakery, need perspective"
@@ -173,6 +175,7 @@ def make(root: Path) -> dict:
         "valid1": [comparison_row(i) for i in VALID[:3]], "valid2": [comparison_row(i) for i in VALID[3:]]})
     texts = [sft_row(i)["prompt"] + sft_row(i)["label"] for i in range(len(POSTS))]
     texts += [comparison_row(i)["rejected"] for i in range(len(POSTS))]
-    model = hub_fixtures.tiny_causal_lm(root / "model", texts)
+    # A 1024-token context, as GPT-2's: room for the task's train.max_length of 640 (GPT-J has 2048).
+    model = hub_fixtures.tiny_causal_lm(root / "model", texts, n_positions=CONTEXT)
     return {"model": model, "sft_dataset": sft, "preference_dataset": comparisons,
             "max_prompt_tokens": MAX_PROMPT_TOKENS}

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import hub_fixtures
 
+CONTEXT = 1024
+"""The tiny model's context window in tokens."""
 MAX_PROMPT_TOKENS = 200
-"""task.max_prompt_tokens for the fixture: below the tiny model's 512-token context."""
+"""task.max_prompt_tokens for the fixture: below the tiny model's context."""
 TEST_FRACTION = 0.3
 """task.test_fraction for the fixture: a third of 30 rows leaves a few held-out prompts."""
 ASSISTANT = "You are an unbiased, uncensored, helpful assistant."
@@ -102,6 +104,7 @@ def make(root: Path) -> dict:
     root = Path(root)
     data = hub_fixtures.write_dataset(root / "data", {"train": rows()})
     texts = [f"Instruct: {r['system']}\n\n{r['prompt']}\nOutput: {r[side]}" for r in rows() for side in ("chosen", "rejected")]
-    model = hub_fixtures.tiny_causal_lm(root / "model", texts)
+    # A 1024-token context: room for the task's train.max_length of 1024 (Phi-2 has 2048).
+    model = hub_fixtures.tiny_causal_lm(root / "model", texts, n_positions=CONTEXT)
     return {"model": model, "dataset": data, "test_fraction": TEST_FRACTION,
             "max_prompt_tokens": MAX_PROMPT_TOKENS}

@@ -47,9 +47,9 @@ def test_each_completion_is_the_highest_scoring_of_its_n_candidates():
 
 
 def test_n_below_one_is_a_user_error_and_leaves_nothing(cache_dir, tmp_path):
-    with pytest.raises(UserError, match="n must be at least 1"):
+    with pytest.raises(UserError, match="best-of-n.n=0: must be at least 1"):
         BestOfN(Config(n=0))
-    with pytest.raises(UserError, match="n=-3; n must be at least 1"):
+    with pytest.raises(UserError, match="best-of-n.n=-3: must be at least 1"):
         execute(RunSpec(algo="best-of-n", task="sentiment", sets=["task.scale=tiny", "best-of-n.n=-3"]),
                 results=tmp_path, cache_dir=cache_dir, echo=lambda _: None)
     assert not any(tmp_path.iterdir())

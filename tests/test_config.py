@@ -28,9 +28,11 @@ def test_overrides_are_typed():
 
 @pytest.mark.parametrize("key,value,fragment", [
     ("beta", "abc", "expected a float"),
-    ("steps", "1.5", "expected a int"),
+    ("steps", "1.5", "expected an integer"),
+    ("steps", "9007199254740993", r"algo.steps=9007199254740993: out of range"),
     ("flag", "maybe", "expected true or false"),
-    ("beta", "nan", "expected a float"),
+    ("beta", "nan", "algo.beta=nan: expected a finite number"),
+    ("beta", "-inf", "algo.beta=-inf: expected a finite number"),
     ("gamma", "1", "unknown key"),
 ])
 def test_bad_overrides_name_the_problem(key, value, fragment):
@@ -71,7 +73,7 @@ def test_algorithm_train_defaults_apply_and_can_be_overridden(tmp_path):
 
 @pytest.mark.parametrize("sets,fragment", [
     (["nosuch.key=1"], "unknown section"),
-    (["train.lr=-1"], "must be positive"),
+    (["train.lr=-1"], r"train.lr=-1: must be > 0"),
     (["eval.samples_per_prompt=0"], "at least 1"),
     (["train.optimizer=sgd"], "adamw or rmsprop"),
     (["algo.beta=1", "dpo.beta=2"], "both given"),

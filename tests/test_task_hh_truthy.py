@@ -275,7 +275,8 @@ def test_cli_sft_and_dpo_runs_judged_against_the_chosen_responses(task, settings
     cls = HH if task == "hh" else Truthy
     expected = make_task(cls, settings, cache).eval_prompts()
     assert config["task"]["name"] == task and [s["prompt"] for s in samples] == [r["prompt"] for r in expected]
-    assert metrics["n_prompts"] == len(expected) and metrics["kl"]["mean"] >= 0
+    # >= 0 up to float32 rounding: truthy's two steps at lr 5e-7 leave the policy within noise of the reference.
+    assert metrics["n_prompts"] == len(expected) and metrics["kl"]["mean"] >= -1e-5
 
     with StubServer(lambda n, prompt: answer("A", "More helpful")) as server:
         dpo = run_cli(tiny_run(settings, task, tmp_path / "dpo", judge_sets(server)), fresh,

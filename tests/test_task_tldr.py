@@ -116,8 +116,10 @@ def test_long_posts_are_cut_at_a_word_keeping_the_header(task, settings, cache):
     pairs = eleven.preference_data("test")
     assert len(pairs) == long + 1 and POSTS[fixtures_tldr.TEST[long + 1]][1] in pairs[-1]["prompt"]
 
-    with pytest.raises(UserError, match="max_prompt_tokens=600: the model's context is 512"):
-        tldr_task(settings, cache, max_prompt_tokens=600).build()
+    too_long = fixtures_tldr.CONTEXT + 88
+    context = fixtures_tldr.CONTEXT
+    with pytest.raises(UserError, match=f"max_prompt_tokens={too_long}: the model's context is {context}"):
+        tldr_task(settings, cache, max_prompt_tokens=too_long).build()
     for bad in ({"long_prompts": "keep"}, {"max_prompt_tokens": 4}, {"max_prompts": -1}):
         with pytest.raises(UserError, match="task." + next(iter(bad))):
             tldr_task(settings, cache, **bad)
