@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from bench import data as rows
 from bench import records, registry
 from bench.contracts import Context, Evaluation, Sample
 from bench.errors import UserError
+from bench.lock import run_lock
 
 RECORD_VERSION = 1
 """Bumped when the meaning of a run record changes, so old and new runs never share an id."""
@@ -227,14 +230,20 @@ def data_notes(data: dict) -> tuple[list[str], dict]:
                    "skipped_test_pairs": skipped.get("test_preferences", 0)}
 
 
-def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> Path:
-    """Run (or skip, or resume) one run and return its directory under `results`."""
+def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print,
+            wait: bool = True) -> Path:
+    """Run (or skip, or resume) one run and return its directory under `results`.
+
+    One process writes a run at a time: a second one with the same run waits for the first
+    (wait=False: raises bench.lock.RunInProgress instead) and then finds it complete.
+    """
     r = resolve(spec, cache_dir)
     results = Path(results)
     final = results / r.name
     if records.is_complete(final):
         echo(f"{r.name}: complete, skipped ({final})")
         return final
+    check_results_dir(results)
     user_rows = read_user_files(r)
     for ev_cls, ev_config in r.evaluators:
         # Evaluators that talk to a service check it now, not after minutes of training.
@@ -242,28 +251,54 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
         if hasattr(evaluator, "preflight"):
             evaluator.preflight()
 
-    import torch  # heavy imports only once a run really starts
-
-    from bench.device import device
-
     t0 = time.time()
     r.task.build()
     if r.eval_task is not None:
         r.eval_task.build()
     data = load_data(r, user_rows)
     t_build = time.time() - t0
+    for line in data_notes(data)[0]:
+        echo(line)
+
+    with run_lock(results, r.name, wait=wait, echo=echo):
+        if records.is_complete(final):  # another process finished it while we waited
+            echo(f"{r.name}: complete, skipped ({final})")
+            return final
+        metrics = _record(r, data, results, t_build, echo)
+    echo(summary_line(r.name, metrics))
+    echo(f"run record: {final}")
+    return final
+
+
+def check_results_dir(results: Path) -> None:
+    """A results directory that exists or can be created, or one line naming the path and the fix; creates nothing."""
+    existing = results
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == results else f"lies below the file {existing}"
+        raise UserError(f"--results {results}: {where}, not a directory; pass a directory (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--results {results}: {existing} is not writable; pass a directory you can write to")
+
+
+def _record(r: Resolved, data: dict, results: Path, t_build: float, echo: Callable[[str], None]) -> dict:
+    """Build the run under .partial/ (resuming from its checkpoint if one is there) and publish it; the caller holds the lock."""
+    import torch
+
+    from bench.device import device
 
     partial = results / records.PARTIAL / r.name
     checkpoint_dir = partial / "checkpoints"
-    state = checkpoint_dir / "train_state.json"
-    if state.exists():
-        echo(f"{r.name}: resuming from step {json.loads(state.read_text())['step']}")
+    step = _resume_step(checkpoint_dir / "train_state.json", echo)
+    if step is not None:
+        echo(f"{r.name}: resuming from step {step}")
         for name in ("train_log.jsonl", "checkpoints.jsonl"):
-            _truncate_log(partial / name, json.loads(state.read_text())["step"])
+            _truncate_log(partial / name, step)
     else:
         records.discard(partial)
-    partial.mkdir(parents=True, exist_ok=True)
     try:
+        partial.mkdir(parents=True, exist_ok=True)
         records.atomic_write_json(partial / "config.json", {
             "run_id": r.run_id, "name": r.name, "config": r.record,
             "versions": records.package_versions(), "git_revision": records.git_revision(),
@@ -276,16 +311,31 @@ def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str],
         metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
         records.atomic_write_json(partial / "metrics.json", metrics)
         records.atomic_write_json(partial / "cost.json", cost)
-        import shutil
-
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        records.publish(partial, final)
+        records.publish(partial, results / r.name)
     except UserError:
         records.discard(partial)
         raise
-    echo(summary_line(r.name, metrics))
-    echo(f"run record: {final}")
-    return final
+    except OSError as exc:
+        # Disk full, a directory removed under us, ...: nothing half-written may stay visible.
+        records.discard(partial)
+        where = exc.filename or partial
+        raise UserError(f"cannot write {where} ({exc.strerror or exc}); free space or pass another --results") from None
+    return metrics
+
+
+def _resume_step(state: Path, echo: Callable[[str], None]) -> int | None:
+    """The step a partial run's checkpoint was taken at, or None (no checkpoint, or an unreadable one)."""
+    if not state.exists():
+        return None
+    try:
+        step = json.loads(state.read_text(encoding="utf-8"))["step"]
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+            return step
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    echo(f"{state}: unreadable checkpoint state; starting the run again")
+    return None
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -18,6 +18,7 @@ whichever dispatcher ran them. It is an optional dependency: `pip install alignm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import shlex
 import sys
@@ -27,6 +28,7 @@ from typing import Callable
 
 from bench import registry, runner
 from bench.errors import UserError
+from bench.lock import RunInProgress
 from bench.records import is_complete
 
 
@@ -247,16 +249,29 @@ def run(planned: list[Planned], results: Path, cache_dir: Path, dispatch: str = 
                disable=None)
     try:
         if dispatch == "local":
-            done = []
-            for p in todo:
-                done.append(run_one(runner.execute, p.spec, results, cache_dir, echo=bar.write))
-                bar.update(1)
-            return done
+            return _run_local(todo, results, cache_dir, bar)
         if dispatch == "submitit":
             return _run_submitit(todo, results, cache_dir, executor_options or {}, bar)
         raise UserError(f"--dispatch {dispatch}: use local or submitit")
     finally:
         bar.close()
+
+
+def _run_local(todo: list[Planned], results: Path, cache_dir: Path, bar) -> list[Path]:
+    """One run after another; a run another process is writing (a second sweep, a `bench run`) is left
+    for last and then waited for, so two sweeps started together share the work and do each run once."""
+    done, busy = [], []
+    for p in todo:
+        try:
+            done.append(run_one(functools.partial(runner.execute, wait=False), p.spec, results, cache_dir,
+                                echo=bar.write))
+            bar.update(1)
+        except RunInProgress:
+            busy.append(p)
+    for p in busy:
+        done.append(run_one(runner.execute, p.spec, results, cache_dir, echo=bar.write))
+        bar.update(1)
+    return done
 
 
 def _run_submitit(todo: list[Planned], results: Path, cache_dir: Path, options: dict, bar) -> list[Path]:

@@ -43,7 +43,7 @@ def _load(kind, name):
     return _installed_load(kind, name)
 
 
-def fake_execute(spec, results, cache_dir, echo=print):
+def fake_execute(spec, results, cache_dir, echo=print, wait=True):
     """What runner.execute leaves behind, minus the training: a complete record named by the run id."""
     registry.load = _load  # also in a dispatched job's own process, where the test's patch does not reach
     if spec.seed == 99:
@@ -71,7 +71,7 @@ def toy_task(monkeypatch):
 def recorder(monkeypatch):
     calls = []
 
-    def execute(spec, results, cache_dir, echo=print):
+    def execute(spec, results, cache_dir, echo=print, wait=True):
         calls.append(runner.resolve(spec, cache_dir).name)
         return fake_execute(spec, results, cache_dir, echo)
 
@@ -119,7 +119,7 @@ def test_plan_resolves_everything_first_and_merges_identical_runs(tmp_path, reco
 def test_interrupted_sweep_restarts_without_running_a_complete_run_twice(tmp_path, monkeypatch):
     calls, started = [], []
 
-    def execute(spec, results, cache_dir, echo=print):
+    def execute(spec, results, cache_dir, echo=print, wait=True):
         name = runner.resolve(spec, cache_dir).name
         calls.append(name)
         started.append(name)
