@@ -44,7 +44,7 @@ from bench.logprobs import collate, token_logps
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
-from bench.train import example_order, make_optimizer, train_loop
+from bench.train import example_order, load_checkpoint, make_optimizer, train_loop
 
 CHECKPOINT = "ppo_state.pt"
 
@@ -209,7 +209,7 @@ class PPO:
 
         ckpt = Path(ctx.checkpoint_dir) / CHECKPOINT
         if ckpt.exists():
-            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+            saved = load_checkpoint(ckpt)
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             kl_ctl.value = saved["kl_coef"]

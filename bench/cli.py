@@ -90,6 +90,8 @@ def cmd_report(args) -> None:
     from bench.report import write_report
 
     out = Path(args.out) if args.out else Path("reports") / args.task
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a directory; pass a directory for the report (created if missing)")
     write_report(Path(args.results), args.task, out, kl_budget=args.kl_budget)
     print(f"report: {out / 'report.md'} and {out / 'index.html'} (tables as CSV and LaTeX beside them)")
 
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not a path the user gave or can fix: keep the traceback
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}; check the path (--results, --out, --cache, data.*) "
+              "and the free space", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

@@ -43,11 +43,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written temporary file behind
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -314,6 +318,11 @@ class Record:
 def read_config(run_dir: Path) -> dict:
     """config.json of a run, checked; RecordError when it does not match CONFIG_FILE."""
     return _read_json(Path(run_dir) / "config.json", CONFIG_FILE)
+
+
+def read_samples(run_dir: Path) -> list[dict]:
+    """samples.jsonl of a run, every row checked; RecordError naming the line that does not match SAMPLE_ROW."""
+    return _read_rows(Path(run_dir) / "samples.jsonl", SAMPLE_ROW)
 
 
 def load_record(run_dir: Path, keep_samples: bool = True) -> Record:

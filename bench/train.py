@@ -161,7 +161,7 @@ def train_loop(
     step = 0
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt)
         accelerator.unwrap_model(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -218,6 +218,27 @@ def train_loop(
     model = accelerator.unwrap_model(model)
     model.eval()
     return model
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A resume checkpoint, read as tensors and plain data only: a file that holds anything else is
+    refused, never unpickled, so a crafted checkpoint in a shared results directory cannot run code."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # the file names a callable or class that unpickling would run
+            raise UserError(f"refused to load {path}: it holds objects other than tensors and plain data; the "
+                            "partial run is discarded, run the same command again to start it over") from None
+        raise UserError(f"{path}: unreadable checkpoint (not a torch file); the partial run is discarded, run the "
+                        "same command again to start it over") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        "the partial run is discarded, run the same command again to start it over") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a checkpoint of this suite; the partial run is discarded, run the command again")
+    return state
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int) -> None:

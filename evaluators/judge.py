@@ -645,15 +645,18 @@ def _eval_rows(ctx, samples) -> list[dict] | None:
 
 def _run_baseline(run_dir: str, samples, chosen) -> list[str]:
     """Head to head: the completion in the same (prompt, slot) of another complete run."""
+    from bench.records import RecordError, read_samples
+
     path = Path(run_dir).expanduser()
     if not (path / "COMPLETE").exists() or not (path / "samples.jsonl").exists():
         raise UserError(f"judge.baseline_run={run_dir}: not a complete run directory (no COMPLETE or samples.jsonl)")
+    try:
+        rows = read_samples(path)
+    except RecordError as exc:
+        raise UserError(f"judge.baseline_run={run_dir}: unreadable record ({exc}); pass another complete run") from None
     groups: dict[int, list[dict]] = defaultdict(list)
-    with open(path / "samples.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                groups[int(row["prompt_index"])].append(row)
+    for row in rows:
+        groups[row["prompt_index"]].append(row)
     out = []
     for i, slot in chosen:
         s = samples[i]

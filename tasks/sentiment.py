@@ -43,11 +43,12 @@ from typing import Callable
 from bench import hub
 from bench.artifacts import build_once, content_key
 from bench.checks import at_least, non_negative, positive, require
+from bench.config import file_sha256
 from bench.contracts import Generation
 from bench.errors import UserError
 
 TASK = "sentiment"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 """Bump when a change to this file changes what a build produces: old caches are then ignored."""
 EOS = "<|endoftext|>"
 SPLITS = ("eval", "preference", "test_preference", "gold_test", "gold", "lm_valid", "lm")
@@ -669,6 +670,8 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
         "accuracy_all_windows": _accuracy(classifier, [w for w, _ in windows], [y for _, y in windows]),
         "test_reviews": len(test),
     }
+    # Recorded so that loading the pickle later can check it is the file this build wrote.
+    build_log["gold_reward"]["sha256"] = file_sha256(str(out / "gold_reward.joblib"))
     g = build_log["gold_reward"]
     stages.done("gold reward", f"TF-IDF + logistic regression on {n_windows} windows of {cfg.gold_window_words} words; "
                 f"held-out accuracy {g['accuracy_full_review']:.3f} on full reviews, {g['accuracy_first_window']:.3f} on their "
@@ -795,17 +798,28 @@ class Sentiment(BuiltTask):
     def build(self) -> None:
         """Build the artifacts unless this configuration's are already cached."""
         build_once(self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir))
+        if self._classifier is None:  # loaded now, so a tampered file is refused before any training
+            self._classifier = self._load_classifier()
 
     def splits(self) -> dict[str, list[int]]:
         """Review indices (into load_reviews()) of each split."""
         self.build()
         return json.loads((self.artifact_dir / "splits.json").read_text())
 
+    def _load_classifier(self):
+        """The build's gold classifier. A pickle runs code when loaded: load only the file this build wrote,
+        as the hash it recorded shows."""
+        import joblib
+
+        path = self.artifact_dir / "gold_reward.joblib"
+        recorded = json.loads((self.artifact_dir / "build_log.json").read_text()).get("gold_reward", {}).get("sha256")
+        if file_sha256(str(path)) != recorded:
+            raise UserError(f"{path} is not the file the task build wrote (its hash differs from build_log.json); "
+                            f"delete {self.artifact_dir} to rebuild the task")
+        return joblib.load(path)
+
     def gold_scores(self, texts: list[str]) -> list[float]:
         """P(positive) of each text under the TF-IDF classifier of the build."""
         if self._classifier is None:
-            import joblib
-
             self.build()
-            self._classifier = joblib.load(self.artifact_dir / "gold_reward.joblib")
         return [float(v) for v in self._classifier.predict_proba(texts)[:, 1]]

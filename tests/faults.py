@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -53,10 +54,19 @@ def seed_results(results: Path, records: list[Path]) -> set[str]:
     return entries(results)
 
 
+PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[|it/s\]|s/it\]")
+
+
+def visible_lines(err: str) -> list[str]:
+    """The lines a terminal shows at the end, progress bars left out: what a carriage return overwrote is gone."""
+    shown = (line.rsplit("\r", 1)[-1].strip() for line in err.split("\n"))
+    return [line for line in shown if line and not PROGRESS.search(line)]
+
+
 def assert_user_error(code: int, err: str, fragment: str | tuple[str, ...], results: Path | None = None,
                       before: set[str] | None = None) -> str:
     """The failure the README promises; returns the error line. `fragment`: text the line must contain (any of a tuple)."""
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = visible_lines(err)
     assert code == 2, f"exit {code}; stderr:\n{err}"
     assert "Traceback" not in err, err
     assert 1 <= len(lines) <= MAX_ERROR_LINES, err

@@ -222,6 +222,7 @@ def test_a_utf8_bom_and_some_identical_pairs_run_and_the_skipped_pairs_are_recor
     (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
     cost = json.loads((run / "cost.json").read_text())
     assert cost["skipped_pairs"] == 3 and cost["skipped_test_pairs"] == 0
+    assert "data: skipped 3 preference pairs whose chosen equals rejected" in out
     assert cost["preference_labels"] == 2  # labels are counted over the pairs trained on
     config = json.loads((run / "config.json").read_text())["config"]
     assert "skipped_pairs" not in json.dumps(config)  # a count of the data, not a setting: the run id stays
