@@ -80,6 +80,18 @@ def _same_record(a: Path, b: Path) -> None:
         assert (a / name).read_text() == (b / name).read_text(), name
 
 
+def _twice_at_once(args: list[str], cache: Path) -> str:
+    """`bench ARGS` started twice at the same moment; both must exit cleanly. Returns their stdout, joined."""
+    command = [str(Path(sys.executable).parent / "bench"), *args]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache),
+                              stdin=subprocess.DEVNULL, cwd=REPO) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err, err
+    return "".join(out for out, _ in outs)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(cache_dir, tmp_path_factory) -> dict[str, Path]:
     """The reference records: each command run once, start to end."""
@@ -93,18 +105,11 @@ def uninterrupted(cache_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_two_identical_runs_at_once_make_one_record_of_one_run(cache_dir, tmp_path, uninterrupted):
-    args = [str(Path(sys.executable).parent / "bench"), "run", "--algo", "dpo", "--task", "sentiment", *SMALL,
-            "--results", str(tmp_path)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache_dir),
-                              stdin=subprocess.DEVNULL, cwd=REPO) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-        assert "Traceback" not in err, err
+    stdout = _twice_at_once(["run", "--algo", "dpo", "--task", "sentiment", *SMALL, "--results", str(tmp_path)],
+                            cache_dir)
     (record,) = _records(tmp_path)
     _same_record(record, uninterrupted["dpo"])
     assert _no_partial(tmp_path)
-    stdout = "".join(out for out, _ in outs)
     assert stdout.count("run record:") == 1, stdout  # one process ran it
     assert stdout.count("complete, skipped") == 1, stdout  # the other waited for it (or came after) and skipped it
 
@@ -162,18 +167,11 @@ def test_a_lock_dies_with_its_process(tmp_path):
 
 
 def test_two_identical_sweeps_at_once_do_each_run_once(cache_dir, tmp_path):
-    args = [str(Path(sys.executable).parent / "bench"), "sweep", "--task", "sentiment", "--algo", "sft,dpo",
-            "--seeds", "0,1", *TINY, "--set", "train.max_steps=3", "--set", "run.save_model=false",
-            "--results", str(tmp_path)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache_dir),
-                              stdin=subprocess.DEVNULL, cwd=REPO) for _ in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-        assert "Traceback" not in err, err
+    stdout = _twice_at_once(["sweep", "--task", "sentiment", "--algo", "sft,dpo", "--seeds", "0,1", *TINY,
+                             "--set", "train.max_steps=3", "--set", "run.save_model=false", "--results", str(tmp_path)],
+                            cache_dir)
     records = _records(tmp_path)
     assert len(records) == 4
-    stdout = "".join(out for out, _ in outs)
     assert stdout.count("run record:") == 4, stdout  # each run was run by exactly one of the two sweeps
     for record in records:
         steps = [line for line in (record / "train_log.jsonl").read_text().splitlines()]
