@@ -6,6 +6,7 @@ its KL to the SFT model is reported as the analytic bound log N - (N - 1) / N
 (bench.kl.best_of_n_kl_bound), marked "analytic bound" by the kl evaluator. The paper uses
 N = 128 for summarisation and dialogue and studies N from 4 to 128.
 """
+
 from __future__ import annotations
 
 import dataclasses

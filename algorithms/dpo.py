@@ -12,6 +12,7 @@ Two ways in, one loss (`DPO.loss`, built on `dpo_loss`) on one forward (`concate
     dpo = DPO(model, ref_model, beta=0.1, learning_rate=1e-4)      # your own models and token ids
     stats = dpo.train_step(prompt=prompt_ids, chosen=chosen_ids, rejected=rejected_ids)
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,13 @@ class Config:
         one_of(self, section, "loss_type", LOSS_TYPES)
         positive(self, section, "beta", "the paper's 0.1; swept 0.05 to 5")
         between(self, section, "label_smoothing", 0, 0.5, "[)", "the assumed share of flipped labels")
-        require(not self.label_smoothing or self.loss_type == "sigmoid", section, "label_smoothing",
-                self.label_smoothing, f"applies to {section}.loss_type=sigmoid only, not {self.loss_type}")
+        require(
+            not self.label_smoothing or self.loss_type == "sigmoid",
+            section,
+            "label_smoothing",
+            self.label_smoothing,
+            f"applies to {section}.loss_type=sigmoid only, not {self.loss_type}",
+        )
 
 
 def dpo_loss(
@@ -85,13 +91,24 @@ def dpo_loss(
 
 class DPO:
     name = "dpo"
-    description = "Direct Preference Optimization: logistic loss on the implicit-reward margin (also conservative, IPO, hinge)"
+    description = (
+        "Direct Preference Optimization: logistic loss on the implicit-reward margin (also conservative, IPO, hinge)"
+    )
     Config = Config
     # The common small-model recipe (Adam, lr 1e-4, one epoch); the paper's 1e-6 is for billion-parameter models.
     train_defaults = {"lr": 1e-4, "epochs": 1.0}
 
-    def __init__(self, model=None, ref_model=None, *, config: Config | None = None, learning_rate: float = 1e-4,
-                 max_grad_norm: float = 1.0, pad_token_id: int | None = None, **options):
+    def __init__(
+        self,
+        model=None,
+        ref_model=None,
+        *,
+        config: Config | None = None,
+        learning_rate: float = 1e-4,
+        max_grad_norm: float = 1.0,
+        pad_token_id: int | None = None,
+        **options,
+    ):
         """Harness: `DPO(config=Config(...))`, then `fit(ctx)`.
 
         Python API: `DPO(model, ref_model, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
@@ -124,9 +141,15 @@ class DPO:
             # authors) we average log-ratios over completion tokens, so beta means the same at any length.
             n_chosen = out["chosen_mask"].sum(-1).clamp(min=1)
             n_rejected = out["rejected_mask"].sum(-1).clamp(min=1)
-        losses, _, _ = dpo_loss(chosen / n_chosen, rejected / n_rejected, ref_chosen_logps / n_chosen,
-                                ref_rejected_logps / n_rejected, beta=c.beta, loss_type=c.loss_type,
-                                label_smoothing=c.label_smoothing)
+        losses, _, _ = dpo_loss(
+            chosen / n_chosen,
+            rejected / n_rejected,
+            ref_chosen_logps / n_chosen,
+            ref_rejected_logps / n_rejected,
+            beta=c.beta,
+            loss_type=c.loss_type,
+            label_smoothing=c.label_smoothing,
+        )
         # Rewards are reported on whole-sequence log-ratios for every loss type, as TRL does.
         chosen_rewards = c.beta * (chosen - ref_chosen_logps).detach()
         rejected_rewards = c.beta * (rejected - ref_rejected_logps).detach()
@@ -142,9 +165,17 @@ class DPO:
     def fit(self, ctx):
         return fit_on_pairs(ctx, self.loss, needs_reference=not self.config.reference_free, desc="dpo")
 
-    def train_step(self, prompt: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, *,
-                   prompt_mask: torch.Tensor | None = None, chosen_mask: torch.Tensor | None = None,
-                   rejected_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> dict[str, float]:
+    def train_step(
+        self,
+        prompt: torch.Tensor,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        *,
+        prompt_mask: torch.Tensor | None = None,
+        chosen_mask: torch.Tensor | None = None,
+        rejected_mask: torch.Tensor | None = None,
+        pad_token_id: int | None = None,
+    ) -> dict[str, float]:
         """One optimizer step on a batch of pairs given as token ids: [B, T] tensors, or 1-D for a single pair.
 
         Padding, anywhere in a row: pass 0/1 masks (1 = real token), or `pad_token_id` (here or to the
@@ -155,14 +186,20 @@ class DPO:
         if self.model is None:
             raise RuntimeError("train_step needs a model: construct DPO(model, ref_model, ...)")
         pad = pad_token_id if pad_token_id is not None else self.pad_token_id
-        rows = [_rows(ids, mask, pad) for ids, mask in
-                ((prompt, prompt_mask), (chosen, chosen_mask), (rejected, rejected_mask))]
+        rows = [
+            _rows(ids, mask, pad)
+            for ids, mask in ((prompt, prompt_mask), (chosen, chosen_mask), (rejected, rejected_mask))
+        ]
         if len({len(r) for r in rows}) != 1:
-            raise ValueError(f"train_step: prompt, chosen and rejected hold {[len(r) for r in rows]} rows; they must match")
+            raise ValueError(
+                f"train_step: prompt, chosen and rejected hold {[len(r) for r in rows]} rows; they must match"
+            )
         if any(not p for p in rows[0]):
             raise ValueError("train_step: every prompt needs at least one token (the first token is never scored)")
-        pairs = [{"chosen": (p + c, len(p)), "rejected": (p + r, len(p)), "index": i}
-                 for i, (p, c, r) in enumerate(zip(*rows))]
+        pairs = [
+            {"chosen": (p + c, len(p)), "rejected": (p + r, len(p)), "index": i}
+            for i, (p, c, r) in enumerate(zip(*rows))
+        ]
         device = next(self.model.parameters()).device
         # Padding positions are masked out, so which id fills them does not matter.
         batch = {k: v.to(device) for k, v in collate_pairs(pairs, pad if pad is not None else 0).items()}
@@ -177,7 +214,9 @@ class DPO:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        )
         self.optimizer.step()
         return {
             "loss": loss.item(),

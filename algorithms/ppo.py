@@ -27,6 +27,7 @@ policy/clipfrac, policy/approxkl, loss/policy, loss/value, val/clipfrac. Every
 statistics) goes to the run's checkpoint directory; the same command resumes from it and ends
 exactly where an uninterrupted run ends.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -153,8 +154,12 @@ class PolicyWithValue(torch.nn.Module):
 
     def forward(self, batch: dict):
         """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts token t+1)."""
-        out = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                          output_hidden_states=True)
+        out = self.policy(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+            output_hidden_states=True,
+        )
         logits = out.logits[:, :-1].float() / self.temperature
         log_z = torch.logsumexp(logits, dim=-1)
         logps = logits.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) - log_z
@@ -166,12 +171,20 @@ class PolicyWithValue(torch.nn.Module):
 
 class PPO:
     name = "ppo"
-    description = "PPO-RLHF on the learned reward model: per-token KL penalty, adaptive KL controller, GAE, clipped losses"
+    description = (
+        "PPO-RLHF on the learned reward model: per-token KL penalty, adaptive KL controller, GAE, clipped losses"
+    )
     Config = Config
     # About 47 updates of 64 episodes on the default sentiment task (a few minutes on 2 CPU cores). TRL's
     # GPT-2 sentiment recipe uses lr 1.41e-5; these small models learn at a larger one.
-    train_defaults = {"lr": 1e-4, "batch_size": 32, "epochs": 1.5, "warmup_steps": 0, "log_every": 1,
-                      "checkpoint_every": 10}
+    train_defaults = {
+        "lr": 1e-4,
+        "batch_size": 32,
+        "epochs": 1.5,
+        "warmup_steps": 0,
+        "log_every": 1,
+        "checkpoint_every": 10,
+    }
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
@@ -184,20 +197,26 @@ class PPO:
     def fit(self, ctx) -> ModelPolicy:
         c, tok = self.config, ctx.tokenizer
         if ctx.train.warmup_steps:
-            raise UserError(f"{self.name}: train.warmup_steps={ctx.train.warmup_steps} is not used (PPO keeps its learning rate constant); leave it at 0")
+            raise UserError(
+                f"{self.name}: train.warmup_steps={ctx.train.warmup_steps} is not used (PPO keeps its learning rate constant); leave it at 0"
+            )
         if ctx.train.batch_size > c.rollout_batch_size:
-            raise UserError(f"{self.name}: train.batch_size ({ctx.train.batch_size}) is the minibatch and cannot exceed "
-                            f"rollout_batch_size ({c.rollout_batch_size})")
+            raise UserError(
+                f"{self.name}: train.batch_size ({ctx.train.batch_size}) is the minibatch and cannot exceed "
+                f"rollout_batch_size ({c.rollout_batch_size})"
+            )
         reward = self.reward(ctx)
-        prompts = list(dict.fromkeys(p["prompt"] for p in ctx.preferences)) or \
-            list(dict.fromkeys(e["prompt"] for e in ctx.sft_examples))
+        prompts = list(dict.fromkeys(p["prompt"] for p in ctx.preferences)) or list(
+            dict.fromkeys(e["prompt"] for e in ctx.sft_examples)
+        )
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         max_new_tokens = c.max_new_tokens or ctx.generation.max_new_tokens
         total = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.rollout_batch_size)
         # Minibatch epochs over one rollout, through the shared loop (clipping, accumulation, NaN checks).
-        inner = dataclasses.replace(ctx.train, epochs=c.ppo_epochs, max_steps=0, warmup_steps=0, log_every=10**9,
-                                    checkpoint_every=0)
+        inner = dataclasses.replace(
+            ctx.train, epochs=c.ppo_epochs, max_steps=0, warmup_steps=0, log_every=10**9, checkpoint_every=0
+        )
 
         policy = ctx.policy
         disable_dropout(policy)  # else pi / pi_old would differ from 1 before any update
@@ -220,9 +239,16 @@ class PPO:
             # 1. Rollout: the same prompts and draws for a given (seed, update), so a resumed run repeats them.
             rows = example_order(len(prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
             queries = [prompt_ids[i] for i in rows]
-            completions = sample(policy, queries, max_new_tokens=max_new_tokens, temperature=c.temperature,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=pad, seed=ctx.seed * 1_000_003 + update,
-                                 batch_size=len(queries))
+            completions = sample(
+                policy,
+                queries,
+                max_new_tokens=max_new_tokens,
+                temperature=c.temperature,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=pad,
+                seed=ctx.seed * 1_000_003 + update,
+                batch_size=len(queries),
+            )
             # 2. Score the full completions.
             texts = tok.batch_decode(completions, skip_special_tokens=True)
             scores = torch.tensor(reward([prompts[i] for i in rows], texts), dtype=torch.float32)
@@ -231,8 +257,10 @@ class PPO:
                 state["score_mean"], state["score_std"] = scores.mean().item(), std if std > 1e-6 else 1.0
             whitened = (scores - state["score_mean"]) / state["score_std"] if c.whiten_rewards else scores
 
-            batch = {k: v.to(next(policy.parameters()).device)
-                     for k, v in collate([(q + y, len(q)) for q, y in zip(queries, completions)], pad).items()}
+            batch = {
+                k: v.to(next(policy.parameters()).device)
+                for k, v in collate([(q + y, len(q)) for q, y in zip(queries, completions)], pad).items()
+            }
             mask = batch["completion_mask"][:, 1:].float()
             with torch.no_grad():
                 old_logps, _, old_values = model(batch)
@@ -245,14 +273,28 @@ class PPO:
             # 4. Advantages and value targets.
             advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
             advantages = whiten(advantages, mask) * mask
-            rollout = {**batch, "old_logps": old_logps, "old_values": old_values * mask, "advantages": advantages,
-                       "returns": returns, "mask": mask}
+            rollout = {
+                **batch,
+                "old_logps": old_logps,
+                "old_values": old_values * mask,
+                "advantages": advantages,
+                "returns": returns,
+                "mask": mask,
+            }
 
             # 5. Optimise: ppo_epochs over the rollout in minibatches.
             stats: list[dict] = []
-            train_loop(model, list(range(len(rows))), lambda idx: _minibatch(rollout, idx), self._loss, inner,
-                       seed=ctx.seed * 1_000_003 + update, log=stats.append, desc=f"{self.name} update {update + 1}",
-                       optimizer=optimizer)
+            train_loop(
+                model,
+                list(range(len(rows))),
+                lambda idx: _minibatch(rollout, idx),
+                self._loss,
+                inner,
+                seed=ctx.seed * 1_000_003 + update,
+                log=stats.append,
+                desc=f"{self.name} update {update + 1}",
+                optimizer=optimizer,
+            )
 
             # 6. Steer the KL weight toward the target.
             sequence_kl = kl.sum(-1).mean().item()
@@ -261,20 +303,26 @@ class PPO:
                 kl_ctl.update(sequence_kl, len(rows))
             state["update"] = update + 1
             row = {k: v for k, v in stats[-1].items() if k not in ("step", "epoch")}
-            row.update({
-                "objective/kl": sequence_kl,
-                "objective/scores": scores.mean().item(),
-                "objective/rlhf_reward": rewards.sum(-1).mean().item(),
-                "objective/kl_coef": kl_coef,
-                "objective/entropy": -(old_logps * mask).sum(-1).mean().item(),
-                "sampled_tokens": sum(len(y) for y in completions),
-                "episodes": len(rows),
-            })
+            row.update(
+                {
+                    "objective/kl": sequence_kl,
+                    "objective/scores": scores.mean().item(),
+                    "objective/rlhf_reward": rewards.sum(-1).mean().item(),
+                    "objective/kl_coef": kl_coef,
+                    "objective/entropy": -(old_logps * mask).sum(-1).mean().item(),
+                    "sampled_tokens": sum(len(y) for y in completions),
+                    "episodes": len(rows),
+                }
+            )
             state["window"].append(row)
             if state["update"] % ctx.train.log_every == 0 or state["update"] == total:
                 ctx.log({"step": state["update"], **_window_average(state["window"])})
                 state["window"] = []
-            if ctx.train.checkpoint_every and state["update"] % ctx.train.checkpoint_every == 0 and state["update"] < total:
+            if (
+                ctx.train.checkpoint_every
+                and state["update"] % ctx.train.checkpoint_every == 0
+                and state["update"] < total
+            ):
                 _save_checkpoint(Path(ctx.checkpoint_dir), model, optimizer, kl_ctl.value, state)
             if ctx.on_step is not None:
                 ctx.on_step(state["update"], total, policy)
@@ -305,7 +353,7 @@ class PPO:
                 "loss/value": value_loss,
                 "policy/entropy": masked_mean(entropy, mask),
                 "policy/clipfrac": masked_mean((pg_losses_clipped > pg_losses).float(), mask),
-                "policy/approxkl": 0.5 * masked_mean(log_ratio ** 2, mask),
+                "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
                 "val/clipfrac": masked_mean((vf_losses_clipped > vf_losses).float(), mask),
             }
         return policy_loss + c.vf_coef * value_loss, metrics
@@ -313,12 +361,16 @@ class PPO:
 
 class PPOGT(PPO):
     name = "ppo-gt"
-    description = "PPO on the task's gold reward (an oracle upper reference for PPO-RLHF; tasks with a gold reward only)"
+    description = (
+        "PPO on the task's gold reward (an oracle upper reference for PPO-RLHF; tasks with a gold reward only)"
+    )
     uses_preferences = False  # cost accounting: the gold reward replaces the preference labels
 
     def reward(self, ctx):
         if ctx.reward is None:
-            raise UserError(f"ppo-gt needs a gold reward and the task {ctx.task.name!r} has none; use --algo ppo (learned reward model)")
+            raise UserError(
+                f"ppo-gt needs a gold reward and the task {ctx.task.name!r} has none; use --algo ppo (learned reward model)"
+            )
         if self.config.reward_model:
             raise UserError("ppo-gt scores with the task's gold reward; drop ppo-gt.reward_model (or use --algo ppo)")
         return ctx.reward
@@ -328,8 +380,10 @@ def _minibatch(rollout: dict, idx: list[int]) -> dict:
     """Rows `idx` of the rollout, cut to their longest sequence (right padding beyond it is never computed)."""
     idx_t = torch.tensor(idx, device=rollout["input_ids"].device)
     width = int(rollout["attention_mask"][idx_t].sum(-1).max())
-    return {k: v[idx_t, :width] if v.shape[1] == rollout["input_ids"].shape[1] else v[idx_t, :width - 1]
-            for k, v in rollout.items()}
+    return {
+        k: v[idx_t, :width] if v.shape[1] == rollout["input_ids"].shape[1] else v[idx_t, : width - 1]
+        for k, v in rollout.items()
+    }
 
 
 def _window_average(rows: list[dict]) -> dict:
@@ -344,7 +398,9 @@ def _window_average(rows: list[dict]) -> dict:
 def _save_checkpoint(directory: Path, model, optimizer, kl_coef: float, state: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{CHECKPOINT}.tmp{os.getpid()}"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "kl_coef": kl_coef, "state": state}, tmp)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "kl_coef": kl_coef, "state": state}, tmp
+    )
     os.replace(tmp, directory / CHECKPOINT)
     # The runner reads the resume step from this sidecar without loading the weights.
     sidecar = directory / f"train_state.json.tmp{os.getpid()}"

@@ -3,6 +3,7 @@
 One example per pair, so a completion chosen in several pairs is seen that many times (with the
 task's all-pairs-of-4-samples data, the best sample of a prompt counts three times, the worst never).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@ PPO and best-of-N runs with the same seed reuse the model this run trains with i
 `train.*` settings; other settings are saved under their own hash, whose directory this run's
 metrics name (pass it to `--set ppo.reward_model=DIR`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ class Config:
 
 class RewardModel:
     name = "reward-model"
-    description = "Bradley-Terry reward model on the preference pairs (SFT model + scalar head); reports held-out accuracy"
+    description = (
+        "Bradley-Terry reward model on the preference pairs (SFT model + scalar head); reports held-out accuracy"
+    )
     Config = Config
     train_defaults = TRAIN_DEFAULTS
 

@@ -1,4 +1,5 @@
 """SFT: maximum likelihood on the task's demonstrations (prompt tokens masked out)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

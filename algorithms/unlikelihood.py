@@ -11,6 +11,7 @@ alpha defaults to 1, the top of the paper's sweep (0.05, 0.1, 0.5, 1) and Wellec
 the two terms get equal weight, and the unlikelihood term is self-limiting anyway, since its gradient
 with respect to a token's log-prob is p / (1 - p), small for tokens the policy already finds unlikely.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,14 @@ class Config:
         non_negative(self, section, "alpha", "0 is plain likelihood on the chosen completions")
 
 
-def unlikelihood_loss(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_token_logps: torch.Tensor,
-                      rejected_mask: torch.Tensor, *, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unlikelihood_loss(
+    chosen_token_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_token_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, likelihood term, unlikelihood term) from per-token log-probs and completion masks [B, T]."""
     likelihood = mean_token_nll(chosen_token_logps, chosen_mask)
     # 1 - exp(logp) as -expm1(logp): exact even when p is within float rounding of 1.
@@ -57,11 +64,18 @@ class Unlikelihood:
 
     def loss(self, out: dict, ref_chosen_logps=None, ref_rejected_logps=None):
         loss, likelihood, unlikelihood = unlikelihood_loss(
-            out["chosen_token_logps"], out["chosen_mask"], out["rejected_token_logps"], out["rejected_mask"],
-            alpha=self.config.alpha)
-        return loss, {"nll/chosen": likelihood.detach(), "unlikelihood/rejected": unlikelihood.detach(),
-                      "logps/chosen": out["chosen_logps"].detach().mean(),
-                      "logps/rejected": out["rejected_logps"].detach().mean()}
+            out["chosen_token_logps"],
+            out["chosen_mask"],
+            out["rejected_token_logps"],
+            out["rejected_mask"],
+            alpha=self.config.alpha,
+        )
+        return loss, {
+            "nll/chosen": likelihood.detach(),
+            "unlikelihood/rejected": unlikelihood.detach(),
+            "logps/chosen": out["chosen_logps"].detach().mean(),
+            "logps/rejected": out["rejected_logps"].detach().mean(),
+        }
 
     def fit(self, ctx):
         return fit_on_pairs(ctx, self.loss, needs_reference=False, desc="unlikelihood")

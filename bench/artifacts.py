@@ -4,6 +4,7 @@ An interrupted build therefore never looks complete, two processes building the 
 do not corrupt each other (the second rename loses and is discarded), and temporary directories
 left by killed processes are removed on the next build.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ Every config dataclass (TrainConfig, Generation, RunOptions, DataConfig, each pl
 checks its own ranges in a `check(section)` method built from these; bench.config.apply_overrides
 calls it, so every section is validated the same way, before anything is built or written.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,5 +65,10 @@ def between(obj: Any, section: str, key: str, low: float, high: float, closed: s
 
 def one_of(obj: Any, section: str, key: str, choices: tuple[str, ...] | list[str]) -> None:
     value = getattr(obj, key)
-    require(value in choices, section, key, value, f"use {' or '.join(choices)}" if len(choices) <= 2
-            else f"use one of {', '.join(choices)}")
+    require(
+        value in choices,
+        section,
+        key,
+        value,
+        f"use {' or '.join(choices)}" if len(choices) <= 2 else f"use one of {', '.join(choices)}",
+    )

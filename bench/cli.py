@@ -2,6 +2,7 @@
 
 Errors the user can cause end in one line on stderr and exit status 2; bugs keep their traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,11 @@ def _sets(args) -> list[str]:
 def cmd_run(args) -> None:
     from bench.runner import RunSpec, execute
 
-    execute(RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args)),
-            results=Path(args.results), cache_dir=Path(args.cache))
+    execute(
+        RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args)),
+        results=Path(args.results),
+        cache_dir=Path(args.cache),
+    )
 
 
 def cmd_table(args) -> None:
@@ -82,8 +86,13 @@ def cmd_sweep(args) -> None:
     if args.dry_run:
         print("\n".join(sweep.describe(planned, results)))
         return
-    sweep.run(planned, results, cache, dispatch=args.dispatch,
-              executor_options=sweep.parse_executor_options(args.executor or []))
+    sweep.run(
+        planned,
+        results,
+        cache,
+        dispatch=args.dispatch,
+        executor_options=sweep.parse_executor_options(args.executor or []),
+    )
 
 
 def cmd_report(args) -> None:
@@ -91,7 +100,9 @@ def cmd_report(args) -> None:
 
     out = Path(args.out) if args.out else Path("reports") / args.task
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a directory; pass a directory for the report (created if missing)")
+        raise UserError(
+            f"--out {out}: is a file, not a directory; pass a directory for the report (created if missing)"
+        )
     write_report(Path(args.results), args.task, out, kl_budget=args.kl_budget)
     print(f"report: {out / 'report.md'} and {out / 'index.html'} (tables as CSV and LaTeX beside them)")
 
@@ -108,13 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", required=True, help="algorithm name (see `bench list`)")
     p.add_argument("--task", required=True, help="task name (see `bench list`)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override a setting, e.g. --set dpo.beta=0.5 --set train.lr=1e-5 --set task.scale=tiny")
-    p.add_argument("--eval-task", metavar="TASK",
-                   help="evaluate on another task's prompts, e.g. --task tldr --eval-task cnn-dm (out-of-distribution)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting, e.g. --set dpo.beta=0.5 --set train.lr=1e-5 --set task.scale=tiny",
+    )
+    p.add_argument(
+        "--eval-task",
+        metavar="TASK",
+        help="evaluate on another task's prompts, e.g. --task tldr --eval-task cnn-dm (out-of-distribution)",
+    )
     p.add_argument("--results", default="results", help="results directory (default: ./results)")
-    p.add_argument("--cache", default=str(default_cache_dir()),
-                   help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)")
+    p.add_argument(
+        "--cache",
+        default=str(default_cache_dir()),
+        help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="print the comparison of all complete runs of a task")
@@ -122,35 +143,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("sweep", help="run a grid of settings x seeds; complete runs are skipped, interrupted ones resumed")
+    p = sub.add_parser(
+        "sweep", help="run a grid of settings x seeds; complete runs are skipped, interrupted ones resumed"
+    )
     p.add_argument("--task", required=True, help="task name (see `bench list`)")
     p.add_argument("--algo", help="comma-separated algorithm names, e.g. dpo,unlikelihood (with --preset: only these)")
-    p.add_argument("--grid", action="append", metavar="SECTION.KEY=V1,V2,...",
-                   help="values to sweep, e.g. --grid algo.beta=0.05,0.1 --grid train.lr=1e-5,1e-4; an algo.* key "
-                        "is swept for the algorithms that have it")
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="SECTION.KEY=V1,V2,...",
+        help="values to sweep, e.g. --grid algo.beta=0.05,0.1 --grid train.lr=1e-5,1e-4; an algo.* key "
+        "is swept for the algorithms that have it",
+    )
     p.add_argument("--seeds", help="comma-separated seeds (default: 0, or the preset's)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="a fixed setting for every run, as in `bench run`")
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="a fixed setting for every run, as in `bench run`"
+    )
     p.add_argument("--preset", help="a named grid: `paper` is the DPO paper's sentiment sweep")
-    p.add_argument("--eval-task", metavar="TASK", help="evaluate every run on another task's prompts (as in `bench run`)")
+    p.add_argument(
+        "--eval-task", metavar="TASK", help="evaluate every run on another task's prompts (as in `bench run`)"
+    )
     p.add_argument("--results", default="results", help="results directory (default: ./results)")
-    p.add_argument("--cache", default=str(default_cache_dir()),
-                   help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)")
-    p.add_argument("--dispatch", choices=("local", "submitit"), default="local",
-                   help="local: one run after another here (default); submitit: one job per run on Slurm, "
-                        "or local subprocesses where there is no Slurm (pip install alignment-bench[cluster])")
-    p.add_argument("--executor", action="append", metavar="KEY=VALUE",
-                   help="a submitit executor parameter, e.g. --executor slurm_partition=gpu --executor gpus_per_node=1 "
-                        "--executor timeout_min=600 --executor slurm_array_parallelism=8; cluster=local forces local jobs")
+    p.add_argument(
+        "--cache",
+        default=str(default_cache_dir()),
+        help="where built task artifacts are cached (default: $BENCH_CACHE_DIR or ~/.cache/alignment-bench)",
+    )
+    p.add_argument(
+        "--dispatch",
+        choices=("local", "submitit"),
+        default="local",
+        help="local: one run after another here (default); submitit: one job per run on Slurm, "
+        "or local subprocesses where there is no Slurm (pip install alignment-bench[cluster])",
+    )
+    p.add_argument(
+        "--executor",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a submitit executor parameter, e.g. --executor slurm_partition=gpu --executor gpus_per_node=1 "
+        "--executor timeout_min=600 --executor slurm_array_parallelism=8; cluster=local forces local jobs",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is complete; run nothing")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="build the report of a task (tables, frontier, paired tests) from its complete runs")
+    p = sub.add_parser(
+        "report", help="build the report of a task (tables, frontier, paired tests) from its complete runs"
+    )
     p.add_argument("--task", required=True)
     p.add_argument("--results", default="results")
     p.add_argument("--out", help="output directory (default: reports/TASK)")
-    p.add_argument("--kl-budget", type=float, metavar="NATS",
-                   help="KL up to which frontier areas and best settings are compared (default: the smallest "
-                        "largest KL reached by any algorithm)")
+    p.add_argument(
+        "--kl-budget",
+        type=float,
+        metavar="NATS",
+        help="KL up to which frontier areas and best settings are compared (default: the smallest "
+        "largest KL reached by any algorithm)",
+    )
     p.set_defaults(func=cmd_report)
     return parser
 
@@ -165,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.filename is None:  # not a path the user gave or can fix: keep the traceback
             raise
-        print(f"error: {exc.filename}: {exc.strerror or exc}; check the path (--results, --out, --cache, data.*) "
-              "and the free space", file=sys.stderr)
+        print(
+            f"error: {exc.filename}: {exc.strerror or exc}; check the path (--results, --out, --cache, data.*) "
+            "and the free space",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

@@ -6,6 +6,7 @@ its own defaults for runs on it (`run_defaults`, e.g. tldr's dpo.beta=0.5); `--s
 them. Unknown sections or keys and values of the wrong type are errors. The resolved
 configuration is plain JSON; its hash is the run id.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,8 +68,13 @@ class RunOptions:
         """One line naming the first setting out of range."""
         # Each checkpoint samples and evaluates the policy: a cap keeps a slip of the keyboard from
         # planning millions of evaluations.
-        require(0 <= self.eval_checkpoints <= MAX_EVAL_CHECKPOINTS, section, "eval_checkpoints", self.eval_checkpoints,
-                f"must lie in [0, {MAX_EVAL_CHECKPOINTS}] (0 evaluates the final policy only)")
+        require(
+            0 <= self.eval_checkpoints <= MAX_EVAL_CHECKPOINTS,
+            section,
+            "eval_checkpoints",
+            self.eval_checkpoints,
+            f"must lie in [0, {MAX_EVAL_CHECKPOINTS}] (0 evaluates the final policy only)",
+        )
 
 
 MAX_EVAL_CHECKPOINTS = 10_000
@@ -175,7 +181,11 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     docs, body = {}, tree.body[0].body
     for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+        ):
             docs[node.target.id] = str(nxt.value.value).strip()
     return docs
 

@@ -28,6 +28,7 @@ Evaluator (constructed as `Evaluator(config)`):
     preflight() -> None                optional: check settings and services before training starts
     evaluate(samples: list[Sample], ctx: Context) -> Evaluation
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Loading and validating the rows algorithms train on, from a task or from the user's JSONL files."""
+
 from __future__ import annotations
 
 import codecs
@@ -24,8 +25,14 @@ def validate(rows: list, keys: tuple[str, ...], source: str) -> list[dict]:
         for key in keys:
             value = row.get(key)
             if not isinstance(value, str) or not value.strip():
-                what = "missing" if key not in row else ("empty" if isinstance(value, str) else f"not a string ({type(value).__name__})")
-                raise UserError(f"{source} row {i}: '{key}' is {what}; every row needs non-empty string fields {', '.join(keys)}")
+                what = (
+                    "missing"
+                    if key not in row
+                    else ("empty" if isinstance(value, str) else f"not a string ({type(value).__name__})")
+                )
+                raise UserError(
+                    f"{source} row {i}: '{key}' is {what}; every row needs non-empty string fields {', '.join(keys)}"
+                )
     return rows
 
 
@@ -37,8 +44,10 @@ def drop_identical_pairs(pairs: list[dict], source: str) -> tuple[list[dict], in
     """
     kept = [p for p in pairs if p["chosen"].strip() != p["rejected"].strip()]
     if pairs and not kept:
-        raise UserError(f"{source}: all {len(pairs)} preference pairs have chosen equal to rejected; "
-                        "a pair needs two different completions")
+        raise UserError(
+            f"{source}: all {len(pairs)} preference pairs have chosen equal to rejected; "
+            "a pair needs two different completions"
+        )
     return kept, len(pairs) - len(kept)
 
 
@@ -46,8 +55,10 @@ def _looks_like_utf16(raw: bytes) -> bool:
     """UTF-16 without a byte-order mark: mostly-ASCII text puts a NUL in every other byte."""
     head = raw[:4096]
     even, odd = head[0::2], head[1::2]
-    return any(len(half) >= 2 and half.count(0) >= 0.4 * len(half) and other.count(0) <= 0.1 * len(other)
-               for half, other in ((even, odd), (odd, even)))
+    return any(
+        len(half) >= 2 and half.count(0) >= 0.4 * len(half) and other.count(0) <= 0.1 * len(other)
+        for half, other in ((even, odd), (odd, even))
+    )
 
 
 def decode_text(raw: bytes, path: str) -> str:
@@ -55,7 +66,7 @@ def decode_text(raw: bytes, path: str) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (b"\0" in raw and _looks_like_utf16(raw)):
         raise UserError(f"{path}: UTF-16 text; {SAVE_AS_UTF8}")
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     if b"\0" in raw:
         line = raw.count(b"\n", 0, raw.index(b"\0")) + 1
         raise UserError(f"{path} line {line}: binary data (a NUL byte), not JSON Lines text; {PASS_JSONL}")

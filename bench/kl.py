@@ -12,6 +12,7 @@ unbiased per-sequence estimates of it:
 Best-of-N is not a model with log-probs; its KL to the base policy has the analytic bound
 `best_of_n_kl_bound`.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,9 @@ def sequence_kl(
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"sequence_kl: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
     if temperature <= 0:
-        raise ValueError(f"sequence_kl: temperature must be positive (greedy samples have no KL to score), got {temperature}")
+        raise ValueError(
+            f"sequence_kl: temperature must be positive (greedy samples have no KL to score), got {temperature}"
+        )
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("sequence_kl: every prompt needs at least one token")
     encoded = [(p + c, len(p)) for p, c in zip(prompt_ids, completion_ids)]
@@ -51,7 +54,7 @@ def sequence_kl(
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+                rows = order[start : start + batch_size]
                 batch = collate([encoded[i] for i in rows], pad_id)
                 kl, ratio = _batch_kl(policy, reference, batch, temperature)
                 for i, k, r in zip(rows, kl.tolist(), ratio.tolist()):
@@ -69,9 +72,9 @@ def _batch_kl(policy, reference, batch: dict, temperature: float) -> tuple[torch
     policy_logps = torch.log_softmax(policy_logits, dim=-1)
     reference_batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
     reference_logps = torch.log_softmax(scored_logits(reference, reference_batch, temperature)[0], dim=-1).to(device)
-    mask = batch["completion_mask"][:, start + 1:].to(policy_logps.dtype)
+    mask = batch["completion_mask"][:, start + 1 :].to(policy_logps.dtype)
     per_token_kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
-    labels = batch["input_ids"][:, start + 1:].unsqueeze(-1)
+    labels = batch["input_ids"][:, start + 1 :].unsqueeze(-1)
     per_token_ratio = (policy_logps.gather(-1, labels) - reference_logps.gather(-1, labels)).squeeze(-1)
     return (per_token_kl * mask).sum(-1).cpu(), (per_token_ratio * mask).sum(-1).cpu()
 

@@ -7,6 +7,7 @@ at the path) and locks the new file instead, so two processes never both think t
 Linux emulates flock over NFS with POSIX record locks, so sweeps on a shared filesystem
 and Slurm jobs with the same config serialise the same way.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -51,8 +52,9 @@ def run_lock(results: Path, name: str, wait: bool = True, echo: Callable[[str], 
         except FileNotFoundError:
             continue  # another run removed an empty .partial/ between our mkdir and open
         except OSError as exc:
-            raise UserError(f"--results {results}: cannot write {path} ({exc.strerror}); "
-                            "choose a directory you can write to") from None
+            raise UserError(
+                f"--results {results}: cannot write {path} ({exc.strerror}); choose a directory you can write to"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

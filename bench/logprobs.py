@@ -14,6 +14,7 @@ out. This module computes it once for everybody:
   length-sorted batches, and store the reference model's result on disk so it is computed once
   per (reference model, data set).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,9 @@ def encode(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bo
     even one completion token keeps its LAST tokens (those nearest the completion).
     """
     if max_length < 2:
-        raise ValueError(f"encode: max_length must be at least 2 (one prompt and one completion token), got {max_length}")
+        raise ValueError(
+            f"encode: max_length must be at least 2 (one prompt and one completion token), got {max_length}"
+        )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
@@ -44,8 +47,8 @@ def encode(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bo
         raise ValueError(f"encode: the prompt {prompt!r} encodes to no tokens; every prompt needs at least one")
     if add_eos:
         completion_ids = completion_ids + [tokenizer.eos_token_id]
-    prompt_ids = prompt_ids[-(max_length - 1):]
-    completion_ids = completion_ids[:max_length - len(prompt_ids)]
+    prompt_ids = prompt_ids[-(max_length - 1) :]
+    completion_ids = completion_ids[: max_length - len(prompt_ids)]
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
@@ -56,9 +59,9 @@ def collate(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     completion_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for r, (ids, n_prompt) in enumerate(encoded):
-        input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[r, :len(ids)] = 1
-        completion_mask[r, n_prompt:len(ids)] = 1
+        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[r, : len(ids)] = 1
+        completion_mask[r, n_prompt : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
@@ -73,8 +76,16 @@ def scored_logits(model, batch: dict, temperature: float = 1.0) -> tuple[torch.T
     input_ids = batch["input_ids"]
     scored = batch["completion_mask"][:, 1:].any(0)
     start = int(scored.int().argmax()) if scored.any() else max(scored.shape[0] - 1, 0)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False,
-                   logits_to_keep=input_ids.shape[1] - start).logits[:, :-1].float()
+    logits = (
+        model(
+            input_ids=input_ids,
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+            logits_to_keep=input_ids.shape[1] - start,
+        )
+        .logits[:, :-1]
+        .float()
+    )
     if temperature != 1.0:
         logits = logits / temperature
     return logits, start
@@ -88,7 +99,7 @@ def token_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Ten
     """
     mask = batch["completion_mask"][:, 1:]
     logits, start = scored_logits(model, batch, temperature)
-    labels = batch["input_ids"][:, start + 1:]
+    labels = batch["input_ids"][:, start + 1 :]
     # gather - logsumexp instead of log_softmax(...).gather: never holds a second [B, T, V] tensor.
     picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     skipped = torch.zeros((mask.shape[0], start), dtype=picked.dtype, device=picked.device)
@@ -131,7 +142,9 @@ def concatenated_forward(model, batch: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def dataset_logps(model, encoded: list[Encoded], pad_id: int, batch_size: int, *, desc: str | None = None) -> torch.Tensor:
+def dataset_logps(
+    model, encoded: list[Encoded], pad_id: int, batch_size: int, *, desc: str | None = None
+) -> torch.Tensor:
     """log pi(y|x) for every encoded sequence [N] (float32, CPU), without gradients, in input order.
 
     Batches are taken in length order so each holds sequences of similar length (little padding).
@@ -143,9 +156,15 @@ def dataset_logps(model, encoded: list[Encoded], pad_id: int, batch_size: int, *
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False,
-                              dynamic_ncols=True, disable=desc is None):
-                rows = order[start:start + batch_size]
+            for start in tqdm(
+                range(0, len(order), batch_size),
+                desc=desc,
+                unit="batch",
+                leave=False,
+                dynamic_ncols=True,
+                disable=desc is None,
+            ):
+                rows = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
                 out[rows] = sequence_logps(model, batch).float().cpu()
     finally:
@@ -153,8 +172,9 @@ def dataset_logps(model, encoded: list[Encoded], pad_id: int, batch_size: int, *
     return out
 
 
-def cached_dataset_logps(model, encoded: list[Encoded], pad_id: int, batch_size: int, cache_dir: Path, key: str,
-                         *, desc: str | None = None) -> torch.Tensor:
+def cached_dataset_logps(
+    model, encoded: list[Encoded], pad_id: int, batch_size: int, cache_dir: Path, key: str, *, desc: str | None = None
+) -> torch.Tensor:
     """`dataset_logps`, stored under `cache_dir` and read back on later calls.
 
     The file name is the sha256 of `key` (which must identify the model's weights, e.g. a task's

@@ -4,6 +4,7 @@ Figures are drawn with matplotlib's object API (no pyplot, no global backend) un
 style, so a user's matplotlibrc cannot change them, and saved without the version stamp matplotlib
 writes into PNG metadata: the same data give the same bytes.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,8 +50,11 @@ def frontier_png(task: str, reward_label: str, algos: list[dict], budget: float)
             ax.axvline(budget, color="0.35", linestyle="--", linewidth=1, label=f"KL budget {budget:.3g} nats")
         ax.set_xlabel("KL(policy ‖ reference), summed over the completion's tokens [nats]")
         ax.set_ylabel(reward_label)
-        ax.set_title(f"{task}: {reward_label} vs KL\nfaint: every evaluated policy (run, checkpoint); "
-                     "bold: Pareto front of the seed-averaged points", fontsize=9)
+        ax.set_title(
+            f"{task}: {reward_label} vs KL\nfaint: every evaluated policy (run, checkpoint); "
+            "bold: Pareto front of the seed-averaged points",
+            fontsize=9,
+        )
         ax.grid(alpha=0.3)
         ax.set_xlim(left=0)
         ax.legend(fontsize=8, loc="best", frameon=True, title="area up to the KL budget", title_fontsize=8)
@@ -80,8 +84,16 @@ def curves_png(algo: str, metrics: list[str], runs: list[dict]) -> bytes:
                 label = r["setting"] if r["setting"] not in labelled else None
                 labelled.add(r["setting"])
                 # A run that logged once or twice would draw no visible line: mark its points.
-                ax.plot(xs, ys, color=colors[r["setting"]], linewidth=1.2, alpha=0.85, label=label,
-                        marker="o" if len(xs) <= 2 else None, markersize=3)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colors[r["setting"]],
+                    linewidth=1.2,
+                    alpha=0.85,
+                    label=label,
+                    marker="o" if len(xs) <= 2 else None,
+                    markersize=3,
+                )
             ax.set_title(f"{algo}: {metric}", fontsize=9)
             ax.set_xlabel("optimizer step", fontsize=8)
             ax.tick_params(labelsize=7)

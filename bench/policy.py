@@ -4,6 +4,7 @@ Every trained algorithm returns one. Evaluators that need log-probs (KL, pair ac
 `policy.model` directly; a Policy that is not a model (best-of-N) simply has no `model`.
 `add_lora` is how the harness gives any algorithm a LoRA-adapted policy (`--set train.lora_r=N`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,13 +26,22 @@ class ModelPolicy:
         which = [i for i in range(len(prompts)) for _ in range(gen.samples_per_prompt)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         completions = sample(
-            self.model, [prompt_ids[i] for i in which], max_new_tokens=gen.max_new_tokens,
-            temperature=gen.temperature, top_p=gen.top_p, eos_token_id=tok.eos_token_id, pad_token_id=pad,
-            seed=seed, batch_size=gen.batch_size, desc="sample",
+            self.model,
+            [prompt_ids[i] for i in which],
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=pad,
+            seed=seed,
+            batch_size=gen.batch_size,
+            desc="sample",
         )
         texts = tok.batch_decode(completions, skip_special_tokens=True)
-        return [Sample(prompt_index=i, prompt=prompts[i], completion=text, prompt_ids=prompt_ids[i], completion_ids=ids)
-                for i, text, ids in zip(which, texts, completions)]
+        return [
+            Sample(prompt_index=i, prompt=prompts[i], completion=text, prompt_ids=prompt_ids[i], completion_ids=ids)
+            for i, text, ids in zip(which, texts, completions)
+        ]
 
     def save(self, path: str | Path) -> None:
         """Write model and tokenizer in Hugging Face format.
@@ -52,10 +62,15 @@ def add_lora(model, train):
     from bench.errors import UserError
 
     targets = train.lora_targets.strip()
-    config = LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout, task_type="CAUSAL_LM",
-                        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
-                        # GPT-2 stores its linear layers transposed (Conv1D); say so rather than have peft warn and guess.
-                        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
+    config = LoraConfig(
+        r=train.lora_r,
+        lora_alpha=train.lora_alpha,
+        lora_dropout=train.lora_dropout,
+        task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        # GPT-2 stores its linear layers transposed (Conv1D); say so rather than have peft warn and guess.
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. target modules that the model does not have

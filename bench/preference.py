@@ -10,6 +10,7 @@
   log-likelihood of completions with the prompt masked out (`train_on_demonstrations` is the
   same without a run context, for tasks that fine-tune a starting policy at build time).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -42,18 +43,31 @@ def pad_id(tokenizer) -> int:
 def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: str = "train") -> ModelPolicy:
     """Train ctx.policy on ctx.preferences with a pairwise loss; returns the trained policy."""
     tok, max_length, pad = ctx.tokenizer, ctx.train.max_length, pad_id(ctx.tokenizer)
-    pairs = [{"chosen": encode(tok, p["prompt"], p["chosen"], max_length),
-              "rejected": encode(tok, p["prompt"], p["rejected"], max_length),
-              "index": i} for i, p in enumerate(ctx.preferences)]
+    pairs = [
+        {
+            "chosen": encode(tok, p["prompt"], p["chosen"], max_length),
+            "rejected": encode(tok, p["prompt"], p["rejected"], max_length),
+            "index": i,
+        }
+        for i, p in enumerate(ctx.preferences)
+    ]
 
     reference = None
     if needs_reference and pairs:
         # The cache file is named by the reference's identity and the encoded sequences, so every
         # algorithm, seed and hyperparameter setting on the same data reuses one computation.
-        reference = {side: cached_dataset_logps(ctx.reference, [p[side] for p in pairs], pad, ctx.train.batch_size,
-                                                ctx.cache_dir / "ref_logps", ctx.task.reference_key,
-                                                desc=f"reference log-probs ({side})")
-                     for side in ("chosen", "rejected")}
+        reference = {
+            side: cached_dataset_logps(
+                ctx.reference,
+                [p[side] for p in pairs],
+                pad,
+                ctx.train.batch_size,
+                ctx.cache_dir / "ref_logps",
+                ctx.task.reference_key,
+                desc=f"reference log-probs ({side})",
+            )
+            for side in ("chosen", "rejected")
+        }
 
     def loss(model, batch):
         out = concatenated_forward(model, batch)
@@ -62,13 +76,33 @@ def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: 
         index, device = batch["index"].cpu(), out["chosen_logps"].device
         return loss_fn(out, reference["chosen"][index].to(device), reference["rejected"][index].to(device))
 
-    model = train_loop(ctx.policy, pairs, lambda batch: collate_pairs(batch, pad), loss, ctx.train, seed=ctx.seed,
-                       log=ctx.log, checkpoint_dir=ctx.checkpoint_dir, desc=desc, on_step=ctx.on_step)
+    model = train_loop(
+        ctx.policy,
+        pairs,
+        lambda batch: collate_pairs(batch, pad),
+        loss,
+        ctx.train,
+        seed=ctx.seed,
+        log=ctx.log,
+        checkpoint_dir=ctx.checkpoint_dir,
+        desc=desc,
+        on_step=ctx.on_step,
+    )
     return ModelPolicy(model, tok)
 
 
-def train_on_demonstrations(model, tokenizer, examples: list[dict], train, *, seed: int, log=None, checkpoint_dir=None,
-                            on_step=None, desc: str = "train"):
+def train_on_demonstrations(
+    model,
+    tokenizer,
+    examples: list[dict],
+    train,
+    *,
+    seed: int,
+    log=None,
+    checkpoint_dir=None,
+    on_step=None,
+    desc: str = "train",
+):
     """Maximum likelihood on {"prompt", "completion"} examples (prompt tokens masked); returns the trained model.
 
     Also what tasks use at build time to make a starting policy (e.g. a base model fine-tuned on
@@ -76,12 +110,31 @@ def train_on_demonstrations(model, tokenizer, examples: list[dict], train, *, se
     """
     pad = pad_id(tokenizer)
     encoded = [encode(tokenizer, e["prompt"], e["completion"], train.max_length) for e in examples]
-    return train_loop(model, encoded, lambda batch: collate(batch, pad), demonstration_loss, train, seed=seed,
-                      log=log, checkpoint_dir=checkpoint_dir, desc=desc, on_step=on_step)
+    return train_loop(
+        model,
+        encoded,
+        lambda batch: collate(batch, pad),
+        demonstration_loss,
+        train,
+        seed=seed,
+        log=log,
+        checkpoint_dir=checkpoint_dir,
+        desc=desc,
+        on_step=on_step,
+    )
 
 
 def fit_on_demonstrations(ctx, examples: list[dict], desc: str = "train") -> ModelPolicy:
     """Maximum likelihood on {"prompt", "completion"} examples (prompt tokens masked); returns the trained policy."""
-    model = train_on_demonstrations(ctx.policy, ctx.tokenizer, examples, ctx.train, seed=ctx.seed, log=ctx.log,
-                                    checkpoint_dir=ctx.checkpoint_dir, on_step=ctx.on_step, desc=desc)
+    model = train_on_demonstrations(
+        ctx.policy,
+        ctx.tokenizer,
+        examples,
+        ctx.train,
+        seed=ctx.seed,
+        log=ctx.log,
+        checkpoint_dir=ctx.checkpoint_dir,
+        on_step=ctx.on_step,
+        desc=desc,
+    )
     return ModelPolicy(model, ctx.tokenizer)

@@ -17,6 +17,7 @@ Readers go through `load_record` (or `readable_runs`), which checks every file o
 against the schema below and names the file and what is wrong in one RecordError; a bad record
 is skipped with a one-line warning, so it cannot hide the others.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,22 @@ from bench.errors import UserError
 
 COMPLETE = "COMPLETE"
 PARTIAL = ".partial"
-PACKAGES = ("alignment-bench", "torch", "transformers", "tokenizers", "accelerate", "numpy", "scipy",
-            "scikit-learn", "pandas", "datasets", "trl", "peft", "gguf", "openai")
+PACKAGES = (
+    "alignment-bench",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "datasets",
+    "trl",
+    "peft",
+    "gguf",
+    "openai",
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -84,8 +99,13 @@ def git_revision() -> str:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -164,8 +184,15 @@ def _metrics_spec(value, where: str) -> None:
 
 # The schema, written once: what the readers (table, report) rely on; other keys are free.
 # A dict is an object with those keys, a type its JSON type, a function a check of its own.
-RUN_CONFIG = {"task": {"name": str}, "algo": {"name": str}, "seed": int, "train": dict, "eval": dict,
-              "data": dict, "run": Opt({"eval_task": Opt(str)})}
+RUN_CONFIG = {
+    "task": {"name": str},
+    "algo": {"name": str},
+    "seed": int,
+    "train": dict,
+    "eval": dict,
+    "data": dict,
+    "run": Opt({"eval_task": Opt(str)}),
+}
 CONFIG_FILE = {"config": RUN_CONFIG}
 AGGREGATE = {"mean": Null(NUMBER), "se": Null(NUMBER), "n": int, "unit": Opt(str), "estimator": Opt(str)}
 METRICS = _metrics_spec
@@ -220,8 +247,9 @@ def _check(value, spec, where: str = "") -> None:
         spec(value, where)
     elif not _is(value, spec):
         wanted = _WANTED[spec]
-        raise _Mismatch(f"{where!r} should be {wanted}, got {_got(value)}" if where
-                        else f"should be {wanted}, got {_got(value)}")
+        raise _Mismatch(
+            f"{where!r} should be {wanted}, got {_got(value)}" if where else f"should be {wanted}, got {_got(value)}"
+        )
 
 
 def _read_text(path: Path, rows: bool = False) -> str | None:
@@ -293,8 +321,10 @@ def _read_rows(path: Path, spec, keep: bool = True) -> list[dict] | None:
 
 def _nan_for_null(metrics: dict) -> dict:
     """Aggregates with a null mean or se read as NaN, which every reader already treats as 'no value'."""
-    return {k: {**v, **{f: math.nan for f in ("mean", "se") if v.get(f) is None}}
-            if is_aggregate(v) else v for k, v in metrics.items()}
+    return {
+        k: {**v, **{f: math.nan for f in ("mean", "se") if v.get(f) is None}} if is_aggregate(v) else v
+        for k, v in metrics.items()
+    }
 
 
 @dataclass
@@ -334,12 +364,22 @@ def load_record(run_dir: Path, keep_samples: bool = True) -> Record:
     run_dir = Path(run_dir)
     record = read_config(run_dir)
     metrics = _nan_for_null(_read_json(run_dir / "metrics.json", METRICS))
-    rows = {name: _read_rows(run_dir / name, spec, keep=keep_samples or name != "samples.jsonl")
-            for name, spec in JSONL_FILES.items()}
+    rows = {
+        name: _read_rows(run_dir / name, spec, keep=keep_samples or name != "samples.jsonl")
+        for name, spec in JSONL_FILES.items()
+    }
     cost = _read_json(run_dir / "cost.json", COST, required=False) or {}
     checkpoints = [{**row, "metrics": _nan_for_null(row["metrics"])} for row in rows["checkpoints.jsonl"]]
-    return Record(dir=run_dir, config=record["config"], record=record, metrics=metrics,
-                  samples=rows["samples.jsonl"], checkpoints=checkpoints, train_log=rows["train_log.jsonl"], cost=cost)
+    return Record(
+        dir=run_dir,
+        config=record["config"],
+        record=record,
+        metrics=metrics,
+        samples=rows["samples.jsonl"],
+        checkpoints=checkpoints,
+        train_log=rows["train_log.jsonl"],
+        cost=cost,
+    )
 
 
 def evaluated_task(config: dict) -> str:
@@ -360,8 +400,9 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)  # looked up per call: the CLI's stderr may be redirected
 
 
-def readable_runs(results: Path, task: str | None = None, warn: Callable[[str], None] | None = None,
-                  keep_samples: bool = True) -> list[Record]:
+def readable_runs(
+    results: Path, task: str | None = None, warn: Callable[[str], None] | None = None, keep_samples: bool = True
+) -> list[Record]:
     """The complete runs under `results` (evaluated on `task`, when given) that pass the schema, sorted by name.
 
     A complete run that cannot be read costs one line through `warn` (default: stderr) and is left

@@ -31,6 +31,7 @@ The same records give byte-identical files: nothing depends on the time, on dire
 the environment or on unseeded randomness. A record that cannot be read (records.load_record) is
 named in one warning line on stderr and left out.
 """
+
 from __future__ import annotations
 
 import base64
@@ -167,21 +168,37 @@ def _summary(groups: list[dict], metrics: list[str], best: dict[str, int], over:
         marked = best.get(g["algo"]) == i
         mark = ("†" if g["algo"] in over else "★") if marked else ""
         ns = sorted({c["n"] for m, c in g["cells"].items() if m in shown})
-        rows.append([mark, g["algo"], g["setting"], str(len(g["runs"]))]
-                    + [_cell(g["cells"].get(m)) for m in shown] + [", ".join(ns)])
+        rows.append(
+            [mark, g["algo"], g["setting"], str(len(g["runs"]))]
+            + [_cell(g["cells"].get(m)) for m in shown]
+            + [", ".join(ns)]
+        )
         line = [g["algo"], g["setting"], len(g["runs"]), mark and ("over_budget" if g["algo"] in over else "best")]
         for m in metrics:
             c = g["cells"].get(m)
             if c is None:
                 line += ["", "", "", "", ""]
             else:
-                line += [_raw(c["mean"]), _raw(c["mean"] - c["half"]), _raw(c["mean"] + c["half"]), c["count"], c["unit"]]
+                line += [
+                    _raw(c["mean"]),
+                    _raw(c["mean"] - c["half"]),
+                    _raw(c["mean"] + c["half"]),
+                    c["count"],
+                    c["unit"],
+                ]
         line.append(" ".join(r["dir"].name for r in g["runs"]))
         csv_rows.append(line)
-    return Table("summary", "Summary by algorithm and setting", header, rows, csv_header, csv_rows,
-                 "Each cell: mean ± 95% t-interval over seeds (n seeds); with one seed, over evaluation prompts "
-                 "(n prompts). ★: the algorithm's best setting (highest gold reward with KL within the budget); †: no "
-                 "setting of the algorithm is within the budget, this is its lowest-KL one.")
+    return Table(
+        "summary",
+        "Summary by algorithm and setting",
+        header,
+        rows,
+        csv_header,
+        csv_rows,
+        "Each cell: mean ± 95% t-interval over seeds (n seeds); with one seed, over evaluation prompts "
+        "(n prompts). ★: the algorithm's best setting (highest gold reward with KL within the budget); †: no "
+        "setting of the algorithm is within the budget, this is its lowest-KL one.",
+    )
 
 
 def _frontier(groups: list[dict], reward: str, kl_budget: float | None) -> dict | None:
@@ -230,8 +247,13 @@ def _frontier(groups: list[dict], reward: str, kl_budget: float | None) -> dict 
         a["area"] = stats.bootstrap_front_area(a["kl"], a["rw"], budget, floor, n_boot=N_BOOT, seed=RNG_SEED)
         # Without a policy within the budget the area would be floor x budget for any algorithm: a
         # number that compares nothing.
-        no_area = ("the starting policy, KL 0" if a["algo"] in unchanged else
-                   "no policy within the KL budget" if not any(k <= budget for k, _ in a["front"]) else None)
+        no_area = (
+            "the starting policy, KL 0"
+            if a["algo"] in unchanged
+            else "no policy within the KL budget"
+            if not any(k <= budget for k, _ in a["front"])
+            else None
+        )
         if no_area:
             a["area"] = {**a["area"], "area": math.nan, "low": math.nan, "high": math.nan}
         a["label"] = f"{a['algo']} ({no_area or 'area ' + format(a['area']['area'], '.3g')})"
@@ -244,22 +266,63 @@ def _frontier_table(front: dict, reward: str) -> Table:
         ar = a["area"]
         ci = "–" if not math.isfinite(ar["low"]) else f"[{_num(ar['low'])}, {_num(ar['high'])}]"
         within = [p for p in a["front"] if p[0] <= front["budget"]]
-        rows.append([a["algo"], str(len(a["points"])), str(len(a["front"])), str(ar["seeds"]), _num(ar["area"]), ci,
-                     _num(max((p[1] for p in within), default=math.nan))])
-        csv_rows.append([a["algo"], len(a["points"]), len(a["front"]), ar["seeds"], _raw(front["budget"]),
-                         _raw(front["floor"]), _raw(ar["area"]), _raw(ar["low"]), _raw(ar["high"]),
-                         _raw(max((p[1] for p in within), default=math.nan))])
+        rows.append(
+            [
+                a["algo"],
+                str(len(a["points"])),
+                str(len(a["front"])),
+                str(ar["seeds"]),
+                _num(ar["area"]),
+                ci,
+                _num(max((p[1] for p in within), default=math.nan)),
+            ]
+        )
+        csv_rows.append(
+            [
+                a["algo"],
+                len(a["points"]),
+                len(a["front"]),
+                ar["seeds"],
+                _raw(front["budget"]),
+                _raw(front["floor"]),
+                _raw(ar["area"]),
+                _raw(ar["low"]),
+                _raw(ar["high"]),
+                _raw(max((p[1] for p in within), default=math.nan)),
+            ]
+        )
     return Table(
-        "frontier", f"Area under the {reward}-vs-KL front up to KL {front['budget']:.3g} nats",
-        ["algorithm", "points", "front points", "seeds", f"area ({reward} × nats)", "95% CI (bootstrap over seeds)",
-         f"best {reward} within budget"], rows,
-        ["algorithm", "points", "front_points", "seeds", "kl_budget", "floor", "area", "ci_low", "ci_high",
-         "best_reward_within_budget"], csv_rows,
+        "frontier",
+        f"Area under the {reward}-vs-KL front up to KL {front['budget']:.3g} nats",
+        [
+            "algorithm",
+            "points",
+            "front points",
+            "seeds",
+            f"area ({reward} × nats)",
+            "95% CI (bootstrap over seeds)",
+            f"best {reward} within budget",
+        ],
+        rows,
+        [
+            "algorithm",
+            "points",
+            "front_points",
+            "seeds",
+            "kl_budget",
+            "floor",
+            "area",
+            "ci_low",
+            "ci_high",
+            "best_reward_within_budget",
+        ],
+        csv_rows,
         f"Area = ∫₀^B F(k) dk, F(k) = best seed-averaged {reward} reached at KL ≤ k, and {front['floor']:.3g} (the lowest "
         f"reward in this report) below an algorithm's first point; B = {front['budget']:.3g} nats; – where no policy "
         f"of the algorithm is within B (evaluate intermediate checkpoints, run.eval_checkpoints, or pass --kl-budget) "
         f"and for algorithms that leave the starting policy unchanged (KL 0). "
-        f"CI: percentile bootstrap over seeds ({N_BOOT} replicates, seed {RNG_SEED}); none with one seed.")
+        f"CI: percentile bootstrap over seeds ({N_BOOT} replicates, seed {RNG_SEED}); none with one seed.",
+    )
 
 
 def _best(groups: list[dict], reward: str | None, budget: float | None) -> tuple[dict[str, int], set[str]]:
@@ -322,13 +385,26 @@ def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics:
     csv_header = ["a", "b", "a_setting", "b_setting", "a_kl", "b_kl"]
     for m in keys:
         header += [f"Δ {m} (A − B) [95% CI]", "p", "p (Holm)", "verdict", "prompts × seeds"]
-        csv_header += [f"{m}_diff", f"{m}_ci_low", f"{m}_ci_high", f"{m}_p", f"{m}_p_holm", f"{m}_verdict",
-                       f"{m}_prompts", f"{m}_seeds", f"{m}_note"]
+        csv_header += [
+            f"{m}_diff",
+            f"{m}_ci_low",
+            f"{m}_ci_high",
+            f"{m}_p",
+            f"{m}_p_holm",
+            f"{m}_verdict",
+            f"{m}_prompts",
+            f"{m}_seeds",
+            f"{m}_note",
+        ]
     rows, csv_rows = [], []
     for j, (ga, gb, res) in enumerate(results):
         kl_a, kl_b = ga["cells"].get(KL, {}).get("mean", math.nan), gb["cells"].get(KL, {}).get("mean", math.nan)
-        row = [ga["algo"], gb["algo"], f"{ga['setting']} ({_num(kl_a, 2)}){' †' if ga['algo'] in over else ''}",
-               f"{gb['setting']} ({_num(kl_b, 2)}){' †' if gb['algo'] in over else ''}"]
+        row = [
+            ga["algo"],
+            gb["algo"],
+            f"{ga['setting']} ({_num(kl_a, 2)}){' †' if ga['algo'] in over else ''}",
+            f"{gb['setting']} ({_num(kl_b, 2)}){' †' if gb['algo'] in over else ''}",
+        ]
         line = [ga["algo"], gb["algo"], ga["setting"], gb["setting"], _raw(kl_a), _raw(kl_b)]
         for m in keys:
             r, p_adj = res[m], adjusted[m][j]
@@ -342,17 +418,38 @@ def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics:
                 verdict = f"{winner} higher" + (" (at higher KL)" if kl_w > kl_l else "")
             else:
                 verdict = "no significant difference"
-            row += [f"{r['diff']:+.3f} [{_num(r['low'])}, {_num(r['high'])}]", _p(r["p"]), _p(p_adj), verdict,
-                    f"{r['n']} × {r['seeds']}"]
-            line += [_raw(r["diff"]), _raw(r["low"]), _raw(r["high"]), _raw(r["p"]), _raw(p_adj), verdict,
-                     r["n"], r["seeds"], ""]
+            row += [
+                f"{r['diff']:+.3f} [{_num(r['low'])}, {_num(r['high'])}]",
+                _p(r["p"]),
+                _p(p_adj),
+                verdict,
+                f"{r['n']} × {r['seeds']}",
+            ]
+            line += [
+                _raw(r["diff"]),
+                _raw(r["low"]),
+                _raw(r["high"]),
+                _raw(r["p"]),
+                _raw(p_adj),
+                verdict,
+                r["n"],
+                r["seeds"],
+                "",
+            ]
         rows.append(row)
         csv_rows.append(line)
-    return Table("pairwise", "Pairwise comparisons of each algorithm's best setting", header, rows, csv_header, csv_rows,
-                 "Per prompt: mean over its samples, averaged over the seeds both settings have; Δ = mean over prompts. "
-                 "CI: percentile bootstrap over prompts. p: paired sign-flip permutation test over prompts (scipy); "
-                 f"Holm-adjusted over the {len(results)} pairs; verdict at α = {ALPHA}. Compare the KLs too: the two "
-                 "settings are each algorithm's best within the KL budget (or its lowest-KL one, †), not equal in KL.")
+    return Table(
+        "pairwise",
+        "Pairwise comparisons of each algorithm's best setting",
+        header,
+        rows,
+        csv_header,
+        csv_rows,
+        "Per prompt: mean over its samples, averaged over the seeds both settings have; Δ = mean over prompts. "
+        "CI: percentile bootstrap over prompts. p: paired sign-flip permutation test over prompts (scipy); "
+        f"Holm-adjusted over the {len(results)} pairs; verdict at α = {ALPHA}. Compare the KLs too: the two "
+        "settings are each algorithm's best within the KL budget (or its lowest-KL one, †), not equal in KL.",
+    )
 
 
 def _p(p: float) -> str:
@@ -360,9 +457,13 @@ def _p(p: float) -> str:
 
 
 def _cost(groups: list[dict]) -> Table:
-    keys = [("preference_labels", "preference labels"), ("train_tokens", "tokens trained on"),
-            ("sampled_tokens", "tokens sampled in training"), ("wall_time_s", "wall time (s)"),
-            ("train_flops", "training FLOPs (est.)")]
+    keys = [
+        ("preference_labels", "preference labels"),
+        ("train_tokens", "tokens trained on"),
+        ("sampled_tokens", "tokens sampled in training"),
+        ("wall_time_s", "wall time (s)"),
+        ("train_flops", "training FLOPs (est.)"),
+    ]
     rows, csv_rows = [], []
     for g in groups:
         values: dict[str, list[float]] = {k: [] for k, _ in keys}
@@ -375,12 +476,19 @@ def _cost(groups: list[dict]) -> Table:
                 if isinstance(v, (int, float)):
                     values[k].append(float(v))
         means = {k: (math.fsum(v) / len(v) if v else math.nan) for k, v in values.items()}
-        rows.append([g["algo"], g["setting"]] + [_big(means[k]) if k != "wall_time_s" else _num(means[k], 1)
-                                                 for k, _ in keys])
+        rows.append(
+            [g["algo"], g["setting"]] + [_big(means[k]) if k != "wall_time_s" else _num(means[k], 1) for k, _ in keys]
+        )
         csv_rows.append([g["algo"], g["setting"], len(g["runs"])] + [_raw(means[k]) for k, _ in keys])
-    return Table("cost", "Cost per run (mean over seeds)", ["algorithm", "setting"] + [t for _, t in keys], rows,
-                 ["algorithm", "setting", "seeds"] + [k for k, _ in keys], csv_rows,
-                 "Training FLOPs: 6 × parameters × tokens trained on (forward and backward); – where a run did not record it.")
+    return Table(
+        "cost",
+        "Cost per run (mean over seeds)",
+        ["algorithm", "setting"] + [t for _, t in keys],
+        rows,
+        ["algorithm", "setting", "seeds"] + [k for k, _ in keys],
+        csv_rows,
+        "Training FLOPs: 6 × parameters × tokens trained on (forward and backward); – where a run did not record it.",
+    )
 
 
 def _runs_table(groups: list[dict]) -> Table:
@@ -388,10 +496,17 @@ def _runs_table(groups: list[dict]) -> Table:
     for g in groups:
         for r in g["runs"]:
             record = r["record"].record
-            rows.append([r["dir"].name, g["algo"], g["setting"], str(r["config"]["seed"]),
-                         str(record.get("git_revision", "–"))])
-    return Table("runs", "Runs in this report", ["run", "algorithm", "setting", "seed", "git revision"], rows,
-                 ["run", "algorithm", "setting", "seed", "git_revision"], [list(r) for r in rows])
+            rows.append(
+                [r["dir"].name, g["algo"], g["setting"], str(r["config"]["seed"]), str(record.get("git_revision", "–"))]
+            )
+    return Table(
+        "runs",
+        "Runs in this report",
+        ["run", "algorithm", "setting", "seed", "git revision"],
+        rows,
+        ["run", "algorithm", "setting", "seed", "git_revision"],
+        [list(r) for r in rows],
+    )
 
 
 def _examples(groups: list[dict], best: dict[str, int]) -> list[dict]:
@@ -406,8 +521,16 @@ def _examples(groups: list[dict], best: dict[str, int]) -> list[dict]:
         for i in sorted(first)[:N_EXAMPLES]:
             row = first[i]
             text = row["completion"] if len(row["completion"]) <= MAX_CHARS else row["completion"][:MAX_CHARS] + " …"
-            out.append({"algo": algo, "setting": g["setting"], "seed": run["config"]["seed"], "prompt": row["prompt"],
-                        "completion": text, "gold_reward": row.get("gold_reward")})
+            out.append(
+                {
+                    "algo": algo,
+                    "setting": g["setting"],
+                    "seed": run["config"]["seed"],
+                    "prompt": row["prompt"],
+                    "completion": text,
+                    "gold_reward": row.get("gold_reward"),
+                }
+            )
     return out
 
 
@@ -428,8 +551,13 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
                 g["cells"][m] = table.cell(present)
     reward = REWARD if REWARD in metrics else ("judge_win_rate" if "judge_win_rate" in metrics else None)
     algos = sorted({g["algo"] for g in groups})
-    report = Report(task, [f"Task {task}: {len(runs)} complete runs, {len(groups)} settings of {len(algos)} "
-                           f"algorithms ({', '.join(algos)})."])
+    report = Report(
+        task,
+        [
+            f"Task {task}: {len(runs)} complete runs, {len(groups)} settings of {len(algos)} "
+            f"algorithms ({', '.join(algos)})."
+        ],
+    )
     front = report.frontier = _frontier(groups, reward, kl_budget) if reward and KL in metrics else None
     budget = front["budget"] if front else None
     best, over = _best(groups, reward, budget)
@@ -449,9 +577,16 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
     report.tables["cost"] = _cost(groups)
     for algo in algos:
         # A row without a step (a plugin's own log row) has no place on the x axis.
-        algo_runs = [{"setting": g["setting"], "seed": r["config"]["seed"],
-                      "log": [row for row in r["record"].train_log if isinstance(row.get("step"), (int, float))]}
-                     for g in groups if g["algo"] == algo for r in g["runs"]]
+        algo_runs = [
+            {
+                "setting": g["setting"],
+                "seed": r["config"]["seed"],
+                "log": [row for row in r["record"].train_log if isinstance(row.get("step"), (int, float))],
+            }
+            for g in groups
+            if g["algo"] == algo
+            for r in g["runs"]
+        ]
         present = [m for m in CURVE_METRICS if any(m in row for r in algo_runs for row in r["log"])]
         if present:
             report.figures[f"curves-{_safe(algo)}.png"] = plots.curves_png(algo, present, algo_runs)
@@ -483,10 +618,30 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
 
 
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "★": r"$\star$",
-          "×": r"$\times$", "−": "-", "Δ": r"$\Delta$", "–": "--", "≤": r"$\leq$", "α": r"$\alpha$", "…": r"\ldots{}",
-          "†": r"$\dagger$", "<": r"$<$", ">": r"$>$"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "★": r"$\star$",
+    "×": r"$\times$",
+    "−": "-",
+    "Δ": r"$\Delta$",
+    "–": "--",
+    "≤": r"$\leq$",
+    "α": r"$\alpha$",
+    "…": r"\ldots{}",
+    "†": r"$\dagger$",
+    "<": r"$<$",
+    ">": r"$>$",
+}
 
 
 def _latex_escape(text: str) -> str:
@@ -494,8 +649,13 @@ def _latex_escape(text: str) -> str:
 
 
 def latex(t: Table) -> str:
-    lines = [f"% {t.title}", r"\begin{tabular}{" + "l" * len(t.header) + "}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in t.header) + r" \\", r"\midrule"]
+    lines = [
+        f"% {t.title}",
+        r"\begin{tabular}{" + "l" * len(t.header) + "}",
+        r"\toprule",
+        " & ".join(_latex_escape(h) for h in t.header) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in t.rows]
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
@@ -509,8 +669,15 @@ def csv_text(t: Table) -> str:
     return buf.getvalue()
 
 
-SECTIONS = (("summary", "Summary"), ("frontier", "Reward vs KL"), ("pairwise", "Pairwise comparisons"),
-            ("cost", "Cost"), ("curves", "Training curves"), ("samples", "Sample completions"), ("runs", "Runs"))
+SECTIONS = (
+    ("summary", "Summary"),
+    ("frontier", "Reward vs KL"),
+    ("pairwise", "Pairwise comparisons"),
+    ("cost", "Cost"),
+    ("curves", "Training curves"),
+    ("samples", "Sample completions"),
+    ("runs", "Runs"),
+)
 
 
 def _blocks(report: Report) -> list[tuple]:
@@ -529,14 +696,27 @@ def _blocks(report: Report) -> list[tuple]:
             curves = sorted(n for n in report.figures if n.startswith("curves-"))
             if curves:
                 out.append(("h2", title))
-                out += [("img", n, n[len("curves-"):-len(".png")] + " training curves") for n in curves]
+                out += [("img", n, n[len("curves-") : -len(".png")] + " training curves") for n in curves]
         elif key == "samples":
             if report.samples:
                 out.append(("h2", title))
-                out.append(("p", f"The first {N_EXAMPLES} evaluation prompts, first sample, of each algorithm's best "
-                                 "setting (lowest seed)."))
-                rows = [[s["algo"], s["setting"], s["prompt"], s["completion"], _num(s["gold_reward"])
-                         if isinstance(s["gold_reward"], (int, float)) else "–"] for s in report.samples]
+                out.append(
+                    (
+                        "p",
+                        f"The first {N_EXAMPLES} evaluation prompts, first sample, of each algorithm's best "
+                        "setting (lowest seed).",
+                    )
+                )
+                rows = [
+                    [
+                        s["algo"],
+                        s["setting"],
+                        s["prompt"],
+                        s["completion"],
+                        _num(s["gold_reward"]) if isinstance(s["gold_reward"], (int, float)) else "–",
+                    ]
+                    for s in report.samples
+                ]
                 out.append(("rows", ["algorithm", "setting", "prompt", "completion", "gold reward"], rows))
         elif key in report.tables:
             out += [("h2", title), ("table", report.tables[key])]
@@ -559,8 +739,9 @@ def markdown(report: Report) -> str:
             parts.append(_md_table(block[1], block[2]))
         elif kind == "table":
             t = block[1]
-            parts.append(_md_table(t.header, t.rows) + (f"\n\n{t.note}" if t.note else "")
-                         + f"\n\n({t.name}.csv, {t.name}.tex)")
+            parts.append(
+                _md_table(t.header, t.rows) + (f"\n\n{t.note}" if t.note else "") + f"\n\n({t.name}.csv, {t.name}.tex)"
+            )
     return "\n\n".join(parts) + "\n"
 
 
@@ -589,8 +770,10 @@ def html_page(report: Report) -> str:
             if t.note:
                 parts.append(f'<p class="note">{html.escape(t.note)}</p>')
     title = html.escape(f"Report: {report.task}")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n"
+    )
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -609,9 +792,16 @@ def write_report(results: Path, task: str, out: Path, kl_budget: float | None = 
         files[f"{t.name}.csv"] = csv_text(t)
         files[f"{t.name}.tex"] = latex(t)
     files.update(report.figures)
-    stale = [p for p in out.iterdir() if p.name not in files and (
-        p.name.startswith("curves-") and p.suffix == ".png"
-        or p.name in {"frontier.png"} | {f"{n}.{ext}" for n, _ in SECTIONS for ext in ("csv", "tex")})]
+    stale = [
+        p
+        for p in out.iterdir()
+        if p.name not in files
+        and (
+            p.name.startswith("curves-")
+            and p.suffix == ".png"
+            or p.name in {"frontier.png"} | {f"{n}.{ext}" for n, _ in SECTIONS for ext in ("csv", "tex")}
+        )
+    ]
     for p in stale:
         p.unlink()
     for name in sorted(files):

@@ -17,6 +17,7 @@ last token of prompt + completion. It is trained with the Bradley-Terry loss
 
 through the shared training loop (bench.train.train_loop).
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,18 @@ TRAIN_DEFAULTS = {"lr": 3e-4, "epochs": 1.0, "batch_size": 32, "warmup_steps": 1
 INFO = "reward_model.json"
 LOG = "train_log.jsonl"
 # Settings that change the trained weights; logging and checkpoint cadence do not.
-_HASHED = ("lr", "optimizer", "batch_size", "grad_accum", "epochs", "max_steps", "warmup_steps",
-           "max_grad_norm", "weight_decay", "max_length")
+_HASHED = (
+    "lr",
+    "optimizer",
+    "batch_size",
+    "grad_accum",
+    "epochs",
+    "max_steps",
+    "warmup_steps",
+    "max_grad_norm",
+    "weight_decay",
+    "max_length",
+)
 
 
 def default_train_config() -> TrainConfig:
@@ -84,11 +95,14 @@ def from_policy(policy, tokenizer, seed: int):
 
 def rewards(model, batch: dict) -> torch.Tensor:
     """r(x, y) per row [B] of a right-padded `bench.logprobs.collate` batch."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits.squeeze(-1)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits.squeeze(
+        -1
+    )
 
 
-def score(model, tokenizer, prompts: list[str], completions: list[str], *, max_length: int,
-          batch_size: int = 64) -> list[float]:
+def score(
+    model, tokenizer, prompts: list[str], completions: list[str], *, max_length: int, batch_size: int = 64
+) -> list[float]:
     """r(x, y) for each (prompt, completion) text pair, without gradients, in input order."""
     if len(prompts) != len(completions):
         raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
@@ -101,7 +115,7 @@ def score(model, tokenizer, prompts: list[str], completions: list[str], *, max_l
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+                rows = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id(tokenizer)).items()}
                 for i, r in zip(rows, rewards(model, batch).float().tolist()):
                     out[i] = r
@@ -113,19 +127,29 @@ def score(model, tokenizer, prompts: list[str], completions: list[str], *, max_l
 def pair_accuracy(model, tokenizer, pairs: list[dict], *, max_length: int, batch_size: int = 64) -> dict:
     """Share of pairs the model ranks as labelled (ties count one half): {"mean", "se", "n"}."""
     prompts = [p["prompt"] for p in pairs]
-    chosen = score(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length=max_length, batch_size=batch_size)
-    rejected = score(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length, batch_size=batch_size)
+    chosen = score(
+        model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length=max_length, batch_size=batch_size
+    )
+    rejected = score(
+        model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length, batch_size=batch_size
+    )
     return {**mean_se([1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]), "unit": "pairs"}
 
 
-def train(policy, tokenizer, pairs: list[dict], cfg: TrainConfig, *, seed: int,
-          log: Callable[[dict], None] | None = None):
+def train(
+    policy, tokenizer, pairs: list[dict], cfg: TrainConfig, *, seed: int, log: Callable[[dict], None] | None = None
+):
     """Fit a reward model initialised from `policy` on {"prompt", "chosen", "rejected"} pairs."""
     model = from_policy(policy, tokenizer, seed)
     pad = pad_id(tokenizer)
-    encoded = [{"chosen": encode(tokenizer, p["prompt"], p["chosen"], cfg.max_length),
-                "rejected": encode(tokenizer, p["prompt"], p["rejected"], cfg.max_length),
-                "index": i} for i, p in enumerate(pairs)]
+    encoded = [
+        {
+            "chosen": encode(tokenizer, p["prompt"], p["chosen"], cfg.max_length),
+            "rejected": encode(tokenizer, p["prompt"], p["rejected"], cfg.max_length),
+            "index": i,
+        }
+        for i, p in enumerate(pairs)
+    ]
 
     def loss(model, batch):
         chosen, rejected = rewards(model, batch).chunk(2)  # collate_pairs stacks chosen rows, then rejected
@@ -135,16 +159,18 @@ def train(policy, tokenizer, pairs: list[dict], cfg: TrainConfig, *, seed: int,
             "mean_reward": torch.cat([chosen, rejected]).mean(),
         }
 
-    return train_loop(model, encoded, lambda batch: collate_pairs(batch, pad), loss, cfg, seed=seed, log=log,
-                      desc="reward model")
+    return train_loop(
+        model, encoded, lambda batch: collate_pairs(batch, pad), loss, cfg, seed=seed, log=log, desc="reward model"
+    )
 
 
 def cache_key(reference_key: str, pairs: list[dict], cfg: TrainConfig, seed: int) -> str:
     """Names the reward model that these inputs train: same inputs, same directory."""
     h = hashlib.sha256()
     settings = {k: getattr(cfg, k) for k in _HASHED}
-    h.update(json.dumps({"reference": reference_key, "train": settings, "seed": seed, "version": 1},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps({"reference": reference_key, "train": settings, "seed": seed, "version": 1}, sort_keys=True).encode()
+    )
     for p in pairs:
         h.update(json.dumps([p["prompt"], p["chosen"], p["rejected"]]).encode())
     return h.hexdigest()[:16]
@@ -160,7 +186,9 @@ def load(path: str | Path, tokenizer, vocab_size: int):
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"reward model {path}: cannot be loaded ({exc}); pass a Hugging Face sequence-classification model") from exc
+        raise UserError(
+            f"reward model {path}: cannot be loaded ({exc}); pass a Hugging Face sequence-classification model"
+        ) from exc
     c = model.config
     problems = []
     if c.num_labels != 1:
@@ -175,8 +203,10 @@ def load(path: str | Path, tokenizer, vocab_size: int):
         if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
             problems.append("it was saved with a different tokenizer")
     if problems:
-        raise UserError(f"reward model {path} does not match this task's tokenizer: {'; '.join(problems)}; "
-                        "train one for this task (bench run --algo reward-model) or pass a matching one")
+        raise UserError(
+            f"reward model {path} does not match this task's tokenizer: {'; '.join(problems)}; "
+            "train one for this task (bench run --algo reward-model) or pass a matching one"
+        )
     return model
 
 
@@ -193,12 +223,14 @@ class LearnedReward:
     batch_size: int = 64
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return score(self.model, self.tokenizer, prompts, completions, max_length=self.max_length,
-                     batch_size=self.batch_size)
+        return score(
+            self.model, self.tokenizer, prompts, completions, max_length=self.max_length, batch_size=self.batch_size
+        )
 
 
-def learned_reward(ctx, rm_config: TrainConfig | None = None, *, path: str | Path = "",
-                   log: Callable[[dict], None] | None = None) -> LearnedReward:
+def learned_reward(
+    ctx, rm_config: TrainConfig | None = None, *, path: str | Path = "", log: Callable[[dict], None] | None = None
+) -> LearnedReward:
     """The reward model for this run: loaded from `path`, or from the cache, or trained now and cached.
 
     Training uses ctx.preferences, the policy's initial weights (ctx.reference), `rm_config`
@@ -213,7 +245,9 @@ def learned_reward(ctx, rm_config: TrainConfig | None = None, *, path: str | Pat
         where = Path(path).expanduser()
         model = load(where, tok, vocab)
     else:
-        where = Path(ctx.cache_dir) / "reward_models" / cache_key(ctx.task.reference_key, ctx.preferences, cfg, ctx.seed)
+        where = (
+            Path(ctx.cache_dir) / "reward_models" / cache_key(ctx.task.reference_key, ctx.preferences, cfg, ctx.seed)
+        )
         if (where / INFO).is_file():
             model = load(where, tok, vocab)
             if log is not None and (where / LOG).is_file():
@@ -228,11 +262,24 @@ def learned_reward(ctx, rm_config: TrainConfig | None = None, *, path: str | Pat
                     log(row)
 
             model = train(ctx.reference, tok, ctx.preferences, cfg, seed=ctx.seed, log=keep)
-            _save(where, model, tok, rows, {"reference_key": ctx.task.reference_key, "seed": ctx.seed,
-                                            "pairs": len(ctx.preferences), "train": dataclasses.asdict(cfg)})
+            _save(
+                where,
+                model,
+                tok,
+                rows,
+                {
+                    "reference_key": ctx.task.reference_key,
+                    "seed": ctx.seed,
+                    "pairs": len(ctx.preferences),
+                    "train": dataclasses.asdict(cfg),
+                },
+            )
     model = model.to(device()).eval().requires_grad_(False)
-    accuracy = pair_accuracy(model, tok, ctx.test_preferences, max_length=cfg.max_length) if ctx.test_preferences \
+    accuracy = (
+        pair_accuracy(model, tok, ctx.test_preferences, max_length=cfg.max_length)
+        if ctx.test_preferences
         else {**mean_se([]), "unit": "pairs"}
+    )
     return LearnedReward(model, tok, where, accuracy, cfg.max_length)
 
 

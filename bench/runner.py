@@ -1,7 +1,8 @@
 """One run, end to end: resolve the config, build the task, fit, sample, evaluate, record.
 
-    task.build() -> algorithm.fit(ctx) -> policy.sample(eval prompts) -> evaluators -> run record
+task.build() -> algorithm.fit(ctx) -> policy.sample(eval prompts) -> evaluators -> run record
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,9 +81,11 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
         raise UserError(f"--set algo.* and --set {spec.algo}.* both given; use one of them")
     algo_sets = sets.pop("algo", None) or sets.pop(spec.algo, {})
     if getattr(task_cls, "eval_only", False):
-        raise UserError(f"task {spec.task} is evaluation-only: train on another task and evaluate here with "
-                        f"--eval-task {spec.task}, e.g. bench run --algo {spec.algo} --task "
-                        f"{getattr(task_cls, 'train_task', 'TASK')} --eval-task {spec.task}")
+        raise UserError(
+            f"task {spec.task} is evaluation-only: train on another task and evaluate here with "
+            f"--eval-task {spec.task}, e.g. bench run --algo {spec.algo} --task "
+            f"{getattr(task_cls, 'train_task', 'TASK')} --eval-task {spec.task}"
+        )
     # The task's own defaults for runs on it (e.g. tldr: dpo.beta=0.5), below the user's --set.
     task_defaults = cfg.split_sets([f"{k}={v}" for k, v in (getattr(task_cls, "run_defaults", None) or {}).items()])
     algo_sets = {**task_defaults.get(spec.algo, {}), **algo_sets}
@@ -117,10 +120,14 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     elif "eval_task" in sets:
         raise UserError("--set eval_task.*: set options of an evaluation task only together with --eval-task NAME")
     train = cfg.apply_overrides(cfg.train_config_for(algo_cls), sets.pop("train", {}), "train")
-    generation = cfg.apply_overrides(cfg.generation_for(type(eval_task) if eval_task else task_cls), sets.pop("eval", {}), "eval")
+    generation = cfg.apply_overrides(
+        cfg.generation_for(type(eval_task) if eval_task else task_cls), sets.pop("eval", {}), "eval"
+    )
     data = cfg.apply_overrides(cfg.DataConfig(), sets.pop("data", {}), "data")
     if sets:
-        valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [e.name for e, c in evaluators if c is not None]
+        valid = ["task", "algo", spec.algo, "train", "eval", "data", "run"] + [
+            e.name for e, c in evaluators if c is not None
+        ]
         raise UserError(f"--set {next(iter(sets))}.*: unknown section; sections are {', '.join(valid)}")
 
     task = task_cls(task_config, Path(cache_dir))
@@ -130,8 +137,9 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
             try:
                 data_record[f"{key}_sha256"] = cfg.file_sha256(str(Path(path).expanduser()))
             except OSError as exc:
-                raise UserError(f"--set data.{key}={path}: cannot read it ({exc.strerror or exc}); "
-                                "pass a readable JSON Lines file") from None
+                raise UserError(
+                    f"--set data.{key}={path}: cannot read it ({exc.strerror or exc}); pass a readable JSON Lines file"
+                ) from None
     record = {
         "record_version": RECORD_VERSION,
         "seed": spec.seed,
@@ -144,9 +152,25 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
         "evaluators": {ev.name: cfg.to_jsonable(c) if c is not None else {} for ev, c in evaluators},
     }
     if eval_task is not None:
-        record["eval_task"] = {"name": type(eval_task).name, **cfg.to_jsonable(getattr(eval_task, "config", eval_config))}
-    return Resolved(algo_cls, task_cls, algo_config, task, train, generation, data, options,
-                    [(ev_cls, c) for ev_cls, c in evaluators], spec.seed, record, Path(cache_dir), eval_task)
+        record["eval_task"] = {
+            "name": type(eval_task).name,
+            **cfg.to_jsonable(getattr(eval_task, "config", eval_config)),
+        }
+    return Resolved(
+        algo_cls,
+        task_cls,
+        algo_config,
+        task,
+        train,
+        generation,
+        data,
+        options,
+        [(ev_cls, c) for ev_cls, c in evaluators],
+        spec.seed,
+        record,
+        Path(cache_dir),
+        eval_task,
+    )
 
 
 def check_context(model, tokenizer, train, generation, prompts: list[str]) -> None:
@@ -158,20 +182,30 @@ def check_context(model, tokenizer, train, generation, prompts: list[str]) -> No
     if not isinstance(context, int) or context < 2:
         return  # no fixed window to fit
     if train.max_length > context:
-        raise UserError(f"--set train.max_length={train.max_length}: longer than the policy's context of {context} "
-                        f"tokens; use at most {context}")
+        raise UserError(
+            f"--set train.max_length={train.max_length}: longer than the policy's context of {context} "
+            f"tokens; use at most {context}"
+        )
     longest = max((len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]), default=0)
     if longest >= context:
-        raise UserError(f"an evaluation prompt is {longest} tokens long and the policy's context {context} tokens; "
-                        "shorten the prompts (data.eval_prompts) so a completion fits after them")
+        raise UserError(
+            f"an evaluation prompt is {longest} tokens long and the policy's context {context} tokens; "
+            "shorten the prompts (data.eval_prompts) so a completion fits after them"
+        )
     if longest + generation.max_new_tokens > context:
-        raise UserError(f"--set eval.max_new_tokens={generation.max_new_tokens}: the longest evaluation prompt "
-                        f"({longest} tokens) leaves {context - longest} of the policy's {context}-token context; "
-                        f"use at most {context - longest}")
+        raise UserError(
+            f"--set eval.max_new_tokens={generation.max_new_tokens}: the longest evaluation prompt "
+            f"({longest} tokens) leaves {context - longest} of the policy's {context}-token context; "
+            f"use at most {context - longest}"
+        )
 
 
-SCHEMAS = {"preferences": rows.PREFERENCE_KEYS, "test_preferences": rows.PREFERENCE_KEYS,
-           "sft": rows.SFT_KEYS, "eval_prompts": rows.PROMPT_KEYS}
+SCHEMAS = {
+    "preferences": rows.PREFERENCE_KEYS,
+    "test_preferences": rows.PREFERENCE_KEYS,
+    "sft": rows.SFT_KEYS,
+    "eval_prompts": rows.PROMPT_KEYS,
+}
 """The data a run uses, by `data.*` key, with the fields every row must have."""
 
 
@@ -188,7 +222,7 @@ def read_user_files(r: Resolved) -> dict[str, list[dict]]:
             continue
         out[key] = rows.read_rows(path, keys)
         if not out[key] and key == "eval_prompts":
-            raise UserError(f"{path}: the evaluation prompt set is empty; give at least one {{\"prompt\": ...}} line")
+            raise UserError(f'{path}: the evaluation prompt set is empty; give at least one {{"prompt": ...}} line')
         if not out[key]:
             raise UserError(f"{path}: no rows (data.{key}); write one JSON object with {', '.join(keys)} per line")
         if key in PAIRS:
@@ -205,11 +239,17 @@ def load_data(r: Resolved, user_rows: dict[str, list[dict]]) -> dict[str, Any]:
     and as a line of output), and is no part of the run's config, so the run id does not change.
     """
     task = r.task
-    from_task = {"preferences": lambda: task.preference_data("train"), "test_preferences": lambda: task.preference_data("test"),
-                 "sft": task.sft_data, "eval_prompts": (r.eval_task or task).eval_prompts}
+    from_task = {
+        "preferences": lambda: task.preference_data("train"),
+        "test_preferences": lambda: task.preference_data("test"),
+        "sft": task.sft_data,
+        "eval_prompts": (r.eval_task or task).eval_prompts,
+    }
     sources = {key: getattr(r.data, key) if key in user_rows else f"task {r.task_cls.name}: {key}" for key in SCHEMAS}
-    out: dict[str, Any] = {key: user_rows[key] if key in user_rows else
-                           rows.validate(from_task[key](), keys, sources[key]) for key, keys in SCHEMAS.items()}
+    out: dict[str, Any] = {
+        key: user_rows[key] if key in user_rows else rows.validate(from_task[key](), keys, sources[key])
+        for key, keys in SCHEMAS.items()
+    }
     skipped = {}
     for key in PAIRS:
         out[key], skipped[key] = rows.drop_identical_pairs(out[key], sources[key])
@@ -217,21 +257,30 @@ def load_data(r: Resolved, user_rows: dict[str, list[dict]]) -> dict[str, Any]:
     if r.generation.max_prompts:
         out["eval_prompts"] = out["eval_prompts"][: r.generation.max_prompts]
     if not out["eval_prompts"]:
-        raise UserError("the evaluation prompt set is empty; give a data.eval_prompts file with at least one {\"prompt\": ...} line")
+        raise UserError(
+            'the evaluation prompt set is empty; give a data.eval_prompts file with at least one {"prompt": ...} line'
+        )
     return out
 
 
 def data_notes(data: dict) -> tuple[list[str], dict]:
     """What load_data dropped: (lines to echo, none when nothing was; entries for cost.json)."""
     skipped = data.get("skipped_pairs") or {}
-    lines = [f"data: skipped {n} {'held-out ' if key == 'test_preferences' else ''}preference pair{'s' * (n != 1)} "
-             f"whose chosen equals rejected" for key, n in skipped.items() if n]
-    return lines, {"skipped_pairs": skipped.get("preferences", 0),
-                   "skipped_test_pairs": skipped.get("test_preferences", 0)}
+    lines = [
+        f"data: skipped {n} {'held-out ' if key == 'test_preferences' else ''}preference pair{'s' * (n != 1)} "
+        f"whose chosen equals rejected"
+        for key, n in skipped.items()
+        if n
+    ]
+    return lines, {
+        "skipped_pairs": skipped.get("preferences", 0),
+        "skipped_test_pairs": skipped.get("test_preferences", 0),
+    }
 
 
-def execute(spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print,
-            wait: bool = True) -> Path:
+def execute(
+    spec: RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print, wait: bool = True
+) -> Path:
     """Run (or skip, or resume) one run and return its directory under `results`.
 
     One process writes a run at a time: a second one with the same run waits for the first
@@ -299,12 +348,19 @@ def _record(r: Resolved, data: dict, results: Path, t_build: float, echo: Callab
         records.discard(partial)
     try:
         partial.mkdir(parents=True, exist_ok=True)
-        records.atomic_write_json(partial / "config.json", {
-            "run_id": r.run_id, "name": r.name, "config": r.record,
-            "versions": records.package_versions(), "git_revision": records.git_revision(),
-            "device": str(device()), "torch_threads": torch.get_num_threads(),
-            "command": " ".join(sys.argv),
-        })
+        records.atomic_write_json(
+            partial / "config.json",
+            {
+                "run_id": r.run_id,
+                "name": r.name,
+                "config": r.record,
+                "versions": records.package_versions(),
+                "git_revision": records.git_revision(),
+                "device": str(device()),
+                "torch_threads": torch.get_num_threads(),
+                "command": " ".join(sys.argv),
+            },
+        )
         # Labels are a cost only for algorithms that learn from them (not SFT, not PPO on the gold reward).
         labels = len(data["preferences"]) if getattr(r.algo_cls, "uses_preferences", True) else 0
         cost = {"wall_time_s": {"build": t_build}, "preference_labels": labels}
@@ -374,15 +430,29 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     reference.requires_grad_(False)
     reference.eval()
     ctx = Context(
-        task=r.task, policy=policy.to(dev), tokenizer=tokenizer, reference=reference.to(dev), train=r.train,
-        seed=r.seed, log=lambda row: append(log_path, row), checkpoint_dir=checkpoint_dir, cache_dir=r.cache_dir,
-        sft_examples=data["sft"], preferences=data["preferences"], test_preferences=data["test_preferences"],
-        eval_prompts=data["eval_prompts"], reward=getattr(r.task, "gold_reward", None), generation=r.generation,
+        task=r.task,
+        policy=policy.to(dev),
+        tokenizer=tokenizer,
+        reference=reference.to(dev),
+        train=r.train,
+        seed=r.seed,
+        log=lambda row: append(log_path, row),
+        checkpoint_dir=checkpoint_dir,
+        cache_dir=r.cache_dir,
+        sft_examples=data["sft"],
+        preferences=data["preferences"],
+        test_preferences=data["test_preferences"],
+        eval_prompts=data["eval_prompts"],
+        reward=getattr(r.task, "gold_reward", None),
+        generation=r.generation,
     )
 
     # Evaluators see the evaluation task: its gold reward, judge prompt and prompt rows.
-    eval_ctx = (lambda c: c) if r.eval_task is None else \
-        (lambda c: dataclasses.replace(c, eval_task=r.eval_task, reward=getattr(r.eval_task, "gold_reward", None)))
+    eval_ctx = (
+        (lambda c: c)
+        if r.eval_task is None
+        else (lambda c: dataclasses.replace(c, eval_task=r.eval_task, reward=getattr(r.eval_task, "gold_reward", None)))
+    )
     marks: set[int] = set()
 
     def on_step(step: int, total: int, model) -> None:
@@ -432,9 +502,19 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     final = {"step": max([row.get("step", 0) for row in log_rows] or [0]), "metrics": metrics, "final": True}
     append(points_path, {**final, "total_steps": final["step"]})
 
-    records.write_jsonl(run_dir / "samples.jsonl", (
-        {"prompt_index": s.prompt_index, "prompt": s.prompt, "completion": s.completion,
-         "completion_ids": s.completion_ids, **s.values} for s in samples))
+    records.write_jsonl(
+        run_dir / "samples.jsonl",
+        (
+            {
+                "prompt_index": s.prompt_index,
+                "prompt": s.prompt,
+                "completion": s.completion,
+                "completion_ids": s.completion_ids,
+                **s.values,
+            }
+            for s in samples
+        ),
+    )
     if r.options.save_model and hasattr(trained, "save"):
         trained.save(run_dir / "model")
     return metrics
@@ -457,7 +537,11 @@ def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bo
             for s, v in zip(samples, values):
                 s.values[key] = v
         for key, agg in result.aggregates.items():
-            metrics[key] = {"higher_is_better": getattr(ev_cls, "higher_is_better", None), "evaluator": ev_cls.name, **agg}
+            metrics[key] = {
+                "higher_is_better": getattr(ev_cls, "higher_is_better", None),
+                "evaluator": ev_cls.name,
+                **agg,
+            }
     return metrics
 
 
@@ -465,5 +549,9 @@ def summary_line(name: str, metrics: dict) -> str:
     parts = []
     for key, agg in metrics.items():
         if isinstance(agg, dict) and "mean" in agg:
-            parts.append(f"{key} {agg['mean']:.4g} ± {agg['se']:.2g}" if agg.get("se") == agg.get("se") else f"{key} {agg['mean']:.4g}")
+            parts.append(
+                f"{key} {agg['mean']:.4g} ± {agg['se']:.2g}"
+                if agg.get("se") == agg.get("se")
+                else f"{key} {agg['mean']:.4g}"
+            )
     return f"{name}: " + ", ".join(parts)

@@ -7,6 +7,7 @@ overhead (logits processors, stopping criteria, cache bookkeeping) costs more th
 pass itself. The loop also drops rows from the batch as soon as they emit eos, so a batch costs
 as much as its live rows, not its longest completion times its size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,11 +49,19 @@ def sample(
     try:
         with torch.inference_mode():
             for b, start in enumerate(range(0, len(order), batch_size)):
-                rows = order[start:start + batch_size]
+                rows = order[start : start + batch_size]
                 # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
                 generator = torch.Generator(device=model.device).manual_seed((seed * 1_000_003 + b) % 2**64)
-                out = _sample_batch(model, [prompt_ids[i] for i in rows], max_new_tokens, temperature, top_p,
-                                    eos_token_id, pad_token_id, generator)
+                out = _sample_batch(
+                    model,
+                    [prompt_ids[i] for i in rows],
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    eos_token_id,
+                    pad_token_id,
+                    generator,
+                )
                 for i, completion in zip(rows, out):
                     completions[i] = completion
                 bar.update(len(rows))
@@ -69,14 +78,15 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, top_p, eos_token_
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, p in enumerate(prompts):
-        input_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        attention_mask[r, width - len(p):] = 1
+        input_ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention_mask[r, width - len(p) :] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     # Positions count real tokens only, so a padded prompt sees the positions it would see alone.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
+    )
     cache, logits = out.past_key_values, out.logits[:, -1]
     next_position = position_ids[:, -1:] + 1
     live = list(range(len(prompts)))  # batch row -> prompt slot, shrinks as rows finish
@@ -98,8 +108,13 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, top_p, eos_token_
                 attention_mask, next_position, tokens = attention_mask[keep], next_position[keep], tokens[keep]
                 live = [live[k] for k in keep.tolist()]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = out.logits[:, -1]
         next_position = next_position + 1
     return completions

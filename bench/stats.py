@@ -1,4 +1,5 @@
 """Means, standard errors and confidence intervals, with the prompt as the unit of observation."""
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,9 @@ def front_area(kl: Sequence[float], reward: Sequence[float], budget: float, floo
     reached at or below each KL; give every algorithm of a comparison the same floor (e.g. the
     lowest reward of all points), so an algorithm is not rewarded for points it lacks.
     """
-    points = sorted((max(k, 0.0), r) for k, r in zip(kl, reward)
-                    if math.isfinite(k) and math.isfinite(r) and k <= budget)
+    points = sorted(
+        (max(k, 0.0), r) for k, r in zip(kl, reward) if math.isfinite(k) and math.isfinite(r) and k <= budget
+    )
     area, level, at = 0.0, floor, 0.0
     for k, r in points:
         area += level * (k - at)
@@ -97,7 +99,12 @@ def bootstrap_front_area(kl, reward, budget: float, floor: float, n_boot: int = 
 
     n_seeds = kl.shape[1]
     k, r = averaged(np.ones(n_seeds))
-    out = {"area": front_area(k.tolist(), r.tolist(), budget, floor), "low": math.nan, "high": math.nan, "seeds": n_seeds}
+    out = {
+        "area": front_area(k.tolist(), r.tolist(), budget, floor),
+        "low": math.nan,
+        "high": math.nan,
+        "seeds": n_seeds,
+    }
     if n_seeds >= 2:
         rng = np.random.default_rng(seed)
         draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
@@ -127,14 +134,21 @@ def paired_difference(a: Sequence[float], b: Sequence[float], n_resamples: int =
     out = {"diff": float(d.mean()) if n else math.nan, "low": math.nan, "high": math.nan, "p": math.nan, "n": n}
     if n < 2:
         return out
-    test = permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-                            vectorized=True, n_resamples=n_resamples, rng=np.random.default_rng(seed))
+    test = permutation_test(
+        (a, b),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        rng=np.random.default_rng(seed),
+    )
     out["p"] = float(min(1.0, test.pvalue))
     if np.all(d == d[0]):
         out["low"] = out["high"] = float(d[0])  # no spread: the bootstrap distribution is one point
     else:
-        ci = bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile",
-                       rng=np.random.default_rng(seed)).confidence_interval
+        ci = bootstrap(
+            (d,), np.mean, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed)
+        ).confidence_interval
         out["low"], out["high"] = float(ci.low), float(ci.high)
     return out
 

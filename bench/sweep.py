@@ -15,6 +15,7 @@ filesystem, which the results directory already has to be; a job is a pickled fu
 here the very `runner.execute` that local dispatch calls, so the records are the same
 whichever dispatcher ran them. It is an optional dependency: `pip install alignment-bench[cluster]`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,8 +120,9 @@ def _config_keys(algo: str) -> set[str]:
     return {f.name for f in dataclasses.fields(registry.load("algorithm", algo).Config)}
 
 
-def expand(task: str, algos: list[str], grid: list[tuple[str, str, list[str]]], seeds: list[int],
-           sets: list[str] | None = None) -> list[runner.RunSpec]:
+def expand(
+    task: str, algos: list[str], grid: list[tuple[str, str, list[str]]], seeds: list[int], sets: list[str] | None = None
+) -> list[runner.RunSpec]:
     """The cartesian product of the grid and the seeds, for each algorithm.
 
     A grid key in the `algo` section applies to each algorithm whose Config has it and is skipped
@@ -140,13 +142,17 @@ def expand(task: str, algos: list[str], grid: list[tuple[str, str, list[str]]], 
                 continue
             section = "algo" if section == algo else section
             if (section, name) in swept:
-                raise UserError(f"--grid {section}.{name}: swept twice for {algo} (as algo.{name} and {algo}.{name}, "
-                                "or by the preset too); give its values once")
+                raise UserError(
+                    f"--grid {section}.{name}: swept twice for {algo} (as algo.{name} and {algo}.{name}, "
+                    "or by the preset too); give its values once"
+                )
             swept.add((section, name))
             axes.append([f"{section}.{name}={v}" for v in values])
         for combo in itertools.product(*axes):
             for seed in seeds:
-                specs.append(runner.RunSpec(algo=algo, task=task, seed=seed, sets=_own_sets(algo, algos, sets) + list(combo)))
+                specs.append(
+                    runner.RunSpec(algo=algo, task=task, seed=seed, sets=_own_sets(algo, algos, sets) + list(combo))
+                )
     return specs
 
 
@@ -162,9 +168,15 @@ def _own_sets(algo: str, algos: list[str], sets: list[str] | None) -> list[str]:
     return out
 
 
-def preset_specs(name: str, task: str, algos: list[str] | None, seeds: list[int] | None,
-                 grid: list[tuple[str, str, list[str]]], sets: list[str], echo: Callable[[str], None] = print
-                 ) -> list[runner.RunSpec]:
+def preset_specs(
+    name: str,
+    task: str,
+    algos: list[str] | None,
+    seeds: list[int] | None,
+    grid: list[tuple[str, str, list[str]]],
+    sets: list[str],
+    echo: Callable[[str], None] = print,
+) -> list[runner.RunSpec]:
     """The runs of a named preset (optionally only `algos`, other `seeds`, an extra grid and settings).
 
     A preset entry whose algorithm is not installed is reported and skipped.
@@ -187,8 +199,10 @@ def preset_specs(name: str, task: str, algos: list[str] | None, seeds: list[int]
     for entry in entries:
         unknown = sorted(set(entry.grid) - _config_keys(entry.algo))
         if unknown:
-            raise UserError(f"--preset {name}: the installed {entry.algo!r} has no option {', '.join(unknown)}; "
-                            f"its options are {', '.join(sorted(_config_keys(entry.algo)))}")
+            raise UserError(
+                f"--preset {name}: the installed {entry.algo!r} has no option {', '.join(unknown)}; "
+                f"its options are {', '.join(sorted(_config_keys(entry.algo)))}"
+            )
     grid_algos = [e.algo for e in entries]
     for section, key, _ in grid:
         if section == "algo" and not any(key in _config_keys(a) for a in grid_algos):
@@ -196,10 +210,20 @@ def preset_specs(name: str, task: str, algos: list[str] | None, seeds: list[int]
     specs = []
     for entry in entries:
         own_grid = [(entry.algo, k, v) for k, v in entry.grid.items()]
-        extra = [g for g in grid if g[0] == entry.algo or (g[0] == "algo" and g[1] in _config_keys(entry.algo))
-                 or g[0] not in installed | {"algo"}]
-        specs += expand(task, [entry.algo], own_grid + extra, seeds or preset.seeds,
-                        _own_sets(entry.algo, grid_algos, preset.sets + entry.sets + sets))
+        extra = [
+            g
+            for g in grid
+            if g[0] == entry.algo
+            or (g[0] == "algo" and g[1] in _config_keys(entry.algo))
+            or g[0] not in installed | {"algo"}
+        ]
+        specs += expand(
+            task,
+            [entry.algo],
+            own_grid + extra,
+            seeds or preset.seeds,
+            _own_sets(entry.algo, grid_algos, preset.sets + entry.sets + sets),
+        )
     return specs
 
 
@@ -223,8 +247,9 @@ def run_command(spec: runner.RunSpec, results: Path) -> list[str]:
     return argv + ["--results", str(results)]
 
 
-def run_one(execute: Callable, spec: runner.RunSpec, results: Path, cache_dir: Path,
-            echo: Callable[[str], None] = print) -> Path:
+def run_one(
+    execute: Callable, spec: runner.RunSpec, results: Path, cache_dir: Path, echo: Callable[[str], None] = print
+) -> Path:
     """One job of a sweep, the same under every dispatcher.
 
     The run record keeps the command line that produced it; for a sweep's run that is the
@@ -238,15 +263,22 @@ def run_one(execute: Callable, spec: runner.RunSpec, results: Path, cache_dir: P
         sys.argv = saved
 
 
-def run(planned: list[Planned], results: Path, cache_dir: Path, dispatch: str = "local",
-        executor_options: dict | None = None, echo: Callable[[str], None] = print) -> list[Path]:
+def run(
+    planned: list[Planned],
+    results: Path,
+    cache_dir: Path,
+    dispatch: str = "local",
+    executor_options: dict | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
     """Run the incomplete runs of `planned` with progress over all of them; returns their directories."""
     from tqdm.auto import tqdm
 
     todo = [p for p in planned if not p.complete]
     echo(f"sweep: {len(planned)} runs, {len(planned) - len(todo)} complete (skipped), {len(todo)} to run")
-    bar = tqdm(total=len(planned), initial=len(planned) - len(todo), unit="run", desc="sweep", dynamic_ncols=True,
-               disable=None)
+    bar = tqdm(
+        total=len(planned), initial=len(planned) - len(todo), unit="run", desc="sweep", dynamic_ncols=True, disable=None
+    )
     try:
         if dispatch == "local":
             return _run_local(todo, results, cache_dir, bar)
@@ -263,8 +295,9 @@ def _run_local(todo: list[Planned], results: Path, cache_dir: Path, bar) -> list
     done, busy = [], []
     for p in todo:
         try:
-            done.append(run_one(functools.partial(runner.execute, wait=False), p.spec, results, cache_dir,
-                                echo=bar.write))
+            done.append(
+                run_one(functools.partial(runner.execute, wait=False), p.spec, results, cache_dir, echo=bar.write)
+            )
             bar.update(1)
         except RunInProgress:
             busy.append(p)
@@ -278,7 +311,9 @@ def _run_submitit(todo: list[Planned], results: Path, cache_dir: Path, options: 
     try:
         import submitit
     except ImportError:
-        raise UserError("--dispatch submitit needs the submitit package: pip install alignment-bench[cluster]") from None
+        raise UserError(
+            "--dispatch submitit needs the submitit package: pip install alignment-bench[cluster]"
+        ) from None
     options = dict(options)
     folder = Path(results) / ".submitit"  # hidden: never mistaken for a run directory
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=options.pop("cluster", None))
@@ -318,8 +353,10 @@ def _run_submitit(todo: list[Planned], results: Path, cache_dir: Path, options: 
             job.cancel(check=False)
         raise
     if failed:
-        raise UserError(f"{len(failed)} of {len(jobs)} runs failed ({', '.join(failed)}); see their logs under "
-                        f"{folder}, then run the same sweep again to retry them")
+        raise UserError(
+            f"{len(failed)} of {len(jobs)} runs failed ({', '.join(failed)}); see their logs under "
+            f"{folder}, then run the same sweep again to retry them"
+        )
     return done
 
 
@@ -345,8 +382,10 @@ def parse_executor_options(items: list[str]) -> dict:
 
 def describe(planned: list[Planned], results: Path) -> list[str]:
     """One line per run: its state and the `bench run` command that would produce it."""
-    return [f"{'complete' if p.complete else 'to run  '}  {p.name}  {shlex.join(run_command(p.spec, results))}"
-            for p in planned]
+    return [
+        f"{'complete' if p.complete else 'to run  '}  {p.name}  {shlex.join(run_command(p.spec, results))}"
+        for p in planned
+    ]
 
 
 def split_algos(text: str | None) -> list[str] | None:

@@ -5,6 +5,7 @@ seeds ± the 95% t-interval over seeds (n = seeds); with one seed it is that run
 95% t-interval over evaluation prompts (n = prompts). A record that cannot be read is named on
 stderr in one line and left out.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def load_runs(results: Path, task: str | None = None, keep_samples: bool = True)
     "record" is the checked records.Record. A complete run that cannot be read is named on
     stderr, one line, and left out (records.readable_runs).
     """
-    return [{"dir": r.dir, "config": r.config, "metrics": r.metrics, "record": r}
-            for r in records.readable_runs(results, task, keep_samples=keep_samples)]
+    return [
+        {"dir": r.dir, "config": r.config, "metrics": r.metrics, "record": r}
+        for r in records.readable_runs(results, task, keep_samples=keep_samples)
+    ]
 
 
 def _setting(run: dict, varying: dict[str, set]) -> str:
@@ -44,8 +47,10 @@ def _setting(run: dict, varying: dict[str, set]) -> str:
 
 def metric_names(runs: list[dict]) -> list[str]:
     """Every aggregate metric found in the runs, the usual ones first."""
-    return sorted({k for r in runs for k, v in r["metrics"].items() if records.is_aggregate(v)},
-                  key=lambda k: (PREFERRED_ORDER.index(k) if k in PREFERRED_ORDER else len(PREFERRED_ORDER), k))
+    return sorted(
+        {k for r in runs for k, v in r["metrics"].items() if records.is_aggregate(v)},
+        key=lambda k: (PREFERRED_ORDER.index(k) if k in PREFERRED_ORDER else len(PREFERRED_ORDER), k),
+    )
 
 
 def groups(runs: list[dict]) -> list[dict]:
@@ -59,14 +64,20 @@ def groups(runs: list[dict]) -> list[dict]:
         varying: dict[str, set] = {}
         for section in SECTIONS:
             keys = set().union(*(r["config"][section].keys() for r in algo_runs))
-            varying[section] = {k for k in keys if k != "name"
-                                and len({json.dumps(r["config"][section].get(k)) for r in algo_runs}) > 1}
+            varying[section] = {
+                k for k in keys if k != "name" and len({json.dumps(r["config"][section].get(k)) for r in algo_runs}) > 1
+            }
         by_setting: dict[str, list[dict]] = {}
         for run in algo_runs:
             by_setting.setdefault(_setting(run, varying), []).append(run)
         for setting in sorted(by_setting):
-            out.append({"algo": algo, "setting": setting,
-                        "runs": sorted(by_setting[setting], key=lambda r: r["config"]["seed"])})
+            out.append(
+                {
+                    "algo": algo,
+                    "setting": setting,
+                    "runs": sorted(by_setting[setting], key=lambda r: r["config"]["seed"]),
+                }
+            )
     return out
 
 
@@ -78,11 +89,23 @@ def cell(present: list[dict]) -> dict:
     if len(present) == 1:
         agg = present[0]
         unit = agg.get("unit", "prompts")  # what n counts; e.g. held-out pairs for pair accuracy
-        return {"mean": agg["mean"], "half": ci95_halfwidth(agg["se"], agg["n"]), "n": f"{agg['n']} {unit}",
-                "count": agg["n"], "unit": unit, "estimator": agg.get("estimator")}
+        return {
+            "mean": agg["mean"],
+            "half": ci95_halfwidth(agg["se"], agg["n"]),
+            "n": f"{agg['n']} {unit}",
+            "count": agg["n"],
+            "unit": unit,
+            "estimator": agg.get("estimator"),
+        }
     s = mean_se([a["mean"] for a in present])
-    return {"mean": s["mean"], "half": ci95_halfwidth(s["se"], s["n"]), "n": f"{s['n']} seeds",
-            "count": s["n"], "unit": "seeds", "estimator": present[0].get("estimator")}
+    return {
+        "mean": s["mean"],
+        "half": ci95_halfwidth(s["se"], s["n"]),
+        "n": f"{s['n']} seeds",
+        "count": s["n"],
+        "unit": "seeds",
+        "estimator": present[0].get("estimator"),
+    }
 
 
 def rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
@@ -119,6 +142,13 @@ def markdown(results: Path, task: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         ns = sorted({c["n"] for c in row["cells"].values()})
-        lines.append("| " + " | ".join([row["algo"], row["setting"], str(row["seeds"])]
-                                       + [_fmt(row["cells"].get(m)) for m in names] + [", ".join(ns)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [row["algo"], row["setting"], str(row["seeds"])]
+                + [_fmt(row["cells"].get(m)) for m in names]
+                + [", ".join(ns)]
+            )
+            + " |"
+        )
     return f"Task {task}: {len(runs)} complete runs in {results}\n\n" + "\n".join(lines)

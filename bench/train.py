@@ -3,6 +3,7 @@
 Optimizer, linear warmup, gradient-norm clipping, gradient accumulation, mixed precision on GPU
 (through accelerate), a tqdm progress bar, step logs and checkpoint/resume all live here, once.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,13 @@ class TrainConfig:
         one_of(self, section, "optimizer", tuple(OPTIMIZERS))
         at_least(self, section, "batch_size", 1)
         at_least(self, section, "grad_accum", 1)
-        require(self.batch_size % self.grad_accum == 0, section, "batch_size", self.batch_size,
-                f"must be a multiple of {section}.grad_accum ({self.grad_accum})")
+        require(
+            self.batch_size % self.grad_accum == 0,
+            section,
+            "batch_size",
+            self.batch_size,
+            f"must be a multiple of {section}.grad_accum ({self.grad_accum})",
+        )
         non_negative(self, section, "max_steps", f"0 derives the steps from {section}.epochs")
         if self.max_steps == 0:
             positive(self, section, "epochs", f"or set {section}.max_steps")
@@ -115,7 +121,7 @@ def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
         # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
         generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
         perm = torch.randperm(n, generator=generator).tolist()
-        out.extend(perm[offset:offset + count - len(out)])
+        out.extend(perm[offset : offset + count - len(out)])
         epoch, offset = epoch + 1, 0
     return out
 
@@ -175,10 +181,10 @@ def train_loop(
     while step < steps:
         order = example_order(len(examples), seed, step * cfg.batch_size, cfg.batch_size)
         # Each process takes its share of the step's examples (one process on CPU).
-        order = order[accelerator.process_index::accelerator.num_processes]
+        order = order[accelerator.process_index :: accelerator.num_processes]
         step_metrics: dict[str, float] = {}
         for start in range(0, len(order), micro):
-            batch = collate([examples[i] for i in order[start:start + micro]])
+            batch = collate([examples[i] for i in order[start : start + micro]])
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             if "attention_mask" in batch:
                 tokens += int(batch["attention_mask"].sum())
@@ -190,7 +196,7 @@ def train_loop(
                     f"(now {cfg.lr}) or check the data for empty completions"
                 )
             accelerator.backward(loss / math.ceil(len(order) / micro))
-            share = len(order[start:start + micro]) / len(order)
+            share = len(order[start : start + micro]) / len(order)
             for k, v in {"loss": loss, **metrics}.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + share * float(v.detach() if torch.is_tensor(v) else v)
         if cfg.max_grad_norm > 0:
@@ -205,8 +211,12 @@ def train_loop(
         for k, v in step_metrics.items():
             window.setdefault(k, []).append(v)
         if log is not None and (step % cfg.log_every == 0 or step == steps):
-            row = {"step": step, "epoch": step * cfg.batch_size / len(examples), "lr": scheduler.get_last_lr()[0],
-                   "tokens": tokens}
+            row = {
+                "step": step,
+                "epoch": step * cfg.batch_size / len(examples),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens": tokens,
+            }
             row.update({k: sum(v) / len(v) for k, v in window.items()})
             log(row)
             window, tokens = {}, 0
@@ -229,13 +239,19 @@ def load_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):  # the file names a callable or class that unpickling would run
-            raise UserError(f"refused to load {path}: it holds objects other than tensors and plain data; the "
-                            "partial run is discarded, run the same command again to start it over") from None
-        raise UserError(f"{path}: unreadable checkpoint (not a torch file); the partial run is discarded, run the "
-                        "same command again to start it over") from None
+            raise UserError(
+                f"refused to load {path}: it holds objects other than tensors and plain data; the "
+                "partial run is discarded, run the same command again to start it over"
+            ) from None
+        raise UserError(
+            f"{path}: unreadable checkpoint (not a torch file); the partial run is discarded, run the "
+            "same command again to start it over"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                        "the partial run is discarded, run the same command again to start it over") from None
+        raise UserError(
+            f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "the partial run is discarded, run the same command again to start it over"
+        ) from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a checkpoint of this suite; the partial run is discarded, run the command again")
     return state

@@ -12,6 +12,7 @@ scheduler and zero-grad calls its Trainer loop makes. The printed ratio is ours 
 asserts a time. Run with `make bench` or
     pytest benchmarks/test_dpo_step.py --benchmark-enable -s
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,15 +30,19 @@ ROUNDS, WARMUP = 5, 1
 PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 32, 96
 # GPT-2-small shape with a smaller vocabulary (91.5M parameters), built from a config.
 SHAPE = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=8192, n_positions=256)
-BETA, LR = 0.1, 1e-6  # the paper's lr: losses stay informative over the rounds, so the parity check below means something
+BETA, LR = (
+    0.1,
+    1e-6,
+)  # the paper's lr: losses stay informative over the rounds, so the parity check below means something
 
 
 def _model():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(**SHAPE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    config = GPT2Config(
+        **SHAPE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=1
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -56,8 +61,9 @@ def _pairs():
     g = torch.Generator().manual_seed(1)
     ids = lambda n: torch.randint(2, SHAPE["vocab_size"], (n,), generator=g).tolist()  # noqa: E731
     # Completions end in eos, as TRL would append it otherwise.
-    return [(ids(PROMPT_TOKENS), ids(COMPLETION_TOKENS - 1) + [0], ids(COMPLETION_TOKENS - 1) + [0])
-            for _ in range(PAIRS)]
+    return [
+        (ids(PROMPT_TOKENS), ids(COMPLETION_TOKENS - 1) + [0], ids(COMPLETION_TOKENS - 1) + [0]) for _ in range(PAIRS)
+    ]
 
 
 def _trl_trainer(model, ref_model, pairs, tmp_path):
@@ -67,13 +73,33 @@ def _trl_trainer(model, ref_model, pairs, tmp_path):
     text = lambda ids: " ".join(f"w{i}" if i else "<eos>" for i in ids)  # noqa: E731
     rows = [{"prompt": text(p), "chosen": " " + text(c), "rejected": " " + text(r)} for p, c, r in pairs]
     args = DPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=PAIRS, learning_rate=LR, lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=BETA, loss_type=["sigmoid"], bf16=False,
-        use_cpu=True, report_to=[], save_strategy="no", logging_steps=10_000, dataloader_num_workers=0,
-        precompute_ref_log_probs=False, disable_dropout=True, max_length=None, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=PAIRS,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        dataloader_num_workers=0,
+        precompute_ref_log_probs=False,
+        disable_dropout=True,
+        max_length=None,
+        seed=0,
     )
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=_word_tokenizer(SHAPE["vocab_size"]))
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=_word_tokenizer(SHAPE["vocab_size"]),
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=ROUNDS + WARMUP)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's own loop, which we step through by hand
     return trainer
@@ -113,10 +139,17 @@ def test_dpo_step_ours_vs_trl(benchmark, tmp_path):
     trl_times = trl_times[WARMUP:]
     trl_min, trl_median = min(trl_times), statistics.median(trl_times)
     our_min, our_median = benchmark.stats.stats.min, benchmark.stats.stats.median
-    benchmark.extra_info.update(trl_min_s=trl_min, trl_median_s=trl_median, ratio_min=our_min / trl_min,
-                                ratio_median=our_median / trl_median, threads=THREADS)
-    print(f"\nDPO step, {PAIRS} pairs x {PROMPT_TOKENS + COMPLETION_TOKENS} tokens, "
-          f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters, {THREADS} threads, {ROUNDS} rounds:")
+    benchmark.extra_info.update(
+        trl_min_s=trl_min,
+        trl_median_s=trl_median,
+        ratio_min=our_min / trl_min,
+        ratio_median=our_median / trl_median,
+        threads=THREADS,
+    )
+    print(
+        f"\nDPO step, {PAIRS} pairs x {PROMPT_TOKENS + COMPLETION_TOKENS} tokens, "
+        f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters, {THREADS} threads, {ROUNDS} rounds:"
+    )
     print(f"  ours  min {our_min:.3f} s  median {our_median:.3f} s")
     print(f"  TRL   min {trl_min:.3f} s  median {trl_median:.3f} s")
     print(f"  ours / TRL: {our_min / trl_min:.2f} (min), {our_median / trl_median:.2f} (median)")

@@ -18,6 +18,7 @@ inside pytest-benchmark's untimed `setup`) and then ours (timed by pytest-benchm
 ratio is ours / peer; nothing here asserts a time. Run with `make bench` or
     pytest benchmarks/test_sampler_and_ppo.py --benchmark-enable -s
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,9 @@ def _policy():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(**SHAPE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-                        pad_token_id=1)
+    config = GPT2Config(
+        **SHAPE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=1
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -67,8 +69,14 @@ def _report(name: str, benchmark, peer_name: str, peer_times: list[float]) -> No
     peer = peer_times[WARMUP:]
     peer_min, peer_median = min(peer), statistics.median(peer)
     our_min, our_median = benchmark.stats.stats.min, benchmark.stats.stats.median
-    benchmark.extra_info.update(peer=peer_name, peer_min_s=peer_min, peer_median_s=peer_median,
-                                ratio_min=our_min / peer_min, ratio_median=our_median / peer_median, threads=THREADS)
+    benchmark.extra_info.update(
+        peer=peer_name,
+        peer_min_s=peer_min,
+        peer_median_s=peer_median,
+        ratio_min=our_min / peer_min,
+        ratio_median=our_median / peer_median,
+        threads=THREADS,
+    )
     print(f"\n{name}, {THREADS} threads, {ROUNDS} rounds:")
     print(f"  ours  min {our_min:.3f} s  median {our_median:.3f} s")
     print(f"  {peer_name:<5} min {peer_min:.3f} s  median {peer_median:.3f} s")
@@ -87,21 +95,35 @@ def test_sampler_vs_generate(benchmark):
     def generate():
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
-                                 top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=NEW_TOKENS,
-                                 min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=1)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                eos_token_id=None,
+                pad_token_id=1,
+            )
         peer_times.append(time.perf_counter() - start)
         lengths["generate"] = out.shape[1] - PROMPT_TOKENS
 
     def ours():
-        out = sample(model, prompts, max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=1, seed=0,
-                     batch_size=PROMPTS)
+        out = sample(
+            model, prompts, max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=1, seed=0, batch_size=PROMPTS
+        )
         lengths["ours"] = max(map(len, out))
 
     benchmark.pedantic(ours, setup=generate, rounds=ROUNDS, warmup_rounds=WARMUP)
     assert lengths == {"generate": NEW_TOKENS, "ours": NEW_TOKENS}  # the same work on both sides
-    _report(f"sampling {PROMPTS} x {NEW_TOKENS} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
-            benchmark, "HF", peer_times)
+    _report(
+        f"sampling {PROMPTS} x {NEW_TOKENS} tokens, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
+        benchmark,
+        "HF",
+        peer_times,
+    )
 
 
 def _reward_model(policy, tok):
@@ -119,15 +141,41 @@ def _rloo_trainer(policy_dir, reward_model, tok, tmp_path):
     generations = 4
     prompts = [{"prompt": text(p)} for p in _prompt_ids(PROMPTS // generations)]
     args = RLOOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=MINIBATCH, gradient_accumulation_steps=1,
-        steps_per_generation=PROMPTS // MINIBATCH, num_generations=generations, num_iterations=EPOCHS,
-        max_steps=EPOCHS * PROMPTS // MINIBATCH, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0,
-        top_k=0, beta=0.05, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        bf16=False, use_cpu=True, gradient_checkpointing=False, disable_dropout=True, report_to=[],
-        save_strategy="no", logging_steps=10_000, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=MINIBATCH,
+        gradient_accumulation_steps=1,
+        steps_per_generation=PROMPTS // MINIBATCH,
+        num_generations=generations,
+        num_iterations=EPOCHS,
+        max_steps=EPOCHS * PROMPTS // MINIBATCH,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.05,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
     )
-    trainer = RLOOTrainer(model=str(policy_dir), reward_funcs=reward_model, args=args, processing_class=tok,
-                          reward_processing_classes=tok, train_dataset=Dataset.from_list(prompts))
+    trainer = RLOOTrainer(
+        model=str(policy_dir),
+        reward_funcs=reward_model,
+        args=args,
+        processing_class=tok,
+        reward_processing_classes=tok,
+        train_dataset=Dataset.from_list(prompts),
+    )
     trainer.remove_callback(PrinterCallback)  # its end-of-train summary would flood the report
     return trainer
 
@@ -136,6 +184,7 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
     from pathlib import Path
 
     from bench.algorithms.ppo import PPOGT, Config
+
     from bench.contracts import Context, Generation
     from bench.reward import score
     from bench.train import TrainConfig
@@ -159,16 +208,32 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
         peer_times.append(time.perf_counter() - start)
 
     def ppo_iteration():
-        ctx = Context(task=None, policy=copy.deepcopy(base).requires_grad_(True), tokenizer=tok, reference=base, train=train, seed=0,
-                      log=rows.append, checkpoint_dir=Path(tmp_path / "ours"), cache_dir=tmp_path,
-                      sft_examples=[], preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
-                      test_preferences=[], generation=Generation(max_new_tokens=NEW_TOKENS),
-                      reward=lambda p, c: score(reward_model, tok, p, c, max_length=128))
+        ctx = Context(
+            task=None,
+            policy=copy.deepcopy(base).requires_grad_(True),
+            tokenizer=tok,
+            reference=base,
+            train=train,
+            seed=0,
+            log=rows.append,
+            checkpoint_dir=Path(tmp_path / "ours"),
+            cache_dir=tmp_path,
+            sft_examples=[],
+            preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
+            test_preferences=[],
+            generation=Generation(max_new_tokens=NEW_TOKENS),
+            reward=lambda p, c: score(reward_model, tok, p, c, max_length=128),
+        )
         PPOGT(config).fit(ctx)
 
     base.requires_grad_(False)
     benchmark.pedantic(ppo_iteration, setup=rloo_iteration, rounds=ROUNDS, warmup_rounds=WARMUP)
     assert rows[-1]["sampled_tokens"] > PROMPTS * NEW_TOKENS * 0.9  # nearly all rows ran to the length limit
     steps = trainer.state.global_step
-    _report(f"one online-RL iteration: {PROMPTS} completions x {NEW_TOKENS} tokens, {EPOCHS} epochs of minibatch "
-            f"{MINIBATCH} (TRL steps per iteration: {steps})", benchmark, "TRL", peer_times)
+    _report(
+        f"one online-RL iteration: {PROMPTS} completions x {NEW_TOKENS} tokens, {EPOCHS} epochs of minibatch "
+        f"{MINIBATCH} (TRL steps per iteration: {steps})",
+        benchmark,
+        "TRL",
+        peer_times,
+    )

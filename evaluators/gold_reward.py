@@ -1,4 +1,5 @@
 """Gold reward: the task's ground-truth scorer (e.g. P(positive) for sentiment) on the policy's samples."""
+
 from __future__ import annotations
 
 from bench.contracts import Evaluation

@@ -24,6 +24,7 @@ Answers are cached in SQLite under the cache directory, keyed by (model, samplin
 full prompt): a rerun costs no calls. The API key is read from the environment variable named
 by `api_key_env` and never written anywhere.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,13 @@ from bench.contracts import Evaluation
 from bench.errors import UserError
 from bench.stats import by_prompt
 
-BUILTIN_TEMPLATES = ("summarization", "summarization-concise", "summarization-news", "dialogue",
-                     "continuation-positive")
+BUILTIN_TEMPLATES = (
+    "summarization",
+    "summarization-concise",
+    "summarization-news",
+    "dialogue",
+    "continuation-positive",
+)
 DEFAULT_TEMPLATE = "continuation-positive"
 """For tasks without a judge prompt (e.g. sentiment): which continuation is more positive."""
 OPENAI_URL = "https://api.openai.com/v1"
@@ -106,6 +112,7 @@ class Config:
 
 # ---------------------------------------------------------------- prompt templates and verdicts
 
+
 @dataclass(frozen=True)
 class Template:
     """A judge prompt with {prompt}, {a} and {b} placeholders; its last line gives the verdict format."""
@@ -130,20 +137,26 @@ def load_template(spec: str) -> Template:
         return Template(spec, (resources.files("bench") / "judge_prompts" / f"{spec}.txt").read_text(encoding="utf-8"))
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UserError(f"judge.template={spec}: no such file and not a built-in template ({', '.join(BUILTIN_TEMPLATES)})")
+        raise UserError(
+            f"judge.template={spec}: no such file and not a built-in template ({', '.join(BUILTIN_TEMPLATES)})"
+        )
     text = path.read_text(encoding="utf-8")
     missing = [p for p in ("{prompt}", "{a}", "{b}") if p not in text]
     if missing:
-        raise UserError(f"judge.template={spec}: the template lacks {', '.join(missing)}; "
-                        "use {prompt}, {a} and {b} (see bench/judge_prompts/README.md)")
+        raise UserError(
+            f"judge.template={spec}: the template lacks {', '.join(missing)}; "
+            "use {prompt}, {a} and {b} (see bench/judge_prompts/README.md)"
+        )
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or ":" not in lines[-1] or not lines[-1].split(":", 1)[0].strip():
-        raise UserError(f"judge.template={spec}: the last line must show the verdict format, e.g. Preferred: <\"A\" or \"B\">")
+        raise UserError(
+            f'judge.template={spec}: the last line must show the verdict format, e.g. Preferred: <"A" or "B">'
+        )
     return Template(str(path), text)
 
 
 def parse_verdict(answer: str, key: str) -> str | None:
-    """"A" or "B" from the answer's `KEY: X` line; None unless exactly one letter is given that way.
+    """ "A" or "B" from the answer's `KEY: X` line; None unless exactly one letter is given that way.
 
     Strict on purpose: a verdict line must hold nothing but the letter (quotes, a final period
     and Markdown emphasis aside), so "Preferred: Summary A" or "Preferred: A or B" is invalid.
@@ -163,6 +176,7 @@ def parse_verdict(answer: str, key: str) -> str | None:
 
 # ---------------------------------------------------------------- the verdict cache
 
+
 class VerdictCache:
     """Judge answers on disk. SQLite rather than a JSONL file: several runs may share one cache at once."""
 
@@ -171,8 +185,10 @@ class VerdictCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(path), timeout=60)
-            self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, answer TEXT, "
-                            "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, answer TEXT, "
+                "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
+            )
             self.db.commit()
 
     @staticmethod
@@ -187,8 +203,10 @@ class VerdictCache:
 
     def put(self, key: str, model: str, answer: str, prompt_tokens: int, completion_tokens: int) -> None:
         if self.db is not None:
-            self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
-                            (key, model, answer, prompt_tokens, completion_tokens, time.time()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
+                (key, model, answer, prompt_tokens, completion_tokens, time.time()),
+            )
             self.db.commit()
 
     def close(self) -> None:
@@ -197,6 +215,7 @@ class VerdictCache:
 
 
 # ---------------------------------------------------------------- the API client
+
 
 @dataclass
 class Outcome:
@@ -228,13 +247,16 @@ class ChatJudge:
         env = config.api_key_env
         key = os.environ.get(env, "") if env else ""
         if not key and self.base_url == OPENAI_URL:
-            raise UserError(f"judge.model={config.model} needs an API key: export {env or 'OPENAI_API_KEY'}=<key> "
-                            "(or set judge.base_url to a local OpenAI-compatible server)")
+            raise UserError(
+                f"judge.model={config.model} needs an API key: export {env or 'OPENAI_API_KEY'}=<key> "
+                "(or set judge.base_url to a local OpenAI-compatible server)"
+            )
         # Local servers (llama.cpp, vLLM) usually need no key, but the client insists on one.
         # The client's own retries are off: ours count against the call cap and use our backoff.
         self._key = key
-        self.client = openai.OpenAI(api_key=key or "no-key", base_url=self.base_url,
-                                    timeout=config.timeout_s, max_retries=0)
+        self.client = openai.OpenAI(
+            api_key=key or "no-key", base_url=self.base_url, timeout=config.timeout_s, max_retries=0
+        )
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.reached = False  # any HTTP answer at all: the server exists, later failures are not "unreachable"
@@ -307,8 +329,9 @@ class ChatJudge:
         with self.lock:
             if self.stop.is_set():
                 return False
-            if (cfg.max_calls and s["calls"] >= cfg.max_calls) or \
-               (cfg.max_total_tokens and s["prompt_tokens"] + s["completion_tokens"] >= cfg.max_total_tokens):
+            if (cfg.max_calls and s["calls"] >= cfg.max_calls) or (
+                cfg.max_total_tokens and s["prompt_tokens"] + s["completion_tokens"] >= cfg.max_total_tokens
+            ):
                 return False
             s["calls"] += 1
             return True
@@ -323,13 +346,18 @@ class ChatJudge:
                 return "not_judged"
             try:
                 response = self.client.chat.completions.create(
-                    model=cfg.model, messages=[{"role": "user", "content": prompt}],
-                    temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+                    model=cfg.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    temperature=cfg.temperature,
+                    max_tokens=cfg.max_tokens,
+                )
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise UserError(self._refused(exc)) from None
             except openai.NotFoundError as exc:
-                raise UserError(f"judge: {public_url(self.base_url)} has no model {cfg.model!r} ({self._message(exc)}); "
-                                "set judge.model to a model the server serves") from None
+                raise UserError(
+                    f"judge: {public_url(self.base_url)} has no model {cfg.model!r} ({self._message(exc)}); "
+                    "set judge.model to a model the server serves"
+                ) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
                 last = exc
                 if not isinstance(exc, openai.APIConnectionError) or isinstance(exc, openai.APITimeoutError):
@@ -354,13 +382,17 @@ class ChatJudge:
             return (content or "", tokens)
         if last is None:
             return "not_judged"
-        if isinstance(last, openai.APIConnectionError) and not isinstance(last, openai.APITimeoutError) and not self.reached:
+        if (
+            isinstance(last, openai.APIConnectionError)
+            and not isinstance(last, openai.APITimeoutError)
+            and not self.reached
+        ):
             raise UserError(self._unreachable(last))
         self._note_error(last)
         return "failed"
 
     def _backoff(self, attempt: int, exc) -> float:
-        delay = self.config.backoff_s * 2 ** attempt
+        delay = self.config.backoff_s * 2**attempt
         response = getattr(exc, "response", None)
         try:
             retry_after = float(response.headers.get("retry-after")) if response is not None else None
@@ -376,13 +408,17 @@ class ChatJudge:
                 self.first_error = f"{type(exc).__name__}: {self._message(exc)}"[:300]
 
     def _unreachable(self, exc) -> str:
-        return (f"judge: cannot reach the judge API at {public_url(self.base_url)} ({self._message(exc)}); "
-                "start the server or set judge.base_url=URL (or OPENAI_BASE_URL)")
+        return (
+            f"judge: cannot reach the judge API at {public_url(self.base_url)} ({self._message(exc)}); "
+            "start the server or set judge.base_url=URL (or OPENAI_BASE_URL)"
+        )
 
     def _refused(self, exc) -> str:
         env = self.config.api_key_env or "OPENAI_API_KEY"
-        return (f"judge: {public_url(self.base_url)} refused the API key from ${env} ({self._message(exc)}); "
-                f"export {env}=<a valid key> or set judge.api_key_env to the variable that holds it")
+        return (
+            f"judge: {public_url(self.base_url)} refused the API key from ${env} ({self._message(exc)}); "
+            f"export {env}=<a valid key> or set judge.api_key_env to the variable that holds it"
+        )
 
     def _message(self, exc) -> str:
         """The error in one short line, with the key blanked should a server echo it back."""
@@ -397,6 +433,7 @@ class ChatJudge:
 
 # ---------------------------------------------------------------- statistics
 
+
 def bootstrap_ci(values: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` (one value per prompt)."""
     if not values or resamples <= 0:
@@ -405,8 +442,12 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int, level: float = 
 
     rng = np.random.default_rng([seed, 0x6A756467])  # a stream of its own, fixed by the run's seed
     x = np.asarray(values, dtype=float)
-    means = np.concatenate([x[rng.integers(0, len(x), size=(min(500, resamples - done), len(x)))].mean(axis=1)
-                            for done in range(0, resamples, 500)])
+    means = np.concatenate(
+        [
+            x[rng.integers(0, len(x), size=(min(500, resamples - done), len(x)))].mean(axis=1)
+            for done in range(0, resamples, 500)
+        ]
+    )
     low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(low), float(high)
 
@@ -417,6 +458,7 @@ def _rate(values, index) -> dict:
 
 
 # ---------------------------------------------------------------- the evaluator
+
 
 @dataclass
 class _Pair:
@@ -436,7 +478,9 @@ class _Pair:
 
 class Judge:
     name = "judge"
-    description = "LLM-as-judge win rate vs a baseline (reference, another run, or SFT samples); opt-in: --set judge.model=..."
+    description = (
+        "LLM-as-judge win rate vs a baseline (reference, another run, or SFT samples); opt-in: --set judge.model=..."
+    )
     higher_is_better = True
     at_checkpoints = False  # paid calls: the final policy only
     Config = Config
@@ -463,8 +507,10 @@ class Judge:
         pairs, baseline_kind = self._pairs(samples, ctx)
         if ctx.reward is not None:
             prompts = [p.prompt for p in pairs]
-            gold = [float(r) for r in ctx.reward(prompts + prompts, [p.policy for p in pairs] + [p.baseline for p in pairs])]
-            oracle_win = [_win_of(g, h) for g, h in zip(gold[:len(pairs)], gold[len(pairs):])]
+            gold = [
+                float(r) for r in ctx.reward(prompts + prompts, [p.policy for p in pairs] + [p.baseline for p in pairs])
+            ]
+            oracle_win = [_win_of(g, h) for g, h in zip(gold[: len(pairs)], gold[len(pairs) :])]
         else:
             oracle_win = None
 
@@ -518,8 +564,11 @@ class Judge:
         cfg = self.config
         task = getattr(ctx, "eval_task", None) or ctx.task
         template = load_template(cfg.template or getattr(task, "judge_prompt", None) or DEFAULT_TEMPLATE)
-        record = {**record, "template": template.name,
-                  "template_sha256": hashlib.sha256(template.text.encode()).hexdigest()[:16]}
+        record = {
+            **record,
+            "template": template.name,
+            "template_sha256": hashlib.sha256(template.text.encode()).hexdigest()[:16],
+        }
         # The order of each comparison depends only on (seed, prompt, slot): reproducible, and the
         # same whatever else is judged, in whatever order the requests happen to finish.
         requests = []  # (pair number, policy shown first)
@@ -530,8 +579,12 @@ class Judge:
                 requests += [(k, True), (k, False)]
             else:
                 requests.append((k, random.Random(f"judge-order:{ctx.seed}:{p.prompt_index}:{p.slot}").random() < 0.5))
-        texts = [template.render(pairs[k].query, *((pairs[k].policy, pairs[k].baseline) if pf else
-                                                     (pairs[k].baseline, pairs[k].policy))) for k, pf in requests]
+        texts = [
+            template.render(
+                pairs[k].query, *((pairs[k].policy, pairs[k].baseline) if pf else (pairs[k].baseline, pairs[k].policy))
+            )
+            for k, pf in requests
+        ]
         cache = VerdictCache(Path(ctx.cache_dir) / "judge" / "verdicts.sqlite")
         try:
             client = ChatJudge(cfg, cache)
@@ -551,7 +604,9 @@ class Judge:
             results = by_pair[k]
             if not cfg.both_orders:
                 first[p.sample] = float(results[0][0])  # recorded whether or not the verdict is usable
-            status = next((s for s in ("not_judged", "failed", "invalid") if any(o.status == s for _, o in results)), "ok")
+            status = next(
+                (s for s in ("not_judged", "failed", "invalid") if any(o.status == s for _, o in results)), "ok"
+            )
             if status != "ok":
                 counts[status] += 1
                 continue
@@ -565,7 +620,9 @@ class Judge:
                 agree += [(float(won == (oracle_win[k] == 1.0)), p.prompt_index) for won in policy_won]
 
         s = client.stats
-        cost = (s["prompt_tokens"] * cfg.price_prompt_per_1k + s["completion_tokens"] * cfg.price_completion_per_1k) / 1000
+        cost = (
+            s["prompt_tokens"] * cfg.price_prompt_per_1k + s["completion_tokens"] * cfg.price_completion_per_1k
+        ) / 1000
         record = {**record, **s, "cost_usd_estimate": cost, "base_url": public_url(client.base_url)}
         if client.first_error:
             record["first_error"] = client.first_error
@@ -600,27 +657,39 @@ class Judge:
                 elif getattr(ctx, "reference", None) is not None and getattr(ctx, "tokenizer", None) is not None:
                     kind = "sft"
                 else:
-                    raise UserError("judge: no baseline to compare with: the evaluation prompts have no \"reference\" "
-                                    "and there is no starting policy; set judge.baseline_run=DIR of a complete run")
+                    raise UserError(
+                        'judge: no baseline to compare with: the evaluation prompts have no "reference" '
+                        "and there is no starting policy; set judge.baseline_run=DIR of a complete run"
+                    )
 
         if kind == "reference":
             rows = rows if rows is not None else _eval_rows(ctx, samples)
             if rows is None:
-                raise UserError("judge.baseline=reference: this task's evaluation prompts are not available to the judge")
-            missing = sorted({samples[i].prompt_index for i, _ in chosen if not rows[samples[i].prompt_index].get("reference")})
+                raise UserError(
+                    "judge.baseline=reference: this task's evaluation prompts are not available to the judge"
+                )
+            missing = sorted(
+                {samples[i].prompt_index for i, _ in chosen if not rows[samples[i].prompt_index].get("reference")}
+            )
             if missing:
-                raise UserError(f"judge.baseline=reference: evaluation prompt {missing[0]} has no \"reference\" completion "
-                                f"({len(missing)} without); add them or use judge.baseline=run or sft")
+                raise UserError(
+                    f'judge.baseline=reference: evaluation prompt {missing[0]} has no "reference" completion '
+                    f"({len(missing)} without); add them or use judge.baseline=run or sft"
+                )
             base = [rows[samples[i].prompt_index]["reference"] for i, _ in chosen]
         elif kind == "run":
             base = _run_baseline(cfg.baseline_run, samples, chosen)
         else:
             base = _sft_baseline(ctx, samples, chosen)
         rows = rows if rows is not None else _eval_rows(ctx, samples)
-        queries = [(rows[samples[i].prompt_index].get("query") if rows is not None else None) or samples[i].prompt
-                   for i, _ in chosen]
-        pairs = [_Pair(i, samples[i].prompt_index, slot, samples[i].prompt, samples[i].completion, b, q)
-                 for (i, slot), b, q in zip(chosen, base, queries)]
+        queries = [
+            (rows[samples[i].prompt_index].get("query") if rows is not None else None) or samples[i].prompt
+            for i, _ in chosen
+        ]
+        pairs = [
+            _Pair(i, samples[i].prompt_index, slot, samples[i].prompt, samples[i].completion, b, q)
+            for (i, slot), b, q in zip(chosen, base, queries)
+        ]
         return pairs, (f"run:{Path(cfg.baseline_run).name}" if kind == "run" else kind)
 
 
@@ -638,8 +707,10 @@ def _eval_rows(ctx, samples) -> list[dict] | None:
         return None
     for s in samples:
         if s.prompt_index >= len(rows) or rows[s.prompt_index]["prompt"] != s.prompt:
-            raise UserError(f"judge: evaluation prompt {s.prompt_index} does not match the sampled prompt; "
-                            "the task's prompts differ from the ones evaluated (a data.eval_prompts file?)")
+            raise UserError(
+                f"judge: evaluation prompt {s.prompt_index} does not match the sampled prompt; "
+                "the task's prompts differ from the ones evaluated (a data.eval_prompts file?)"
+            )
     return rows
 
 
@@ -662,8 +733,10 @@ def _run_baseline(run_dir: str, samples, chosen) -> list[str]:
         s = samples[i]
         group = groups.get(s.prompt_index)
         if not group or group[0]["prompt"] != s.prompt:
-            raise UserError(f"judge.baseline_run={run_dir}: its prompt {s.prompt_index} differs from this run's; "
-                            "compare runs on the same evaluation prompts")
+            raise UserError(
+                f"judge.baseline_run={run_dir}: its prompt {s.prompt_index} differs from this run's; "
+                "compare runs on the same evaluation prompts"
+            )
         out.append(group[slot % len(group)]["completion"])
     return out
 
@@ -680,5 +753,7 @@ def _sft_baseline(ctx, samples, chosen) -> list[str]:
     per_prompt = 1 + max(slot for _, slot in chosen)
     gen = replace(ctx.generation or Generation(), samples_per_prompt=per_prompt)
     prompt_text = {samples[i].prompt_index: samples[i].prompt for i, _ in chosen}
-    drawn = ModelPolicy(ctx.reference, ctx.tokenizer).sample([prompt_text[p] for p in order], gen, seed=ctx.seed + 2_000_003)
+    drawn = ModelPolicy(ctx.reference, ctx.tokenizer).sample(
+        [prompt_text[p] for p in order], gen, seed=ctx.seed + 2_000_003
+    )
     return [drawn[where[samples[i].prompt_index] * per_prompt + slot].completion for i, slot in chosen]

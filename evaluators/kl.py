@@ -5,6 +5,7 @@ Two estimators of the same quantity, each with a standard error over prompts:
 `kl_mc` sums the sampled tokens' log-ratios (the plain Monte-Carlo estimate). A policy that is
 not a model (best-of-N) reports its analytic bound instead, marked as such.
 """
+
 from __future__ import annotations
 
 from bench.contracts import Evaluation
@@ -24,11 +25,23 @@ class KL:
 
         if not hasattr(ctx.trained, "model"):
             bound = float(ctx.trained.kl_bound())
-            return Evaluation(aggregates={"kl": {"mean": bound, "se": 0.0, "n": len({s.prompt_index for s in samples}),
-                                                 "estimator": "analytic bound"}})
+            return Evaluation(
+                aggregates={
+                    "kl": {
+                        "mean": bound,
+                        "se": 0.0,
+                        "n": len({s.prompt_index for s in samples}),
+                        "estimator": "analytic bound",
+                    }
+                }
+            )
         exact, mc = sequence_kl(
-            ctx.trained.model, ctx.reference, [s.prompt_ids for s in samples], [s.completion_ids for s in samples],
-            pad_id=ctx.tokenizer.pad_token_id, batch_size=ctx.generation.batch_size,
+            ctx.trained.model,
+            ctx.reference,
+            [s.prompt_ids for s in samples],
+            [s.completion_ids for s in samples],
+            pad_id=ctx.tokenizer.pad_token_id,
+            batch_size=ctx.generation.batch_size,
             temperature=ctx.generation.temperature or 1.0,
         )
         index = [s.prompt_index for s in samples]

@@ -1,4 +1,5 @@
 """Completion length in tokens: DPO and judges are both known to drift toward longer answers."""
+
 from __future__ import annotations
 
 from bench.contracts import Evaluation
@@ -12,5 +13,6 @@ class Length:
 
     def evaluate(self, samples, ctx) -> Evaluation:
         lengths = [float(len(s.completion_ids)) for s in samples]
-        return Evaluation(per_sample={"length": lengths},
-                          aggregates={"length": by_prompt(lengths, [s.prompt_index for s in samples])})
+        return Evaluation(
+            per_sample={"length": lengths}, aggregates={"length": by_prompt(lengths, [s.prompt_index for s in samples])}
+        )

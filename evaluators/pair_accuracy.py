@@ -4,6 +4,7 @@ The share of pairs where log pi(chosen) - log pi_ref(chosen) exceeds the same fo
 i.e. where the policy's implicit reward (up to beta) ranks the pair as the labels do; ties count
 one half. Reference log-probs are computed once per (reference, pairs) and cached.
 """
+
 from __future__ import annotations
 
 from bench.contracts import Evaluation

@@ -11,22 +11,26 @@ Articles are longer than Reddit posts (about 4,000 characters on average); each 
 word boundary to `max_article_chars` so the prompt stays near the lengths the policy was
 trained on.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import hub
-from bench.checks import non_negative
-from bench.errors import UserError
 from bench.tasks.common import model_key, text_field
 from bench.tasks.tldr import MARKER, TLDR, judge_query
 
+from bench import hub
+from bench.checks import non_negative
+from bench.errors import UserError
+
 TASK = "cnn-dm"
 COLUMNS = ("article", "highlights")
-EVAL_ONLY = ("cnn-dm is evaluation-only: train on tldr and evaluate here with "
-             "bench run --algo dpo --task tldr --eval-task cnn-dm")
+EVAL_ONLY = (
+    "cnn-dm is evaluation-only: train on tldr and evaluate here with "
+    "bench run --algo dpo --task tldr --eval-task cnn-dm"
+)
 
 
 @dataclass
@@ -54,7 +58,7 @@ def article_prompt(article: str, max_chars: int) -> str:
     """The article (whitespace collapsed, cut to `max_chars` at a word boundary) followed by "\\nTL;DR:"."""
     text = " ".join(article.split())
     if max_chars and len(text) > max_chars:
-        cut = text[:max_chars + 1]
+        cut = text[: max_chars + 1]
         space = cut.rfind(" ")
         text = (cut[:space] if space > 0 else text[:max_chars]).rstrip()
     return f"{text}\n{MARKER}"
@@ -69,8 +73,10 @@ class CNNDM:
     """Summarise CNN/DailyMail articles with a TL;DR-trained policy; judged against the highlights."""
 
     name = TASK
-    description = ("evaluation only: summarize CNN/DailyMail news with a TL;DR-trained policy, judge win rate vs "
-                   "the highlights (DPO paper, out of distribution; --task tldr --eval-task cnn-dm)")
+    description = (
+        "evaluation only: summarize CNN/DailyMail news with a TL;DR-trained policy, judge win rate vs "
+        "the highlights (DPO paper, out of distribution; --task tldr --eval-task cnn-dm)"
+    )
     Config = Config
     eval_only = True
     train_task = "tldr"
@@ -95,8 +101,9 @@ class CNNDM:
         if self._prompts is not None:
             return
         cfg = self.config
-        rows = hub.load_rows(cfg.dataset, cfg.split, task=TASK, key="eval_task.dataset", config_name=cfg.subset,
-                             max_rows=cfg.max_prompts)
+        rows = hub.load_rows(
+            cfg.dataset, cfg.split, task=TASK, key="eval_task.dataset", config_name=cfg.subset, max_rows=cfg.max_prompts
+        )
         prompts = []
         for i, row in enumerate(rows):
             where = f"task {TASK}: {cfg.dataset} (eval_task.dataset) split {cfg.split!r} row {i} (0-based)"
@@ -104,8 +111,14 @@ class CNNDM:
                 raise UserError(f"{where}: not a row of columns {', '.join(COLUMNS)}")
             article, highlights = (text_field(row, c, where, COLUMNS) for c in COLUMNS)
             prompt = article_prompt(article, cfg.max_article_chars)
-            prompts.append({"prompt": prompt, "reference": highlights_text(highlights), "query": judge_query(prompt),
-                            "id": str(row.get("id", i))})
+            prompts.append(
+                {
+                    "prompt": prompt,
+                    "reference": highlights_text(highlights),
+                    "query": judge_query(prompt),
+                    "id": str(row.get("id", i)),
+                }
+            )
         self._prompts = prompts
 
     def eval_prompts(self) -> list[dict]:

@@ -6,6 +6,7 @@ longer than the task allows are dropped (`keep_fitting`). Tasks whose build() fi
 `self._data` with "sft", "train", "test" and "eval" rows get the contract's data methods from
 `PreferenceRows`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,15 @@ CHUNK = 256
 """Prompts tokenized at a time when checking their length."""
 
 
-def load_usable(name: str, split: str, limit: int, normalise: Callable[[list[dict]], tuple[list[dict], dict]], *,
-                task: str, key: str) -> tuple[list[dict], dict]:
+def load_usable(
+    name: str,
+    split: str,
+    limit: int,
+    normalise: Callable[[list[dict]], tuple[list[dict], dict]],
+    *,
+    task: str,
+    key: str,
+) -> tuple[list[dict], dict]:
     """normalise(rows) -> (usable rows, counts) of the first `limit` rows of a split (0: all), reading the
     whole split when rows were skipped so that `limit` usable ones are kept where the split has them."""
     rows = hub.load_rows(name, split, task=task, key=key, max_rows=limit)
@@ -40,7 +48,9 @@ def model_key(task: str, model: str) -> str:
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
     for f in files:
         stat = f.stat()
-        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+        )
     if (path / "config.json").is_file():
         digest.update((path / "config.json").read_bytes())
     return f"{task}/{model}@{digest.hexdigest()[:12]}"
@@ -49,13 +59,17 @@ def model_key(task: str, model: str) -> str:
 def text_field(row: dict, column: str, where: str, columns: tuple[str, ...]) -> str:
     """row[column] as a non-empty string, or a UserError naming the dataset, split and row."""
     if column not in row:
-        raise UserError(f"{where}: column '{column}' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
-                        f"this dataset needs columns {', '.join(columns)}")
+        raise UserError(
+            f"{where}: column '{column}' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
+            f"this dataset needs columns {', '.join(columns)}"
+        )
     value = row[column]
     if value is None:  # a table stores a value absent from some rows as null
         raise UserError(f"{where}: '{column}' is missing (null); fix the row or drop it from the dataset")
     if not isinstance(value, str):
-        raise UserError(f"{where}: '{column}' is not text ({type(value).__name__}); fix the row or drop it from the dataset")
+        raise UserError(
+            f"{where}: '{column}' is not text ({type(value).__name__}); fix the row or drop it from the dataset"
+        )
     if not value.strip():
         raise UserError(f"{where}: '{column}' is empty; fix the row or drop it from the dataset")
     return value
@@ -95,7 +109,7 @@ def keep_fitting(rows: list[dict], tokenizer, max_tokens: int, limit: int = 0) -
     kept, dropped, position = [], 0, 0
     while position < len(rows) and not (limit and len(kept) == limit):
         size = min(CHUNK, limit - len(kept)) if limit else CHUNK
-        chunk = rows[position:position + size]
+        chunk = rows[position : position + size]
         position += size
         ids = tokenizer([r["prompt"] for r in chunk], add_special_tokens=False)["input_ids"]
         for row, row_ids in zip(chunk, ids):
@@ -117,5 +131,7 @@ def check_context(tokenizer, max_prompt_tokens: int) -> None:
     """UserError if max_prompt_tokens leaves the model's context no room for a response."""
     context = getattr(tokenizer, "model_max_length", 0) or 0
     if context < 1e9 and max_prompt_tokens >= context:
-        raise UserError(f"--set task.max_prompt_tokens={max_prompt_tokens}: the model's context is {context} tokens; "
-                        "leave room for the response")
+        raise UserError(
+            f"--set task.max_prompt_tokens={max_prompt_tokens}: the model's context is {context} tokens; "
+            "leave room for the response"
+        )

@@ -18,6 +18,7 @@ under `<cache_dir>/hh/<hash of base model, demonstrations and settings>/policy`;
 starts from the base model as it is. Evaluation: the first `max_prompts` single-turn test
 prompts, judged against their chosen response with the paper's "dialogue" judge prompt.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,19 +29,33 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tasks.common import (
+    PreferenceRows,
+    check_context,
+    check_settings,
+    keep_fitting,
+    load_usable,
+    model_key,
+    text_field,
+)
+
 from bench import hub
 from bench.artifacts import build_once, content_key
 from bench.checks import at_least, non_negative, one_of, positive
 from bench.contracts import Generation
 from bench.errors import UserError
-from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, load_usable, model_key, text_field
 
 TASK = "hh"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 COLUMNS = ("chosen", "rejected")
 REFERENCES = ("preferred-ft", "base")
-SKIPS = {"multi_turn": "not single-turn", "prompt_mismatch": "prompts differ", "empty_response": "empty response",
-         "identical_pairs": "chosen == rejected", "long_prompts": "prompt over {tokens} tokens"}
+SKIPS = {
+    "multi_turn": "not single-turn",
+    "prompt_mismatch": "prompts differ",
+    "empty_response": "empty response",
+    "identical_pairs": "chosen == rejected",
+    "long_prompts": "prompt over {tokens} tokens",
+}
 """Why a pair is skipped (the keys of HH.stats) and how the build summary names it."""
 BUILD_VERSION = 1
 """Bump when a change to the preferred-FT build changes what it produces: old caches are then ignored."""
@@ -124,8 +139,10 @@ class HH(PreferenceRows):
     """Single-turn dialogue (Anthropic HH); Pythia-2.8B fine-tuned on the chosen responses; judge win rate vs chosen."""
 
     name = TASK
-    description = ("single-turn dialogue (Anthropic HH): Pythia-2.8B preferred-FT policy, judge win rate vs the chosen "
-                   "responses (DPO paper, exp. 3)")
+    description = (
+        "single-turn dialogue (Anthropic HH): Pythia-2.8B preferred-FT policy, judge win rate vs the chosen "
+        "responses (DPO paper, exp. 3)"
+    )
     Config = Config
     generation = Generation(max_new_tokens=128, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=16)
     judge_prompt = "dialogue"
@@ -155,25 +172,37 @@ class HH(PreferenceRows):
         self.stats = Counter()
         train = self._load("train", cfg.max_train_pairs)
         # One pass over the test split serves both the held-out pairs and the evaluation prompts.
-        test = self._load("test", 0 if not cfg.max_test_pairs or not cfg.max_prompts else max(cfg.max_test_pairs, cfg.max_prompts))
+        test = self._load(
+            "test", 0 if not cfg.max_test_pairs or not cfg.max_prompts else max(cfg.max_test_pairs, cfg.max_prompts)
+        )
         self._data = {
             "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in train],
             "train": train,
-            "test": test[:cfg.max_test_pairs or None],
-            "eval": [{"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": user_query(p["prompt"])}
-                     for p in test[:cfg.max_prompts or None]],
+            "test": test[: cfg.max_test_pairs or None],
+            "eval": [
+                {"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": user_query(p["prompt"])}
+                for p in test[: cfg.max_prompts or None]
+            ],
         }
         s = self.stats
-        print(f"hh: {len(train)} train pairs (of {s['rows_train']} rows read), {len(self._data['test'])} test pairs and "
-              f"{len(self._data['eval'])} evaluation prompts (of {s['rows_test']} rows read); pairs skipped: "
-              + ", ".join(f"{s[k]} {what.format(tokens=cfg.max_prompt_tokens)}" for k, what in SKIPS.items()),
-              file=sys.stderr)
+        print(
+            f"hh: {len(train)} train pairs (of {s['rows_train']} rows read), {len(self._data['test'])} test pairs and "
+            f"{len(self._data['eval'])} evaluation prompts (of {s['rows_test']} rows read); pairs skipped: "
+            + ", ".join(f"{s[k]} {what.format(tokens=cfg.max_prompt_tokens)}" for k, what in SKIPS.items()),
+            file=sys.stderr,
+        )
         return self._data
 
     def _load(self, split: str, limit: int) -> list[dict]:
         """The first `limit` usable single-turn pairs of a split (0: all), reading past skipped rows as needed."""
-        kept, counts = load_usable(self.config.dataset, split, limit, lambda rows: self._normalise(rows, split, limit),
-                                   task=TASK, key="task.dataset")
+        kept, counts = load_usable(
+            self.config.dataset,
+            split,
+            limit,
+            lambda rows: self._normalise(rows, split, limit),
+            task=TASK,
+            key="task.dataset",
+        )
         self.stats.update(counts)
         return kept
 
@@ -202,9 +231,16 @@ class HH(PreferenceRows):
 
     def _sft_settings(self) -> dict:
         cfg = self.config
-        return {"lr": cfg.sft_lr, "batch_size": cfg.sft_batch_size, "max_steps": cfg.sft_steps, "epochs": 1.0,
-                "warmup_steps": cfg.sft_warmup_steps, "optimizer": SFT_OPTIMIZER, "max_grad_norm": SFT_MAX_GRAD_NORM,
-                "max_length": SFT_MAX_LENGTH}
+        return {
+            "lr": cfg.sft_lr,
+            "batch_size": cfg.sft_batch_size,
+            "max_steps": cfg.sft_steps,
+            "epochs": 1.0,
+            "warmup_steps": cfg.sft_warmup_steps,
+            "optimizer": SFT_OPTIMIZER,
+            "max_grad_norm": SFT_MAX_GRAD_NORM,
+            "max_length": SFT_MAX_LENGTH,
+        }
 
     @property
     def artifact_dir(self) -> Path:
@@ -212,8 +248,13 @@ class HH(PreferenceRows):
         if self._artifact_dir is not None:
             return self._artifact_dir
         demonstrations = hashlib.sha256(json.dumps(self._load_data()["sft"], sort_keys=True).encode()).hexdigest()
-        identity = {"model": model_key(TASK, self.config.model), "demonstrations": demonstrations,
-                    "settings": self._sft_settings(), "seed": SFT_SEED, "build_version": BUILD_VERSION}
+        identity = {
+            "model": model_key(TASK, self.config.model),
+            "demonstrations": demonstrations,
+            "settings": self._sft_settings(),
+            "seed": SFT_SEED,
+            "build_version": BUILD_VERSION,
+        }
         self._artifact_dir = self.cache_dir / TASK / content_key(identity)
         return self._artifact_dir
 
@@ -225,18 +266,35 @@ class HH(PreferenceRows):
         from bench.train import TrainConfig
 
         t0 = time.time()
-        model, tokenizer = hub.load_causal_lm(self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir,
-                                              dtype=torch.float32)
+        model, tokenizer = hub.load_causal_lm(
+            self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir, dtype=torch.float32
+        )
         log: list[dict] = []
         examples = self._load_data()["sft"]
-        print(f"hh: preferred-FT of {self.config.model} on {len(examples)} chosen responses (cached for later runs)",
-              file=sys.stderr)
-        model = preference.train_on_demonstrations(model, tokenizer, examples, TrainConfig(**self._sft_settings()),
-                                                   seed=SFT_SEED, log=log.append, desc="hh preferred-FT")
+        print(
+            f"hh: preferred-FT of {self.config.model} on {len(examples)} chosen responses (cached for later runs)",
+            file=sys.stderr,
+        )
+        model = preference.train_on_demonstrations(
+            model,
+            tokenizer,
+            examples,
+            TrainConfig(**self._sft_settings()),
+            seed=SFT_SEED,
+            log=log.append,
+            desc="hh preferred-FT",
+        )
         model.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")
-        return {"model": self.config.model, "examples": len(examples), "settings": self._sft_settings(),
-                "seed": SFT_SEED, "build_version": BUILD_VERSION, "seconds": round(time.time() - t0, 1), "train_log": log}
+        return {
+            "model": self.config.model,
+            "examples": len(examples),
+            "settings": self._sft_settings(),
+            "seed": SFT_SEED,
+            "build_version": BUILD_VERSION,
+            "seconds": round(time.time() - t0, 1),
+            "train_log": log,
+        }
 
     @property
     def reference_key(self) -> str:

@@ -18,6 +18,7 @@ perplexity and the gold reward's accuracy are reported. Reviews are cleaned as i
 task; repeated reviews are dropped, and so are test reviews that also appear in train. The build
 runs the stages of tasks/sentiment.py and is cached under `<cache_dir>/imdb/<hash>/`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,13 +26,25 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tasks.common import text_field
+from bench.tasks.sentiment import (
+    BuiltTask,
+    Stages,
+    carve,
+    check_counts,
+    clean_review,
+    encode_texts,
+    load_fast_tokenizer,
+    model_identity,
+    policy_stage,
+    preference_stage,
+    prompt_stage,
+)
+
 from bench import hub
 from bench.artifacts import build_once, content_key
 from bench.checks import require
 from bench.errors import UserError
-from bench.tasks.sentiment import (BuiltTask, Stages, carve, check_counts, clean_review, encode_texts,
-                                   load_fast_tokenizer, model_identity, policy_stage, preference_stage, prompt_stage)
-from bench.tasks.common import text_field
 
 TASK = "imdb"
 BUILD_VERSION = 1
@@ -93,8 +106,13 @@ class Config:
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
         check_counts(self, ("gold_batch_size",), section)
-        require(bool(self.gold_label.strip()), section, "gold_label", self.gold_label,
-                "empty; name the gold classifier's positive label, e.g. POSITIVE")
+        require(
+            bool(self.gold_label.strip()),
+            section,
+            "gold_label",
+            self.gold_label,
+            "empty; name the gold classifier's positive label, e.g. POSITIVE",
+        )
 
 
 class GoldReward:
@@ -104,8 +122,10 @@ class GoldReward:
         self.model, self.tokenizer = hub.load_sequence_classifier(name, task=task, key=key)
         labels = {str(v): int(k) for k, v in self.model.config.id2label.items()}
         if label not in labels:
-            raise UserError(f"task {task}: {name} ({key}) has labels {', '.join(sorted(labels))}, none named {label!r}; "
-                            f"set --set task.gold_label= to the positive one")
+            raise UserError(
+                f"task {task}: {name} ({key}) has labels {', '.join(sorted(labels))}, none named {label!r}; "
+                f"set --set task.gold_label= to the positive one"
+            )
         self.index = labels[label]
         """The position of the label in the classifier's output."""
         if self.tokenizer.pad_token_id is None:
@@ -120,8 +140,13 @@ class GoldReward:
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 logits = self.model(**batch).logits.float()
                 out.extend(torch.softmax(logits, dim=-1)[:, self.index].tolist())
         return out
@@ -129,8 +154,10 @@ class GoldReward:
 
 def _label(row: dict, where: str) -> int:
     if "label" not in row:
-        raise UserError(f"{where}: column 'label' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
-                        f"this dataset needs columns {', '.join(COLUMNS)}")
+        raise UserError(
+            f"{where}: column 'label' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
+            f"this dataset needs columns {', '.join(COLUMNS)}"
+        )
     label = row["label"]
     if type(label) is not int or label not in (0, 1):
         raise UserError(f"{where}: 'label' is {label!r}; it must be 0 (negative) or 1 (positive)")
@@ -157,8 +184,10 @@ def _carve(reviews: list, sizes: dict[str, int | None], split: str, cfg: Config)
     need = sum(1 if size is None else size for size in sizes.values())
     if need > len(reviews):
         wanted = ", ".join(f"{name} {'1 or more' if size is None else size}" for name, size in sizes.items())
-        raise UserError(f"task {TASK}: {cfg.dataset} split {split!r} has {len(reviews)} distinct reviews but the task takes "
-                        f"{need} ({wanted}); lower the task's counts")
+        raise UserError(
+            f"task {TASK}: {cfg.dataset} split {split!r} has {len(reviews)} distinct reviews but the task takes "
+            f"{need} ({wanted}); lower the task's counts"
+        )
     parts = carve(len(reviews), sizes, f"{TASK}-splits-{cfg.seed}-{split}")
     return {name: [reviews[i] for i in idx] for name, idx in parts.items()}
 
@@ -167,18 +196,35 @@ def _build(cfg: Config, out: Path, cache_dir: Path, identity: dict) -> dict:
     """Every stage of the build, writing into `out`; returns the build log."""
     import torch
 
-    build_log: dict = {"config": dataclasses.asdict(cfg), "identity": identity, "torch_threads": torch.get_num_threads()}
+    build_log: dict = {
+        "config": dataclasses.asdict(cfg),
+        "identity": identity,
+        "torch_threads": torch.get_num_threads(),
+    }
     stages = Stages(TASK, build_log, 6)
 
     # 1. Reviews: train -> preference prefixes and fine-tuning reviews; test -> everything evaluated.
     train = load_split(cfg.dataset, "train", set())
     test = load_split(cfg.dataset, "test", {text for text, _ in train})
-    reviews = {**_carve(train, {"preference": cfg.n_preference_prefixes, "lm": cfg.n_lm_reviews or None}, "train", cfg),
-               **_carve(test, {"eval": cfg.n_eval_prompts, "test_preference": cfg.n_test_preference_prefixes,
-                               "lm_valid": cfg.n_lm_valid_reviews}, "test", cfg)}
+    reviews = {
+        **_carve(train, {"preference": cfg.n_preference_prefixes, "lm": cfg.n_lm_reviews or None}, "train", cfg),
+        **_carve(
+            test,
+            {
+                "eval": cfg.n_eval_prompts,
+                "test_preference": cfg.n_test_preference_prefixes,
+                "lm_valid": cfg.n_lm_valid_reviews,
+            },
+            "test",
+            cfg,
+        ),
+    }
     build_log["splits"] = {name: len(rows) for name, rows in reviews.items()}
-    stages.done("data", f"{len(train)} train and {len(test)} test reviews, split into "
-                + ", ".join(f"{k} {len(v)}" for k, v in reviews.items()))
+    stages.done(
+        "data",
+        f"{len(train)} train and {len(test)} test reviews, split into "
+        + ", ".join(f"{k} {len(v)}" for k, v in reviews.items()),
+    )
 
     # 2. The policy's tokenizer.
     policy, key = (cfg.sft_model, "task.sft_model") if cfg.sft_model else (cfg.model, "task.model")
@@ -186,8 +232,11 @@ def _build(cfg: Config, out: Path, cache_dir: Path, identity: dict) -> dict:
     tokenizer.save_pretrained(out / "tokenizer")
     encoded = {name: encode_texts(tokenizer, [text for text, _ in rows]) for name, rows in reviews.items()}
     build_log["tokenizer"] = {"vocab_size": len(tokenizer), "lm_tokens": sum(len(e.ids) for e in encoded["lm"])}
-    stages.done("tokenizer", f"the tokenizer of {policy}, {len(tokenizer)} tokens; the fine-tuning reviews are "
-                f"{build_log['tokenizer']['lm_tokens']} tokens")
+    stages.done(
+        "tokenizer",
+        f"the tokenizer of {policy}, {len(tokenizer)} tokens; the fine-tuning reviews are "
+        f"{build_log['tokenizer']['lm_tokens']} tokens",
+    )
 
     # 3. Prompts: evaluation prompts, SFT demonstrations, preference prefixes.
     eval_rows, preference_prompts, message = prompt_stage(TASK, cfg, tokenizer, encoded, out, pretrained=True)
@@ -198,21 +247,39 @@ def _build(cfg: Config, out: Path, cache_dir: Path, identity: dict) -> dict:
     valid = reviews["lm_valid"]
     scores = gold([text for text, _ in valid])
     accuracy = statistics.fmean(int(s > 0.5) == label for s, (_, label) in zip(scores, valid))
-    build_log["gold_reward"] = {"label": cfg.gold_label, "label_index": gold.index, "accuracy_full_review": accuracy,
-                                "test_reviews": len(valid)}
-    stages.done("gold reward", f"P({cfg.gold_label}) under {cfg.gold_model} (output {gold.index}); accuracy {accuracy:.3f} "
-                f"on {len(valid)} held-out reviews")
+    build_log["gold_reward"] = {
+        "label": cfg.gold_label,
+        "label_index": gold.index,
+        "accuracy_full_review": accuracy,
+        "test_reviews": len(valid),
+    }
+    stages.done(
+        "gold reward",
+        f"P({cfg.gold_label}) under {cfg.gold_model} (output {gold.index}); accuracy {accuracy:.3f} "
+        f"on {len(valid)} held-out reviews",
+    )
 
     # 5. The SFT policy: the model fine-tuned on the train reviews, or the SFT checkpoint as it is.
     model, _ = hub.load_causal_lm(policy, task=TASK, key=key, cache_dir=cache_dir, dtype=torch.float32)
-    model, message = policy_stage(cfg, tokenizer, encoded, out, build_log, task=TASK, model=model,
-                                  name=policy if cfg.sft_model else f"{policy} fine-tuned",
-                                  train=not cfg.sft_model, save=not cfg.sft_model)
+    model, message = policy_stage(
+        cfg,
+        tokenizer,
+        encoded,
+        out,
+        build_log,
+        task=TASK,
+        model=model,
+        name=policy if cfg.sft_model else f"{policy} fine-tuned",
+        train=not cfg.sft_model,
+        save=not cfg.sft_model,
+    )
     stages.done("policy", message)
 
     # 6. Preferences: samples from the SFT policy, every pair labelled by the gold reward.
-    stages.done("preferences", preference_stage(cfg, model, tokenizer, preference_prompts, eval_rows, gold, out,
-                                                build_log, task=TASK))
+    stages.done(
+        "preferences",
+        preference_stage(cfg, model, tokenizer, preference_prompts, eval_rows, gold, out, build_log, task=TASK),
+    )
     stages.close()
     return build_log
 
@@ -221,8 +288,10 @@ class IMDb(BuiltTask):
     """Controlled positive-sentiment continuation of IMDb review prefixes with the paper's models: gold reward = P(POSITIVE)."""
 
     name = TASK
-    description = ("continue IMDb review prefixes positively: stanfordnlp/imdb, gpt2-large fine-tuned at build time, "
-                   "siebert RoBERTa gold reward (DPO paper, exp. 1)")
+    description = (
+        "continue IMDb review prefixes positively: stanfordnlp/imdb, gpt2-large fine-tuned at build time, "
+        "siebert RoBERTa gold reward (DPO paper, exp. 1)"
+    )
     Config = Config
 
     def __init__(self, config: Config, cache_dir: Path):
@@ -246,8 +315,10 @@ class IMDb(BuiltTask):
 
     def build(self) -> None:
         """Build the artifacts unless this configuration's are already cached."""
-        build_once(self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out,
-                                                         self.cache_dir, self.identity))
+        build_once(
+            self.artifact_dir,
+            lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir, self.identity),
+        )
 
     def load_policy(self):
         """A fresh copy of the SFT policy (eval mode) and its tokenizer: task.sft_model, or the model fine-tuned at build time."""
@@ -256,8 +327,9 @@ class IMDb(BuiltTask):
         import torch
 
         self.build()
-        return hub.load_causal_lm(self.config.sft_model, task=TASK, key="task.sft_model", cache_dir=self.cache_dir,
-                                  dtype=torch.float32)
+        return hub.load_causal_lm(
+            self.config.sft_model, task=TASK, key="task.sft_model", cache_dir=self.cache_dir, dtype=torch.float32
+        )
 
     def gold_scores(self, texts: list[str]) -> list[float]:
         """P(task.gold_label) of each text under the gold classifier (gold_reward scores prompt + completion)."""

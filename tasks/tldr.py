@@ -17,6 +17,7 @@ local directory works). Prompts longer than `max_prompt_tokens` tokens of that m
 or dropped (`long_prompts`), so that prompt + completion fits `train.max_length`, which runs
 on this task default to 640 tokens.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,11 +25,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tasks.common import CHUNK, PreferenceRows, check_context, check_settings, load_usable, model_key, text_field
+
 from bench import hub
 from bench.checks import one_of
 from bench.contracts import Generation
 from bench.errors import UserError
-from bench.tasks.common import CHUNK, PreferenceRows, check_context, check_settings, load_usable, model_key, text_field
 
 TASK = "tldr"
 MARKER = "TL;DR:"
@@ -69,7 +71,7 @@ def split_summary(prompt: str, summary: str) -> tuple[str, str]:
     """(prompt ending in "TL;DR:", " " + summary) from either dataset's way of placing the "TL;DR:" marker."""
     prompt, summary = prompt.rstrip(), summary.strip()
     if summary.startswith(MARKER):
-        summary = summary[len(MARKER):].strip()
+        summary = summary[len(MARKER) :].strip()
     if not prompt.endswith(MARKER):
         prompt = f"{prompt}\n{MARKER}"
     return prompt, " " + summary if summary else ""
@@ -78,7 +80,7 @@ def split_summary(prompt: str, summary: str) -> tuple[str, str]:
 def judge_query(prompt: str) -> str:
     """The post as a judge reads it (an evaluation row's "query"): the prompt without its closing "TL;DR:" cue."""
     prompt = prompt.rstrip()
-    return prompt[:-len(MARKER)].rstrip() if prompt.endswith(MARKER) else prompt
+    return prompt[: -len(MARKER)].rstrip() if prompt.endswith(MARKER) else prompt
 
 
 def truncate_post(prompt: str, n_tokens, max_tokens: int) -> str | None:
@@ -94,7 +96,7 @@ def truncate_post(prompt: str, n_tokens, max_tokens: int) -> str | None:
     ends = [m.end() for m in re.finditer(r"\S+", body)]
 
     def cut(k: int) -> str:
-        return (head + body[:ends[k - 1]] if k else head.rstrip()) + f"\n{MARKER}"
+        return (head + body[: ends[k - 1]] if k else head.rstrip()) + f"\n{MARKER}"
 
     if n_tokens(cut(0)) > max_tokens:
         return None
@@ -112,8 +114,10 @@ class TLDR(PreferenceRows):
     """Summarise Reddit posts (TL;DR); GPT-J SFT policy, human preference pairs, judge win rate vs reference summaries."""
 
     name = TASK
-    description = ("summarize Reddit posts (TL;DR): CarperAI SFT data and human comparisons, judge win rate vs the "
-                   "reference summaries (DPO paper, exp. 2)")
+    description = (
+        "summarize Reddit posts (TL;DR): CarperAI SFT data and human comparisons, judge win rate vs the "
+        "reference summaries (DPO paper, exp. 2)"
+    )
     Config = Config
     generation = Generation(max_new_tokens=64, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=16)
     judge_prompt = "summarization-concise"
@@ -154,27 +158,39 @@ class TLDR(PreferenceRows):
         }
         self._data = {
             "sft": [{"prompt": r["prompt"], "completion": r["label"]} for r in data["sft"]],
-            "eval": [{"prompt": r["prompt"], "reference": r["label"].strip(), "query": judge_query(r["prompt"])}
-                     for r in data["eval"]],
-            "train": data["train"], "test": data["test"],
+            "eval": [
+                {"prompt": r["prompt"], "reference": r["label"].strip(), "query": judge_query(r["prompt"])}
+                for r in data["eval"]
+            ],
+            "train": data["train"],
+            "test": data["test"],
         }
         s = self.stats
-        print(f"tldr: {len(data['sft'])} SFT demonstrations, {len(data['train'])} + {len(data['test'])} preference pairs, "
-              f"{len(data['eval'])} evaluation prompts; prompts over {cfg.max_prompt_tokens} tokens: {s['truncated']} "
-              f"truncated, {s['dropped']} dropped; {s['identical_pairs']} pairs with chosen == rejected skipped",
-              file=sys.stderr)
+        print(
+            f"tldr: {len(data['sft'])} SFT demonstrations, {len(data['train'])} + {len(data['test'])} preference pairs, "
+            f"{len(data['eval'])} evaluation prompts; prompts over {cfg.max_prompt_tokens} tokens: {s['truncated']} "
+            f"truncated, {s['dropped']} dropped; {s['identical_pairs']} pairs with chosen == rejected skipped",
+            file=sys.stderr,
+        )
 
     def _load(self, setting: str, columns: tuple[str, ...], split: str, limit: int) -> list[dict]:
         """The first `limit` usable rows of a split (0: all), normalised, with prompts that fit."""
         name = str(getattr(self.config, setting))
-        kept, counts = load_usable(name, split, limit, lambda rows: self._normalise(rows, name, setting, columns, split, limit),
-                                   task=TASK, key=f"task.{setting}")
+        kept, counts = load_usable(
+            name,
+            split,
+            limit,
+            lambda rows: self._normalise(rows, name, setting, columns, split, limit),
+            task=TASK,
+            key=f"task.{setting}",
+        )
         for key, n in counts.items():
             self.stats[key] += n
         return kept
 
-    def _normalise(self, rows: list[dict], name: str, setting: str, columns: tuple[str, ...], split: str,
-                   limit: int) -> tuple[list[dict], dict[str, int]]:
+    def _normalise(
+        self, rows: list[dict], name: str, setting: str, columns: tuple[str, ...], split: str, limit: int
+    ) -> tuple[list[dict], dict[str, int]]:
         """Rows in the task's form (see the module docstring) and counts of what was cut or skipped.
 
         Rows are read in order and in chunks (prompts are tokenized a chunk at a time), never
@@ -184,8 +200,10 @@ class TLDR(PreferenceRows):
         position = 0
         while position < len(rows) and not (limit and len(out) == limit):
             size = min(CHUNK, limit - len(out)) if limit else CHUNK
-            chunk = [self._row(row, columns, f"task {TASK}: {name} (task.{setting}) split {split!r} row {i} (0-based)")
-                     for i, row in enumerate(rows[position:position + size], position)]
+            chunk = [
+                self._row(row, columns, f"task {TASK}: {name} (task.{setting}) split {split!r} row {i} (0-based)")
+                for i, row in enumerate(rows[position : position + size], position)
+            ]
             position += size
             pairs = [r for r in chunk if "chosen" not in r or r["chosen"] != r["rejected"]]
             counts["identical_pairs"] += len(chunk) - len(pairs)  # no preference to learn from
@@ -207,7 +225,9 @@ class TLDR(PreferenceRows):
         for column in columns[1:]:
             out["prompt"], out[column] = split_summary(prompt, text_field(row, column, where, columns))
             if not out[column]:
-                raise UserError(f"{where}: '{column}' has no summary after {MARKER!r}; fix the row or drop it from the dataset")
+                raise UserError(
+                    f"{where}: '{column}' has no summary after {MARKER!r}; fix the row or drop it from the dataset"
+                )
         return out
 
     def _n_tokens(self, text: str) -> int:
@@ -219,12 +239,17 @@ class TLDR(PreferenceRows):
         # A token covers at least one byte of text, bar one inserted leading space (sentencepiece):
         # a prompt shorter than the limit in bytes needs no tokenizing.
         check = [i for i, p in enumerate(prompts) if len(p.encode()) >= limit]
-        lengths = [len(ids) for ids in self._tokenizer([prompts[i] for i in check], add_special_tokens=False)["input_ids"]] \
-            if check else []
+        lengths = (
+            [len(ids) for ids in self._tokenizer([prompts[i] for i in check], add_special_tokens=False)["input_ids"]]
+            if check
+            else []
+        )
         out: list[str | None] = list(prompts)
         for i, n in zip(check, lengths):
             if n > limit:
-                out[i] = truncate_post(prompts[i], self._n_tokens, limit) if self.config.long_prompts == "truncate" else None
+                out[i] = (
+                    truncate_post(prompts[i], self._n_tokens, limit) if self.config.long_prompts == "truncate" else None
+                )
         return out
 
     # ---------------------------------------------------------------- the contract

@@ -21,6 +21,7 @@ alignment-handbook's DPO QLoRA recipe, r = alpha = 16 and dropout 0.05, on every
 which for Phi-2 are q_proj, k_proj, v_proj, dense, fc1 and fc2). Pairs with identical answers are skipped and prompts
 over `max_prompt_tokens` are dropped, both counted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,11 +30,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, model_key, text_field
+
 from bench import hub
 from bench.checks import between
 from bench.contracts import Generation
 from bench.errors import UserError
-from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, model_key, text_field
 
 TASK = "truthy"
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -70,7 +72,7 @@ class Config:
 def held_out(prompt: str, fraction: float, seed: int) -> bool:
     """Whether the row with this prompt belongs to the held-out split (see the module docstring)."""
     digest = hashlib.sha256(f"{seed}\0{prompt.strip()}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def format_dialogue(tokenizer, system: str, prompt: str, answer: str) -> tuple[str, str]:
@@ -79,8 +81,11 @@ def format_dialogue(tokenizer, system: str, prompt: str, answer: str) -> tuple[s
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}]
         try:
-            text = tokenizer.apply_chat_template(([{"role": "system", "content": system}] if system else []) + messages,
-                                                 tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                ([{"role": "system", "content": system}] if system else []) + messages,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
         except Exception:  # templates without a system role raise (jinja's raise_exception): prepend it to the question
             messages[0]["content"] = f"{system}\n\n{prompt}" if system else prompt
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -93,7 +98,9 @@ def system_text(row: dict, where: str) -> str:
     """The row's system message: "" when the column is absent, null or empty; a UserError when it is not text."""
     value = row.get("system")
     if value is not None and not isinstance(value, str):
-        raise UserError(f"{where}: 'system' is not text ({type(value).__name__}); fix the row or drop it from the dataset")
+        raise UserError(
+            f"{where}: 'system' is not text ({type(value).__name__}); fix the row or drop it from the dataset"
+        )
     return value or ""
 
 
@@ -101,14 +108,23 @@ class Truthy(PreferenceRows):
     """Truthful answers vs confident fabrications (truthy-dpo); Phi-2 + LoRA; judge win rate vs the chosen answers."""
 
     name = TASK
-    description = ("truthfulness preferences (jondurbin/truthy-dpo-v0.1): Phi-2 with LoRA, held-out split carved by "
-                   "prompt hash, judge win rate vs the chosen answers")
+    description = (
+        "truthfulness preferences (jondurbin/truthy-dpo-v0.1): Phi-2 with LoRA, held-out split carved by "
+        "prompt hash, judge win rate vs the chosen answers"
+    )
     Config = Config
     generation = Generation(max_new_tokens=256, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=8)
     judge_prompt = "dialogue"
     gold_reward = None
-    run_defaults = {"dpo.beta": 0.2, "train.lr": 5e-7, "train.batch_size": 4, "train.lora_r": 16,
-                    "train.lora_alpha": 16, "train.lora_dropout": 0.05, "train.max_length": 1024}
+    run_defaults = {
+        "dpo.beta": 0.2,
+        "train.lr": 5e-7,
+        "train.batch_size": 4,
+        "train.lora_r": 16,
+        "train.lora_alpha": 16,
+        "train.lora_dropout": 0.05,
+        "train.max_length": 1024,
+    }
     """Phi-2 on truthy-dpo: beta 0.2, lr 5e-7, batch 4, a LoRA adapter shaped as in the alignment-handbook DPO QLoRA
     recipe (r = alpha = 16, dropout 0.05, every linear layer); room for a 512-token prompt and a long answer."""
 
@@ -151,22 +167,28 @@ class Truthy(PreferenceRows):
             splits[side], dropped = keep_fitting(splits[side], tokenizer, cfg.max_prompt_tokens, limit)
             self.stats["long_prompts"] += dropped
             if not splits[side]:
-                raise UserError(f"task {TASK}: {cfg.dataset} (task.dataset) leaves no usable {side} pairs with "
-                                f"task.test_fraction={cfg.test_fraction}; use more rows or another test_fraction")
+                raise UserError(
+                    f"task {TASK}: {cfg.dataset} (task.dataset) leaves no usable {side} pairs with "
+                    f"task.test_fraction={cfg.test_fraction}; use more rows or another test_fraction"
+                )
         test = splits["test"]
         self._data = {
             "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in splits["train"]],
             "train": splits["train"],
-            "test": test[:cfg.max_test_pairs or None],
-            "eval": [{"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": p["query"]}
-                     for p in test[:cfg.max_prompts or None]],
+            "test": test[: cfg.max_test_pairs or None],
+            "eval": [
+                {"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": p["query"]}
+                for p in test[: cfg.max_prompts or None]
+            ],
         }
         form = "chat template" if getattr(tokenizer, "chat_template", None) else "Instruct/Output"
-        print(f"truthy: {len(rows)} rows, {len(splits['train'])} train pairs, {len(self._data['test'])} held-out pairs and "
-              f"{len(self._data['eval'])} evaluation prompts (test_fraction {cfg.test_fraction}, split_seed "
-              f"{cfg.split_seed}); skipped: {self.stats['identical_pairs']} chosen == rejected, "
-              f"{self.stats['long_prompts']} prompts over {cfg.max_prompt_tokens} tokens; prompt format: {form}",
-              file=sys.stderr)
+        print(
+            f"truthy: {len(rows)} rows, {len(splits['train'])} train pairs, {len(self._data['test'])} held-out pairs and "
+            f"{len(self._data['eval'])} evaluation prompts (test_fraction {cfg.test_fraction}, split_seed "
+            f"{cfg.split_seed}); skipped: {self.stats['identical_pairs']} chosen == rejected, "
+            f"{self.stats['long_prompts']} prompts over {cfg.max_prompt_tokens} tokens; prompt format: {form}",
+            file=sys.stderr,
+        )
 
     def load_policy(self):
         """A fresh copy of the starting policy, in eval mode, and its tokenizer."""

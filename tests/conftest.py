@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny build of the embedded task per test session, local fixtures of the hub
 tasks, and a CLI runner."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,12 +28,21 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(args: list[str], cache: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cache: Path, env_extra: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """`bench ARGS` in a subprocess, as a user runs it."""
     env = {**os.environ, "BENCH_CACHE_DIR": str(cache), "OMP_WAIT_POLICY": "PASSIVE", **(env_extra or {})}
     script = Path(sys.executable).parent / "bench"  # the installed console script, as a user runs it
-    return subprocess.run([str(script), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +70,21 @@ def task_settings(tmp_path_factory, cache_dir) -> dict[str, dict]:
 def good_record(cache_dir, tmp_path_factory) -> Path:
     """One complete record (tiny sft run, no saved model), which fault tests copy beside their bad input."""
     results = tmp_path_factory.mktemp("good-record")
-    proc = run_cli(["run", "--algo", "sft", "--task", "sentiment", *TINY, "--set", "run.save_model=false",
-                    "--results", str(results)], cache_dir)
+    proc = run_cli(
+        [
+            "run",
+            "--algo",
+            "sft",
+            "--task",
+            "sentiment",
+            *TINY,
+            "--set",
+            "run.save_model=false",
+            "--results",
+            str(results),
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     (record,) = [p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return record

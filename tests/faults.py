@@ -7,6 +7,7 @@ directory, no `.partial/` entry), and the records that were there before still l
 `bench table`. Most cases call the CLI in this process (`bench_main`, fast); `run_cli` in conftest
 runs the installed console script in a subprocess where the process boundary matters.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,9 @@ def visible_lines(err: str) -> list[str]:
     return [line for line in shown if line and not PROGRESS.search(line)]
 
 
-def assert_user_error(code: int, err: str, fragment: str | tuple[str, ...], results: Path | None = None,
-                      before: set[str] | None = None) -> str:
+def assert_user_error(
+    code: int, err: str, fragment: str | tuple[str, ...], results: Path | None = None, before: set[str] | None = None
+) -> str:
     """The failure the README promises; returns the error line. `fragment`: text the line must contain (any of a tuple)."""
     lines = visible_lines(err)
     assert code == 2, f"exit {code}; stderr:\n{err}"

@@ -8,6 +8,7 @@
 - `model/`: a 2-layer GPT-2 with random weights and a byte-level BPE trained on the reviews.
 - `gold/`: a tiny GPT-2 sequence classifier with labels NEGATIVE, POSITIVE (random weights).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,15 @@ import hub_fixtures
 REVIEW_WORDS = 40
 TRAIN, TEST = 24, 16
 """Distinct reviews per split once the repeats are dropped."""
-SETTINGS = {"n_eval_prompts": 6, "n_preference_prefixes": 8, "n_test_preference_prefixes": 4, "n_lm_valid_reviews": 4,
-            "lm_steps": 4, "lm_batch_size": 8, "max_new_tokens": 16}
+SETTINGS = {
+    "n_eval_prompts": 6,
+    "n_preference_prefixes": 8,
+    "n_test_preference_prefixes": 4,
+    "n_lm_valid_reviews": 4,
+    "lm_steps": 4,
+    "lm_batch_size": 8,
+    "max_new_tokens": 16,
+}
 """Counts small enough for a build of seconds; the fine-tuning reviews are the TRAIN - 8 left."""
 
 

@@ -9,6 +9,7 @@
 HTTP error (optionally with a Retry-After header); `Sleep(seconds, then)` waits before replying
 `then`, to provoke client timeouts. GET /v1/models lists one model.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,11 @@ def answer(letter: str, key: str = "Preferred") -> str:
 
 def prefer(marker: str, key: str = "Preferred") -> Callable[[int, str], str]:
     """A judge that prefers the completion containing `marker`, else the longer one (B on a full tie)."""
+
     def script(n: int, prompt: str) -> str:
         a, b = shown(prompt)
         return answer("A" if (marker in a, len(a)) > (marker in b, len(b)) else "B", key)
+
     return script
 
 
@@ -83,14 +86,25 @@ class StubServer:
                     reply = reply.then
                 if isinstance(reply, Status):
                     headers = {"Retry-After": str(reply.retry_after)} if reply.retry_after is not None else {}
-                    return self._send(reply.code, {"error": {"message": reply.message or f"scripted {reply.code}", "type": "test"}}, headers)
+                    return self._send(
+                        reply.code,
+                        {"error": {"message": reply.message or f"scripted {reply.code}", "type": "test"}},
+                        headers,
+                    )
                 pt, ct = server.usage
-                self._send(200, {
-                    "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}],
-                    "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{n}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model", ""),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+                        ],
+                        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+                    },
+                )
 
             def _send(self, code: int, payload: dict, headers: dict | None = None):
                 data = json.dumps(payload).encode()

@@ -1,4 +1,5 @@
 """Best-of-N: the KL bound, the reranking, its report through the kl evaluator, bad n."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,9 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from bench.algorithms.best_of_n import BestOfN, BestOfNPolicy, Config
 from tiny import tiny_gpt2, tiny_tokenizer
 
-from bench.algorithms.best_of_n import BestOfN, BestOfNPolicy, Config
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.kl import best_of_n_kl_bound
@@ -37,12 +38,16 @@ def test_each_completion_is_the_highest_scoring_of_its_n_candidates():
 
     picked = BestOfNPolicy(model, tok, reward, n=4).sample(prompts, gen, seed=7)
     # The same candidates, drawn directly: 2 prompts x 2 completions x 4 candidates, grouped by prompt.
-    wide = ModelPolicy(model, tok).sample(prompts, Generation(max_new_tokens=6, samples_per_prompt=8, batch_size=8), seed=7)
+    wide = ModelPolicy(model, tok).sample(
+        prompts, Generation(max_new_tokens=6, samples_per_prompt=8, batch_size=8), seed=7
+    )
     assert [s.prompt_index for s in picked] == [0, 0, 1, 1]
     for k, s in enumerate(picked):
-        group = wide[4 * k:4 * k + 4]
+        group = wide[4 * k : 4 * k + 4]
         assert s.prompt == group[0].prompt and s in group
-        assert reward([s.prompt], [s.completion])[0] == max(reward([g.prompt for g in group], [g.completion for g in group]))
+        assert reward([s.prompt], [s.completion])[0] == max(
+            reward([g.prompt for g in group], [g.completion for g in group])
+        )
     assert len({s.completion for s in wide}) > 4  # the candidates differ, so the choice is not trivial
 
 
@@ -50,14 +55,22 @@ def test_n_below_one_is_a_user_error_and_leaves_nothing(cache_dir, tmp_path):
     with pytest.raises(UserError, match="best-of-n.n=0: must be at least 1"):
         BestOfN(Config(n=0))
     with pytest.raises(UserError, match="best-of-n.n=-3: must be at least 1"):
-        execute(RunSpec(algo="best-of-n", task="sentiment", sets=["task.scale=tiny", "best-of-n.n=-3"]),
-                results=tmp_path, cache_dir=cache_dir, echo=lambda _: None)
+        execute(
+            RunSpec(algo="best-of-n", task="sentiment", sets=["task.scale=tiny", "best-of-n.n=-3"]),
+            results=tmp_path,
+            cache_dir=cache_dir,
+            echo=lambda _: None,
+        )
     assert not any(tmp_path.iterdir())
 
 
 def test_a_run_reports_the_analytic_kl_bound_and_the_reward_model_accuracy(cache_dir, tmp_path):
-    run = execute(RunSpec(algo="best-of-n", task="sentiment", sets=["task.scale=tiny", "best-of-n.n=4", "eval.max_prompts=6"]),
-                  results=tmp_path, cache_dir=cache_dir, echo=lambda _: None)
+    run = execute(
+        RunSpec(algo="best-of-n", task="sentiment", sets=["task.scale=tiny", "best-of-n.n=4", "eval.max_prompts=6"]),
+        results=tmp_path,
+        cache_dir=cache_dir,
+        echo=lambda _: None,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["kl"]["mean"] == pytest.approx(best_of_n_kl_bound(4))
     assert metrics["kl"]["estimator"] == "analytic bound" and "kl_mc" not in metrics

@@ -1,11 +1,11 @@
 """The CLI end to end in a subprocess, as a user meets it: list, run, skip, reproduce, table, bad input."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
 
 
@@ -25,7 +25,17 @@ def _assert_user_error(proc, fragment: str, results: Path):
 def test_list_shows_every_plugin(cache_dir):
     proc = run_cli(["list"], cache_dir)
     assert proc.returncode == 0, proc.stderr
-    for name in ("sft", "preferred-ft", "unlikelihood", "dpo", "sentiment", "gold-reward", "kl", "length", "pair-accuracy"):
+    for name in (
+        "sft",
+        "preferred-ft",
+        "unlikelihood",
+        "dpo",
+        "sentiment",
+        "gold-reward",
+        "kl",
+        "length",
+        "pair-accuracy",
+    ):
         assert f"  {name} " in proc.stdout
     verbose = run_cli(["list", "--verbose"], cache_dir)
     assert "beta = 0.1" in verbose.stdout
@@ -52,8 +62,15 @@ def test_run_writes_a_complete_record(dpo_run):
     assert {"torch", "transformers", "python"} <= set(config["versions"])
     assert config["git_revision"] and config["device"] in ("cpu", "cuda")
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    assert log and {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                    "logps/chosen", "logps/rejected"} <= set(log[-1])
+    assert log and {
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    } <= set(log[-1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("gold_reward", "kl", "kl_mc", "length", "pair_accuracy"):
         assert {"mean", "se", "n"} <= set(metrics[key]), key
@@ -105,10 +122,21 @@ def _write(path: Path, rows: list) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", [
-    "unknown-algo", "unknown-task", "unknown-key", "ill-typed", "missing-arg",
-    "malformed-row", "not-json", "empty-completion", "empty-prompts", "no-such-file",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown-algo",
+        "unknown-task",
+        "unknown-key",
+        "ill-typed",
+        "missing-arg",
+        "malformed-row",
+        "not-json",
+        "empty-completion",
+        "empty-prompts",
+        "no-such-file",
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(case, cache_dir, tmp_path):
     results = tmp_path / "results"
     good = {"prompt": "This movie", "chosen": " was great", "rejected": " was awful"}
@@ -118,16 +146,43 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, cache_dir, tmp_p
         "unknown-key": (["--algo", "dpo", "--task", "sentiment", "--set", "dpo.betta=1"], "unknown key"),
         "ill-typed": (["--algo", "dpo", "--task", "sentiment", "--set", "dpo.beta=high"], "expected a float"),
         "missing-arg": (["--task", "sentiment"], "--algo"),
-        "malformed-row": (["--algo", "dpo", "--task", "sentiment", "--set",
-                           f"data.preferences={_write(tmp_path / 'p.jsonl', [good, {'prompt': 'x', 'chosen': 'y'}])}"],
-                          "row 2: 'rejected' is missing"),
-        "not-json": (["--algo", "dpo", "--task", "sentiment", "--set",
-                      f"data.preferences={_write(tmp_path / 'bad_json.jsonl', [good, '{oops'])}"], "line 2: not valid JSON"),
-        "empty-completion": (["--algo", "sft", "--task", "sentiment", "--set",
-                              f"data.sft={_write(tmp_path / 's.jsonl', [{'prompt': 'x', 'completion': ''}])}"],
-                             "'completion' is empty"),
-        "empty-prompts": (["--algo", "dpo", "--task", "sentiment", "--set",
-                           f"data.eval_prompts={_write(tmp_path / 'e.jsonl', [])}"], "evaluation prompt set is empty"),
+        "malformed-row": (
+            [
+                "--algo",
+                "dpo",
+                "--task",
+                "sentiment",
+                "--set",
+                f"data.preferences={_write(tmp_path / 'p.jsonl', [good, {'prompt': 'x', 'chosen': 'y'}])}",
+            ],
+            "row 2: 'rejected' is missing",
+        ),
+        "not-json": (
+            [
+                "--algo",
+                "dpo",
+                "--task",
+                "sentiment",
+                "--set",
+                f"data.preferences={_write(tmp_path / 'bad_json.jsonl', [good, '{oops'])}",
+            ],
+            "line 2: not valid JSON",
+        ),
+        "empty-completion": (
+            [
+                "--algo",
+                "sft",
+                "--task",
+                "sentiment",
+                "--set",
+                f"data.sft={_write(tmp_path / 's.jsonl', [{'prompt': 'x', 'completion': ''}])}",
+            ],
+            "'completion' is empty",
+        ),
+        "empty-prompts": (
+            ["--algo", "dpo", "--task", "sentiment", "--set", f"data.eval_prompts={_write(tmp_path / 'e.jsonl', [])}"],
+            "evaluation prompt set is empty",
+        ),
         "no-such-file": (["--algo", "dpo", "--task", "sentiment", "--set", "data.sft=/no/such.jsonl"], "no such file"),
     }[case]
     proc = run_cli(["run", *args[0], *TINY, "--results", str(results)], cache_dir)

@@ -1,4 +1,5 @@
 """Config resolution: --set parsing, typing, unknown keys, run ids."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,20 +22,25 @@ class Example:
 
 
 def test_overrides_are_typed():
-    out = cfg.apply_overrides(Example(), {"beta": "0.5", "steps": "7", "flag": "yes", "name": "y", "maybe": "none"}, "algo")
+    out = cfg.apply_overrides(
+        Example(), {"beta": "0.5", "steps": "7", "flag": "yes", "name": "y", "maybe": "none"}, "algo"
+    )
     assert out == Example(beta=0.5, steps=7, flag=True, name="y", maybe=None)
     assert cfg.apply_overrides(Example(), {"maybe": "2"}, "algo").maybe == 2.0
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("beta", "abc", "expected a float"),
-    ("steps", "1.5", "expected an integer"),
-    ("steps", "9007199254740993", r"algo.steps=9007199254740993: out of range"),
-    ("flag", "maybe", "expected true or false"),
-    ("beta", "nan", "algo.beta=nan: expected a finite number"),
-    ("beta", "-inf", "algo.beta=-inf: expected a finite number"),
-    ("gamma", "1", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("beta", "abc", "expected a float"),
+        ("steps", "1.5", "expected an integer"),
+        ("steps", "9007199254740993", r"algo.steps=9007199254740993: out of range"),
+        ("flag", "maybe", "expected true or false"),
+        ("beta", "nan", "algo.beta=nan: expected a finite number"),
+        ("beta", "-inf", "algo.beta=-inf: expected a finite number"),
+        ("gamma", "1", "unknown key"),
+    ],
+)
 def test_bad_overrides_name_the_problem(key, value, fragment):
     with pytest.raises(UserError, match=fragment) as exc:
         cfg.apply_overrides(Example(), {key: value}, "algo")
@@ -71,14 +77,17 @@ def test_algorithm_train_defaults_apply_and_can_be_overridden(tmp_path):
     assert r.record["train"]["lr"] == 3e-5
 
 
-@pytest.mark.parametrize("sets,fragment", [
-    (["nosuch.key=1"], "unknown section"),
-    (["train.lr=-1"], r"train.lr=-1: must be > 0"),
-    (["eval.samples_per_prompt=0"], "at least 1"),
-    (["train.optimizer=sgd"], "adamw or rmsprop"),
-    (["algo.beta=1", "dpo.beta=2"], "both given"),
-    (["data.preferences=/no/such/file.jsonl"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "sets,fragment",
+    [
+        (["nosuch.key=1"], "unknown section"),
+        (["train.lr=-1"], r"train.lr=-1: must be > 0"),
+        (["eval.samples_per_prompt=0"], "at least 1"),
+        (["train.optimizer=sgd"], "adamw or rmsprop"),
+        (["algo.beta=1", "dpo.beta=2"], "both given"),
+        (["data.preferences=/no/such/file.jsonl"], "no such file"),
+    ],
+)
 def test_resolve_rejects_bad_settings(tmp_path, sets, fragment):
     spec = RunSpec("dpo", "sentiment", 0, ["task.scale=tiny", *sets])
     with pytest.raises(UserError, match=fragment):

@@ -1,4 +1,5 @@
 """Every registered plugin through its contract; every algorithm through a whole run on the tiny task."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,13 +7,13 @@ import json
 
 import pytest
 import torch
+from bench.evaluators.judge import load_template
 
 from bench import registry
 from bench.config import apply_overrides, field_docs
 from bench.contracts import Generation
 from bench.data import PREFERENCE_KEYS, PROMPT_KEYS, SFT_KEYS, validate
 from bench.errors import UserError
-from bench.evaluators.judge import load_template
 from bench.runner import RunSpec, execute
 from bench.train import TrainConfig
 
@@ -41,8 +42,9 @@ def test_task_contract(name, task_settings, cache_dir):
     cls = registry.load("task", name)
     assert cls.name == name and cls.description.strip()
     _check_config(cls)
-    assert {f.name for f in dataclasses.fields(cls.Config)} >= {"model", "max_prompts"} or getattr(cls, "eval_only", False), \
-        f"{name}: every task takes task.model and task.max_prompts"
+    assert {f.name for f in dataclasses.fields(cls.Config)} >= {"model", "max_prompts"} or getattr(
+        cls, "eval_only", False
+    ), f"{name}: every task takes task.model and task.max_prompts"
     task = cls(apply_overrides(cls.Config(), task_settings[name], "task"), cache_dir)
     task.build()
     prompts = validate(task.eval_prompts(), PROMPT_KEYS, "eval prompts")
@@ -65,7 +67,13 @@ def test_task_contract(name, task_settings, cache_dir):
     assert not model.training
     for key, value in (getattr(cls, "run_defaults", None) or {}).items():
         section, _, field = key.partition(".")
-        owner = TrainConfig if section == "train" else Generation if section == "eval" else registry.load("algorithm", section).Config
+        owner = (
+            TrainConfig
+            if section == "train"
+            else Generation
+            if section == "eval"
+            else registry.load("algorithm", section).Config
+        )
         assert field in {f.name for f in dataclasses.fields(owner)}, f"{name}: run_defaults key {key} names no setting"
 
 
@@ -80,8 +88,12 @@ def test_evaluator_contract(name):
 
 @pytest.mark.parametrize("name", registry.names("algorithm"))
 def test_every_algorithm_runs_end_to_end(name, cache_dir, tmp_path):
-    run_dir = execute(RunSpec(algo=name, task="sentiment", seed=0, sets=TINY_SENTIMENT),
-                      results=tmp_path, cache_dir=cache_dir, echo=lambda _: None)
+    run_dir = execute(
+        RunSpec(algo=name, task="sentiment", seed=0, sets=TINY_SENTIMENT),
+        results=tmp_path,
+        cache_dir=cache_dir,
+        echo=lambda _: None,
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"gold_reward", "kl", "length"} <= set(metrics)
     assert metrics["kl"]["mean"] >= 0
@@ -92,25 +104,39 @@ def test_every_algorithm_runs_end_to_end(name, cache_dir, tmp_path):
 @pytest.mark.parametrize("name", [n for n in registry.names("algorithm") if n != "best-of-n"])
 def test_every_trained_algorithm_with_lora(name, cache_dir, tmp_path):
     """--set train.lora_r=N: only the adapter trains; the base weights stay those of the reference."""
-    sets = TINY_SENTIMENT + ["train.lora_r=4", "train.max_steps=3", "train.batch_size=4", "eval.samples_per_prompt=1",
-                             "eval.max_prompts=4", "run.evaluators=kl"]
-    run_dir = execute(RunSpec(algo=name, task="sentiment", seed=0, sets=sets), results=tmp_path, cache_dir=cache_dir,
-                      echo=lambda _: None)
+    sets = TINY_SENTIMENT + [
+        "train.lora_r=4",
+        "train.max_steps=3",
+        "train.batch_size=4",
+        "eval.samples_per_prompt=1",
+        "eval.max_prompts=4",
+        "run.evaluators=kl",
+    ]
+    run_dir = execute(
+        RunSpec(algo=name, task="sentiment", seed=0, sets=sets),
+        results=tmp_path,
+        cache_dir=cache_dir,
+        echo=lambda _: None,
+    )
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["train"]["lora_r"] == 4
     if name == "reward-model":
         return  # returns the untouched starting policy; its own model is the reward model
+    from bench.tasks.sentiment import Sentiment
     from peft import AutoPeftModelForCausalLM
 
-    from bench.tasks.sentiment import Sentiment
-
-    assert (run_dir / "model" / "adapter_config.json").exists() and not (run_dir / "model" / "model.safetensors").exists()
+    assert (run_dir / "model" / "adapter_config.json").exists() and not (
+        run_dir / "model" / "model.safetensors"
+    ).exists()
     trained = AutoPeftModelForCausalLM.from_pretrained(run_dir / "model")
     base, _ = Sentiment(apply_overrides(Sentiment.Config(), {"scale": "tiny"}, "task"), cache_dir).load_policy()
     lora = {k: v for k, v in trained.state_dict().items() if "lora_B" in k}
     assert lora and any(v.abs().sum() > 0 for v in lora.values()), "the adapter did not train"
-    frozen = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in trained.state_dict().items()
-              if "lora_" not in k}
+    frozen = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in trained.state_dict().items()
+        if "lora_" not in k
+    }
     for key, value in base.state_dict().items():
         if key in frozen:
             assert torch.equal(frozen[key], value), f"base weight {key} changed under LoRA"

@@ -1,4 +1,5 @@
 """DPO's single-step Python API, and the harness path every offline algorithm shares (fit -> ModelPolicy)."""
+
 from __future__ import annotations
 
 import math
@@ -6,11 +7,11 @@ import types
 
 import pytest
 import torch
-from tiny import tiny_gpt2, tiny_tokenizer
-
 from bench.algorithms.dpo import DPO, dpo_loss
 from bench.algorithms.sft import SFT
 from bench.algorithms.unlikelihood import Unlikelihood
+from tiny import tiny_gpt2, tiny_tokenizer
+
 from bench.contracts import Context, Generation
 from bench.logprobs import dataset_logps, encode
 from bench.policy import ModelPolicy
@@ -18,8 +19,16 @@ from bench.preference import fit_on_pairs
 from bench.train import TrainConfig
 
 PAD = 0
-KEYS = {"loss", "chosen_reward", "rejected_reward", "reward_margin", "reward_accuracy", "chosen_logps",
-        "rejected_logps", "grad_norm"}
+KEYS = {
+    "loss",
+    "chosen_reward",
+    "rejected_reward",
+    "reward_margin",
+    "reward_accuracy",
+    "chosen_logps",
+    "rejected_logps",
+    "grad_norm",
+}
 # Two pairs of different lengths: prompt, chosen, rejected token ids (no id is PAD).
 PAIRS = [([5, 9, 3], [7, 11, 2, 8], [12, 4]), ([6, 10], [13, 1], [3, 14, 15, 9, 2])]
 
@@ -48,8 +57,13 @@ def _batch():
 
 
 def _expected_loss(policy, reference, beta: float) -> float:
-    terms = dpo_loss(*[torch.tensor([_plain_logp(m, p, y) for p, c, r in PAIRS for y in [(c, r)[side]]])
-                       for m, side in ((policy, 0), (policy, 1), (reference, 0), (reference, 1))], beta=beta)[0]
+    terms = dpo_loss(
+        *[
+            torch.tensor([_plain_logp(m, p, y) for p, c, r in PAIRS for y in [(c, r)[side]]])
+            for m, side in ((policy, 0), (policy, 1), (reference, 0), (reference, 1))
+        ],
+        beta=beta,
+    )[0]
     return terms.mean().item()
 
 
@@ -113,12 +127,18 @@ def _ctx(tmp_path, steps: int = 3, lr: float = 1e-3, **train) -> tuple[Context, 
     tok = tiny_tokenizer()
     log: list[dict] = []
     ctx = Context(
-        task=types.SimpleNamespace(reference_key="tiny-gpt2-seed1"), policy=tiny_gpt2(vocab_size=len(tok), seed=0),
-        tokenizer=tok, reference=tiny_gpt2(vocab_size=len(tok), seed=1).requires_grad_(False),
+        task=types.SimpleNamespace(reference_key="tiny-gpt2-seed1"),
+        policy=tiny_gpt2(vocab_size=len(tok), seed=0),
+        tokenizer=tok,
+        reference=tiny_gpt2(vocab_size=len(tok), seed=1).requires_grad_(False),
         train=TrainConfig(lr=lr, batch_size=2, max_steps=steps, warmup_steps=0, log_every=1, max_length=16, **train),
-        seed=0, log=log.append, checkpoint_dir=tmp_path / "checkpoints", cache_dir=tmp_path / "cache",
+        seed=0,
+        log=log.append,
+        checkpoint_dir=tmp_path / "checkpoints",
+        cache_dir=tmp_path / "cache",
         sft_examples=[{"prompt": p["prompt"], "completion": p["chosen"]} for p in PREFERENCES],
-        preferences=PREFERENCES, test_preferences=[],
+        preferences=PREFERENCES,
+        test_preferences=[],
     )
     return ctx, log
 
@@ -130,15 +150,20 @@ def test_fit_on_pairs_looks_up_cached_reference_logps_by_pair(tmp_path, monkeypa
     indices, seen = [], []
     forward = preference.concatenated_forward
     # The loss never sees the batch: record which pairs each forward scored.
-    monkeypatch.setattr(preference, "concatenated_forward",
-                        lambda model, batch: (indices.append(batch["index"].tolist()), forward(model, batch))[1])
+    monkeypatch.setattr(
+        preference,
+        "concatenated_forward",
+        lambda model, batch: (indices.append(batch["index"].tolist()), forward(model, batch))[1],
+    )
 
     def loss_fn(out, ref_chosen, ref_rejected):
         seen.append((ref_chosen, ref_rejected))
         return -out["chosen_logps"].mean(), {}
 
     fit_on_pairs(ctx, loss_fn, desc="test")
-    encoded = {side: [encode(ctx.tokenizer, p["prompt"], p[side], 16) for p in PREFERENCES] for side in ("chosen", "rejected")}
+    encoded = {
+        side: [encode(ctx.tokenizer, p["prompt"], p[side], 16) for p in PREFERENCES] for side in ("chosen", "rejected")
+    }
     ref = {side: dataset_logps(ctx.reference, enc, ctx.tokenizer.pad_token_id, 8) for side, enc in encoded.items()}
     assert len(indices) == 4 and sorted(sum(indices[:2], [])) == [0, 1, 2, 3]  # two steps of 2 make one epoch
     for index, (ref_chosen, ref_rejected) in zip(indices, seen):
@@ -152,8 +177,15 @@ def test_dpo_fit_logs_trl_metric_names_and_returns_a_model_policy(tmp_path):
     policy = DPO(config=DPO.Config(beta=0.5)).fit(ctx)
     assert isinstance(policy, ModelPolicy) and policy.model is ctx.policy and policy.tokenizer is ctx.tokenizer
     assert [row["step"] for row in log] == [1, 2, 3]
-    assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-            "logps/chosen", "logps/rejected"} <= set(log[0])
+    assert {
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    } <= set(log[0])
     for row in log:
         assert row["rewards/margins"] == pytest.approx(row["rewards/chosen"] - row["rewards/rejected"], abs=1e-6)
     assert log[0]["loss"] != pytest.approx(math.log(2))  # policy and reference differ from the start

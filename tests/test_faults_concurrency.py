@@ -4,6 +4,7 @@ Two identical commands on one results directory end with one record whose train 
 uninterrupted run's; two identical sweeps share their runs and do each once; a process killed while
 it holds a run's lock does not block the rerun.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,19 +14,43 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, run_cli
 
-SMALL = [*TINY, "--set", "train.max_steps=6", "--set", "train.log_every=1", "--set", "train.checkpoint_every=2",
-         "--set", "run.save_model=false"]
-PPO_SMALL = [*TINY, "--set", "train.max_steps=4", "--set", "train.log_every=1", "--set", "train.checkpoint_every=2",
-             "--set", "train.batch_size=8", "--set", "ppo-gt.rollout_batch_size=16", "--set", "ppo-gt.ppo_epochs=2",
-             "--set", "eval.max_prompts=8", "--set", "run.save_model=false"]
+SMALL = [
+    *TINY,
+    "--set",
+    "train.max_steps=6",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "run.save_model=false",
+]
+PPO_SMALL = [
+    *TINY,
+    "--set",
+    "train.max_steps=4",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "ppo-gt.rollout_batch_size=16",
+    "--set",
+    "ppo-gt.ppo_epochs=2",
+    "--set",
+    "eval.max_prompts=8",
+    "--set",
+    "run.save_model=false",
+]
 RECORD_FILES = ("metrics.json", "train_log.jsonl", "samples.jsonl", "checkpoints.jsonl")
 
 # Runs `bench ARGS` and kills its own process with SIGKILL at a named moment: no finally block, no
 # atexit handler and no lock release run, exactly as `kill -9` from outside, but at a known point.
-KILL_AT = r'''
+KILL_AT = r"""
 import os, signal, sys
 moment = sys.argv[1]
 from bench import records, runner, train
@@ -59,7 +84,7 @@ elif moment == "metrics":  # metrics.json written, cost.json and COMPLETE not
     after(records, "atomic_write_json", lambda path, obj: path.name == "metrics.json")
 from bench.cli import main
 sys.exit(main(sys.argv[2:]))
-'''
+"""
 
 
 def _env(cache: Path) -> dict:
@@ -83,8 +108,18 @@ def _same_record(a: Path, b: Path) -> None:
 def _twice_at_once(args: list[str], cache: Path) -> str:
     """`bench ARGS` started twice at the same moment; both must exit cleanly. Returns their stdout, joined."""
     command = [str(Path(sys.executable).parent / "bench"), *args]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache),
-                              stdin=subprocess.DEVNULL, cwd=REPO) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(cache),
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
@@ -105,8 +140,9 @@ def uninterrupted(cache_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_two_identical_runs_at_once_make_one_record_of_one_run(cache_dir, tmp_path, uninterrupted):
-    stdout = _twice_at_once(["run", "--algo", "dpo", "--task", "sentiment", *SMALL, "--results", str(tmp_path)],
-                            cache_dir)
+    stdout = _twice_at_once(
+        ["run", "--algo", "dpo", "--task", "sentiment", *SMALL, "--results", str(tmp_path)], cache_dir
+    )
     (record,) = _records(tmp_path)
     _same_record(record, uninterrupted["dpo"])
     assert _no_partial(tmp_path)
@@ -118,11 +154,27 @@ def test_a_second_run_waits_for_the_lock_holder_then_runs(cache_dir, tmp_path, u
     from bench.lock import run_lock
 
     name = uninterrupted["dpo"].name
-    args = [str(Path(sys.executable).parent / "bench"), "run", "--algo", "dpo", "--task", "sentiment", *SMALL,
-            "--results", str(tmp_path)]
+    args = [
+        str(Path(sys.executable).parent / "bench"),
+        "run",
+        "--algo",
+        "dpo",
+        "--task",
+        "sentiment",
+        *SMALL,
+        "--results",
+        str(tmp_path),
+    ]
     with run_lock(tmp_path, name):
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**_env(cache_dir), "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL, cwd=REPO)
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**_env(cache_dir), "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
         line = proc.stdout.readline()  # blocks until the command reaches the lock
         assert "in progress in another process" in line and str(os.getpid()) in line, line
         time.sleep(0.5)
@@ -154,10 +206,19 @@ def test_lock_is_exclusive_and_released_on_every_exit(tmp_path):
 def test_a_lock_dies_with_its_process(tmp_path):
     from bench.lock import lock_path, run_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from bench.lock import run_lock\n"
-        "with run_lock(Path(sys.argv[1]), 'r'):\n    print('held', flush=True); time.sleep(600)"), str(tmp_path)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from bench.lock import run_lock\n"
+                "with run_lock(Path(sys.argv[1]), 'r'):\n    print('held', flush=True); time.sleep(600)"
+            ),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     holder.kill()  # SIGKILL: the lock file stays, unlocked
     holder.wait()
@@ -167,9 +228,25 @@ def test_a_lock_dies_with_its_process(tmp_path):
 
 
 def test_two_identical_sweeps_at_once_do_each_run_once(cache_dir, tmp_path):
-    stdout = _twice_at_once(["sweep", "--task", "sentiment", "--algo", "sft,dpo", "--seeds", "0,1", *TINY,
-                             "--set", "train.max_steps=3", "--set", "run.save_model=false", "--results", str(tmp_path)],
-                            cache_dir)
+    stdout = _twice_at_once(
+        [
+            "sweep",
+            "--task",
+            "sentiment",
+            "--algo",
+            "sft,dpo",
+            "--seeds",
+            "0,1",
+            *TINY,
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "run.save_model=false",
+            "--results",
+            str(tmp_path),
+        ],
+        cache_dir,
+    )
     records = _records(tmp_path)
     assert len(records) == 4
     assert stdout.count("run record:") == 4, stdout  # each run was run by exactly one of the two sweeps
@@ -179,16 +256,31 @@ def test_two_identical_sweeps_at_once_do_each_run_once(cache_dir, tmp_path):
     assert _no_partial(tmp_path)
 
 
-@pytest.mark.parametrize("algo,moment", [
-    ("dpo", "checkpoint"), ("dpo", "evaluate"), ("dpo", "samples"), ("dpo", "metrics"),
-    ("ppo-gt", "checkpoint"), ("ppo-gt", "evaluate"),
-])
-def test_killed_with_sigkill_then_rerun_gives_the_uninterrupted_record(algo, moment, cache_dir, tmp_path,
-                                                                       uninterrupted):
+@pytest.mark.parametrize(
+    "algo,moment",
+    [
+        ("dpo", "checkpoint"),
+        ("dpo", "evaluate"),
+        ("dpo", "samples"),
+        ("dpo", "metrics"),
+        ("ppo-gt", "checkpoint"),
+        ("ppo-gt", "evaluate"),
+    ],
+)
+def test_killed_with_sigkill_then_rerun_gives_the_uninterrupted_record(
+    algo, moment, cache_dir, tmp_path, uninterrupted
+):
     sets = SMALL if algo == "dpo" else PPO_SMALL
     args = ["run", "--algo", algo, "--task", "sentiment", *sets, "--results", str(tmp_path)]
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, moment, *args], capture_output=True, text=True,
-                            env=_env(cache_dir), stdin=subprocess.DEVNULL, cwd=REPO, timeout=600)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT, moment, *args],
+        capture_output=True,
+        text=True,
+        env=_env(cache_dir),
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr
     assert not _records(tmp_path)  # nothing visible but the partial run
     assert (tmp_path / ".partial" / f"{uninterrupted[algo].name}.lock").exists()  # left locked by nobody

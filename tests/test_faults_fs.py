@@ -2,6 +2,7 @@
 corrupted or crafted checkpoints, a tampered gold classifier. Each ends in one line and exit 2 with
 nothing half-written, and the records already there are still listed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -12,12 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY
 from faults import assert_still_listed, assert_user_error, bench_main, entries, seed_results
 
-DPO = ["run", "--algo", "dpo", "--task", "sentiment", *TINY, "--set", "train.max_steps=4",
-       "--set", "train.checkpoint_every=2", "--set", "run.save_model=false"]
+DPO = [
+    "run",
+    "--algo",
+    "dpo",
+    "--task",
+    "sentiment",
+    *TINY,
+    "--set",
+    "train.max_steps=4",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "run.save_model=false",
+]
 
 
 def _name(args: list[str], cache: Path) -> str:
@@ -113,8 +125,9 @@ def test_report_out_below_a_file(cache_dir, tmp_path, good_record):
     results = tmp_path / "results"
     seed_results(results, [good_record])
     (tmp_path / "file").write_text("x")
-    code, _, err = bench_main(["report", "--task", "sentiment", "--results", results, "--out",
-                               tmp_path / "file" / "report"], cache_dir)
+    code, _, err = bench_main(
+        ["report", "--task", "sentiment", "--results", results, "--out", tmp_path / "file" / "report"], cache_dir
+    )
     assert_user_error(code, err, "Not a directory")
 
 

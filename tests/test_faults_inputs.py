@@ -6,6 +6,7 @@ file, no traceback, nothing new under results/ (no run, no .partial/ entry), the
 Most cases fail while the config is resolved or the user's files are read, before anything is built;
 the context-length cases fail right after the policy is loaded, once its context window is known.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from conftest import TINY
 from faults import assert_still_listed, assert_user_error, bench_main, seed_results
 
 ROWS = {
-    "preferences": [{"prompt": "This movie", "chosen": " was a delight", "rejected": " was a bore"},
-                    {"prompt": "Le café", "chosen": " était parfait", "rejected": " était froid"}],
-    "sft": [{"prompt": "This movie", "completion": " was a delight"},
-            {"prompt": "Le café", "completion": " était bon"}],
+    "preferences": [
+        {"prompt": "This movie", "chosen": " was a delight", "rejected": " was a bore"},
+        {"prompt": "Le café", "chosen": " était parfait", "rejected": " était froid"},
+    ],
+    "sft": [
+        {"prompt": "This movie", "completion": " was a delight"},
+        {"prompt": "Le café", "completion": " était bon"},
+    ],
     "eval_prompts": [{"prompt": "This movie"}, {"prompt": "Le café"}],
 }
 ROWS["test_preferences"] = ROWS["preferences"]
@@ -54,6 +58,7 @@ def _setting(item: str, accepted: str, algo: str = "dpo", shown: str = "") -> Ca
 
 def _data_file(kind: str, encoding: str) -> Case:
     """A data.KIND file in a form that is not UTF-8 JSON Lines."""
+
     def build(root: Path):
         text, path = _jsonl(ROWS[kind]), root / f"{kind}.jsonl"
         if encoding == "utf-16":  # with a byte-order mark (FF FE)
@@ -72,15 +77,19 @@ def _data_file(kind: str, encoding: str) -> Case:
             path.write_bytes(bytes(range(128, 256)) * 8)
             fragment = f"{path} line 1: binary data"
         return _sets(f"data.{kind}={path}"), fragment
+
     return build
 
 
 def _identical(kind: str) -> Case:
     def build(root: Path):
-        same = [{"prompt": "This movie", "chosen": " was fine", "rejected": " was fine "},
-                {"prompt": "The plot", "chosen": " is thin", "rejected": "is thin"}]
+        same = [
+            {"prompt": "This movie", "chosen": " was fine", "rejected": " was fine "},
+            {"prompt": "The plot", "chosen": " is thin", "rejected": "is thin"},
+        ]
         path = _file(root, f"{kind}.jsonl", _jsonl(same).encode())
         return _sets(f"data.{kind}={path}"), f"{path}: all 2 preference pairs have chosen equal to rejected"
+
     return build
 
 
@@ -93,6 +102,7 @@ def _empty(kind: str, content: bytes, fragment: str) -> Case:
     def build(root: Path):
         path = _file(root, f"{kind}.jsonl", content)
         return _sets(f"data.{kind}={path}"), f"{path}: {fragment}"
+
     return build
 
 
@@ -115,8 +125,9 @@ CATALOGUE: dict[str, Case] = {
     "train-warmup-neg": _setting("train.warmup_steps=-5", "must be >= 0"),
     "train-max_length-1": _setting("train.max_length=1", "must be at least 2"),
     "train-batch_size-0": _setting("train.batch_size=0", "must be at least 1"),
-    "train-grad_accum-3": _setting("train.grad_accum=3", "must be a multiple of train.grad_accum (3)",
-                                   shown="train.batch_size=32"),
+    "train-grad_accum-3": _setting(
+        "train.grad_accum=3", "must be a multiple of train.grad_accum (3)", shown="train.batch_size=32"
+    ),
     "train-weight_decay-neg": _setting("train.weight_decay=-0.1", "must be >= 0"),
     "train-max_steps-neg": _setting("train.max_steps=-1", "must be >= 0"),
     "train-max_steps-huge": _setting("train.max_steps=99999999999999999999", "out of range"),
@@ -155,8 +166,10 @@ CATALOGUE: dict[str, Case] = {
     "dpo-beta-0": _setting("algo.beta=0", "must be > 0", shown="dpo.beta=0"),
     "dpo-beta-word": _setting("dpo.beta=high", "expected a float"),
     "dpo-label_smoothing": _setting("dpo.label_smoothing=0.5", "must lie in [0, 0.5)"),
-    "dpo-smoothing-ipo": lambda root: (_sets("dpo.loss_type=ipo", "dpo.label_smoothing=0.1"),
-                                       "--set dpo.label_smoothing=0.1: applies to dpo.loss_type=sigmoid only"),
+    "dpo-smoothing-ipo": lambda root: (
+        _sets("dpo.loss_type=ipo", "dpo.label_smoothing=0.1"),
+        "--set dpo.label_smoothing=0.1: applies to dpo.loss_type=sigmoid only",
+    ),
     "dpo-loss_type": _setting("dpo.loss_type=kto", "use one of sigmoid, ipo, hinge"),
     "unlikelihood-alpha-neg": _setting("unlikelihood.alpha=-1", "must be >= 0", algo="unlikelihood"),
     "ppo-target_kl-0": _setting("ppo.target_kl=0", "must be > 0", algo="ppo"),
@@ -166,14 +179,18 @@ CATALOGUE: dict[str, Case] = {
     "best-of-n-n-0": _setting("best-of-n.n=0", "must be at least 1", algo="best-of-n"),
     "best-of-n-n-inf": _setting("best-of-n.n=inf", "expected an integer", algo="best-of-n"),
     # --seed
-    "seed-huge": _seed("99999999999999999999999",
-                       "--seed 99999999999999999999999: out of range; use an integer from 0 to 2147483647"),
+    "seed-huge": _seed(
+        "99999999999999999999999", "--seed 99999999999999999999999: out of range; use an integer from 0 to 2147483647"
+    ),
     "seed-2**31": _seed("2147483648", "--seed 2147483648: out of range"),
     "seed-negative": _seed("-1", "--seed -1: out of range"),
     "seed-word": _seed("abc", "argument --seed: invalid int value: 'abc'"),
     # data files: every kind in binary, UTF-16 and Latin-1
-    **{f"{kind}-{encoding}": _data_file(kind, encoding)
-       for kind in KINDS for encoding in ("binary", "utf-16", "latin-1")},
+    **{
+        f"{kind}-{encoding}": _data_file(kind, encoding)
+        for kind in KINDS
+        for encoding in ("binary", "utf-16", "latin-1")
+    },
     "preferences-utf-16-no-bom": _data_file("preferences", "utf-16-be"),
     "sft-binary-no-nul": _data_file("sft", "noise"),
     "preferences-all-identical": _identical("preferences"),
@@ -183,8 +200,10 @@ CATALOGUE: dict[str, Case] = {
     "sft-blank-lines": _empty("sft", b"\n  \n\n", "no rows (data.sft)"),
     "eval_prompts-empty": _empty("eval_prompts", b"", "the evaluation prompt set is empty"),
     "test_preferences-bom-only": _empty("test_preferences", b"\xef\xbb\xbf", "no rows (data.test_preferences)"),
-    "data-no-such-file": lambda root: (_sets(f"data.sft={root / 'missing.jsonl'}"),
-                                       f"--set data.sft={root / 'missing.jsonl'}: no such file"),
+    "data-no-such-file": lambda root: (
+        _sets(f"data.sft={root / 'missing.jsonl'}"),
+        f"--set data.sft={root / 'missing.jsonl'}: no such file",
+    ),
 }
 
 
@@ -206,10 +225,24 @@ def test_bad_input_is_one_line_and_leaves_the_results_as_they_were(case, cache_d
 
 def _run_with(tmp_path: Path, cache_dir: Path, *extra: str) -> tuple[int, str, str, Path]:
     results = tmp_path / "results"
-    code, out, err = bench_main(["run", *_sets("train.max_steps=2", "train.batch_size=4", "eval.max_prompts=4",
-                                              "eval.samples_per_prompt=1", "eval.max_new_tokens=8",
-                                              "run.save_model=false", *extra),
-                                 *TINY, "--results", results], cache_dir)
+    code, out, err = bench_main(
+        [
+            "run",
+            *_sets(
+                "train.max_steps=2",
+                "train.batch_size=4",
+                "eval.max_prompts=4",
+                "eval.samples_per_prompt=1",
+                "eval.max_new_tokens=8",
+                "run.save_model=false",
+                *extra,
+            ),
+            *TINY,
+            "--results",
+            results,
+        ],
+        cache_dir,
+    )
     return code, out, err, results
 
 
@@ -253,17 +286,21 @@ def test_data_files_decode_as_utf8_with_or_without_a_bom(tmp_path):
 
     rows = [{"prompt": "Le café\u2028était"}, {"prompt": "plain"}]
     text = _jsonl(rows)
-    for name, data in (("bom", b"\xef\xbb\xbf" + text.encode()), ("crlf", text.replace("\n", "\r\n").encode()),
-                       ("plain", text.encode())):
+    for name, data in (
+        ("bom", b"\xef\xbb\xbf" + text.encode()),
+        ("crlf", text.replace("\n", "\r\n").encode()),
+        ("plain", text.encode()),
+    ):
         assert read_rows(str(_file(tmp_path, name, data)), PROMPT_KEYS) == rows, name
 
 
 def test_the_largest_seed_fits_every_generator_it_is_derived_into():
     """PPO seeds its rollouts with seed * 1_000_003 + update, which sample() multiplies by 1_000_003 again."""
+    from tiny import tiny_gpt2
+
     from bench.runner import MAX_SEED
     from bench.sampling import sample
     from bench.train import example_order
-    from tiny import tiny_gpt2
 
     derived = MAX_SEED * 1_000_003 + 5
     assert sorted(example_order(7, derived, 0, 7)) == list(range(7))

@@ -5,6 +5,7 @@ Each case copies the shared good record twice, corrupts the second copy, and che
 line and exit 0; with nothing readable left they say so as before. The schema itself
 (records.load_record) is tested directly at the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from faults import assert_user_error, bench_main, seed_results
 
 from bench import records
-from faults import assert_user_error, bench_main, seed_results
 
 BAD = "sentiment-sft-000000000bad"
 
@@ -27,6 +28,7 @@ def _write(name: str, data: str | bytes):
     def corrupt(run: Path) -> None:
         path = run / name
         path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+
     return corrupt
 
 
@@ -34,15 +36,18 @@ def _truncate(name: str):
     def corrupt(run: Path) -> None:
         text = (run / name).read_text()
         (run / name).write_text(text[: len(text) // 2])
+
     return corrupt
 
 
 def _cut_mid_line(name: str):
     """Keep the first half of the rows and half of the next one, as a write cut short would."""
+
     def corrupt(run: Path) -> None:
         lines = (run / name).read_text().splitlines(keepends=True)
         keep = len(lines) // 2
         (run / name).write_text("".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2])
+
     return corrupt
 
 
@@ -51,15 +56,18 @@ def _edit_json(name: str, change):
         obj = json.loads((run / name).read_text())
         change(obj)
         (run / name).write_text(json.dumps(obj))
+
     return corrupt
 
 
 def _edit_row(name: str, change, index: int = 0):
     """Replace row `index` of a JSON-lines file by change(row) (a dict, or any JSON value)."""
+
     def corrupt(run: Path) -> None:
         rows = [json.loads(line) for line in (run / name).read_text().splitlines() if line.strip()]
         rows[index] = change(rows[index])
         (run / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
     return corrupt
 
 
@@ -67,6 +75,7 @@ def _append(name: str, line: str | bytes):
     def corrupt(run: Path) -> None:
         with open(run / name, "ab") as f:
             f.write(line if isinstance(line, bytes) else line.encode("utf-8"))
+
     return corrupt
 
 
@@ -78,15 +87,18 @@ def _as_directory(name: str):
     def corrupt(run: Path) -> None:
         (run / name).unlink()
         (run / name).mkdir()
+
     return corrupt
 
 
 def _without(*keys):
     """Delete a nested key, e.g. _without("config", "task", "name")."""
+
     def change(obj):
         for key in keys[:-1]:
             obj = obj[key]
         del obj[keys[-1]]
+
     return change
 
 
@@ -95,6 +107,7 @@ def _setting(value, *keys):
         for key in keys[:-1]:
             obj = obj[key]
         obj[keys[-1]] = value
+
     return change
 
 
@@ -110,64 +123,149 @@ CASES = [
     ("metrics-list", "metrics.json", _write("metrics.json", "[1, 2, 3]\n"), "should be an object, got a list"),
     ("metrics-garbage", "metrics.json", _write("metrics.json", "gold_reward = 0.5\n"), "not valid JSON (line 1"),
     ("metrics-binary", "metrics.json", _write("metrics.json", b"\x00\x01\x02PK\x03\x04\x00\x00"), "not valid JSON"),
-    ("metrics-non-utf8", "metrics.json", _write("metrics.json", b'{"gold_reward": {"mean": "\xff\xfe"}}'),
-     "not UTF-8 text (byte 0xff at offset 26)"),
-    ("metrics-missing-comma", "metrics.json", _write("metrics.json", '{\n"a": 1\n"b": 2}\n'),
-     "not valid JSON (line 3: Expecting ',' delimiter)"),
-    ("metrics-deeply-nested", "metrics.json", _write("metrics.json", "[" * 100_000),
-     "not valid JSON (nested too deeply"),
+    (
+        "metrics-non-utf8",
+        "metrics.json",
+        _write("metrics.json", b'{"gold_reward": {"mean": "\xff\xfe"}}'),
+        "not UTF-8 text (byte 0xff at offset 26)",
+    ),
+    (
+        "metrics-missing-comma",
+        "metrics.json",
+        _write("metrics.json", '{\n"a": 1\n"b": 2}\n'),
+        "not valid JSON (line 3: Expecting ',' delimiter)",
+    ),
+    (
+        "metrics-deeply-nested",
+        "metrics.json",
+        _write("metrics.json", "[" * 100_000),
+        "not valid JSON (nested too deeply",
+    ),
     ("metrics-huge-integer", "metrics.json", _write("metrics.json", "9" * 5000), "not valid JSON (Exceeds the limit"),
     ("metrics-missing", "metrics.json", _remove("metrics.json"), "missing"),
     ("metrics-a-directory", "metrics.json", _as_directory("metrics.json"), "cannot be read"),
-    ("aggregate-mean-string", "metrics.json", _edit_json("metrics.json", _setting("0.57", "gold_reward", "mean")),
-     "'gold_reward.mean' should be a number, got '0.57'"),
-    ("aggregate-mean-bool", "metrics.json", _edit_json("metrics.json", _setting(True, "kl", "mean")),
-     "'kl.mean' should be a number, got True"),
-    ("aggregate-se-missing", "metrics.json", _edit_json("metrics.json", _without("gold_reward", "se")),
-     "missing 'gold_reward.se'"),
-    ("aggregate-n-float", "metrics.json", _edit_json("metrics.json", _setting(16.5, "gold_reward", "n")),
-     "'gold_reward.n' should be an integer, got 16.5"),
-    ("aggregate-unit-number", "metrics.json", _edit_json("metrics.json", _setting(3, "pair_accuracy", "unit")),
-     "'pair_accuracy.unit' should be a string, got 3"),
+    (
+        "aggregate-mean-string",
+        "metrics.json",
+        _edit_json("metrics.json", _setting("0.57", "gold_reward", "mean")),
+        "'gold_reward.mean' should be a number, got '0.57'",
+    ),
+    (
+        "aggregate-mean-bool",
+        "metrics.json",
+        _edit_json("metrics.json", _setting(True, "kl", "mean")),
+        "'kl.mean' should be a number, got True",
+    ),
+    (
+        "aggregate-se-missing",
+        "metrics.json",
+        _edit_json("metrics.json", _without("gold_reward", "se")),
+        "missing 'gold_reward.se'",
+    ),
+    (
+        "aggregate-n-float",
+        "metrics.json",
+        _edit_json("metrics.json", _setting(16.5, "gold_reward", "n")),
+        "'gold_reward.n' should be an integer, got 16.5",
+    ),
+    (
+        "aggregate-unit-number",
+        "metrics.json",
+        _edit_json("metrics.json", _setting(3, "pair_accuracy", "unit")),
+        "'pair_accuracy.unit' should be a string, got 3",
+    ),
     ("config-garbage", "config.json", _write("config.json", "{config: yes}"), "not valid JSON (line 1"),
     ("config-truncated", "config.json", _truncate("config.json"), "not valid JSON"),
     ("config-missing", "config.json", _remove("config.json"), "missing"),
     ("config-no-config-key", "config.json", _edit_json("config.json", _without("config")), "missing 'config'"),
-    ("config-no-task-name", "config.json", _edit_json("config.json", _without("config", "task", "name")),
-     "missing 'config.task.name'"),
-    ("config-algo-name-number", "config.json", _edit_json("config.json", _setting(7, "config", "algo", "name")),
-     "'config.algo.name' should be a string, got 7"),
-    ("config-seed-string", "config.json", _edit_json("config.json", _setting("0", "config", "seed")),
-     "'config.seed' should be an integer, got '0'"),
-    ("config-train-list", "config.json", _edit_json("config.json", _setting([], "config", "train")),
-     "'config.train' should be an object, got a list"),
-    ("config-eval-task-number", "config.json", _edit_json("config.json", _setting(1, "config", "run", "eval_task")),
-     "'config.run.eval_task' should be a string, got 1"),
-    ("samples-cut-mid-line", "samples.jsonl", _cut_mid_line("samples.jsonl"),
-     "line 33: not valid JSON (column "),
-    ("samples-row-list", "samples.jsonl", _edit_row("samples.jsonl", lambda row: [row["prompt"]], index=2),
-     "line 3: should be an object, got a list"),
-    ("samples-missing-completion", "samples.jsonl", _edit_row("samples.jsonl", _dropping("completion")),
-     "line 1: missing 'completion'"),
-    ("samples-prompt-index-string", "samples.jsonl",
-     _edit_row("samples.jsonl", lambda row: {**row, "prompt_index": "0"}),
-     "line 1: 'prompt_index' should be an integer"),
-    ("samples-non-utf8", "samples.jsonl", _append("samples.jsonl", b'{"prompt": "caf\xe9"}\n'),
-     "line 65: not UTF-8 text (byte 0xe9)"),
+    (
+        "config-no-task-name",
+        "config.json",
+        _edit_json("config.json", _without("config", "task", "name")),
+        "missing 'config.task.name'",
+    ),
+    (
+        "config-algo-name-number",
+        "config.json",
+        _edit_json("config.json", _setting(7, "config", "algo", "name")),
+        "'config.algo.name' should be a string, got 7",
+    ),
+    (
+        "config-seed-string",
+        "config.json",
+        _edit_json("config.json", _setting("0", "config", "seed")),
+        "'config.seed' should be an integer, got '0'",
+    ),
+    (
+        "config-train-list",
+        "config.json",
+        _edit_json("config.json", _setting([], "config", "train")),
+        "'config.train' should be an object, got a list",
+    ),
+    (
+        "config-eval-task-number",
+        "config.json",
+        _edit_json("config.json", _setting(1, "config", "run", "eval_task")),
+        "'config.run.eval_task' should be a string, got 1",
+    ),
+    ("samples-cut-mid-line", "samples.jsonl", _cut_mid_line("samples.jsonl"), "line 33: not valid JSON (column "),
+    (
+        "samples-row-list",
+        "samples.jsonl",
+        _edit_row("samples.jsonl", lambda row: [row["prompt"]], index=2),
+        "line 3: should be an object, got a list",
+    ),
+    (
+        "samples-missing-completion",
+        "samples.jsonl",
+        _edit_row("samples.jsonl", _dropping("completion")),
+        "line 1: missing 'completion'",
+    ),
+    (
+        "samples-prompt-index-string",
+        "samples.jsonl",
+        _edit_row("samples.jsonl", lambda row: {**row, "prompt_index": "0"}),
+        "line 1: 'prompt_index' should be an integer",
+    ),
+    (
+        "samples-non-utf8",
+        "samples.jsonl",
+        _append("samples.jsonl", b'{"prompt": "caf\xe9"}\n'),
+        "line 65: not UTF-8 text (byte 0xe9)",
+    ),
     ("cost-garbage", "cost.json", _write("cost.json", "wall time: 3s\n"), "not valid JSON"),
     ("cost-list", "cost.json", _write("cost.json", "[]"), "should be an object, got a list"),
-    ("checkpoints-garbage", "checkpoints.jsonl", _write("checkpoints.jsonl", "step 10: done\n"),
-     "line 1: not valid JSON"),
-    ("checkpoints-step-string", "checkpoints.jsonl",
-     _edit_row("checkpoints.jsonl", lambda row: {**row, "step": "10"}), "line 1: 'step' should be an integer"),
-    ("checkpoints-metrics-list", "checkpoints.jsonl",
-     _edit_row("checkpoints.jsonl", lambda row: {**row, "metrics": []}), "line 1: 'metrics' should be an object"),
-    ("checkpoint-aggregate-mean-string", "checkpoints.jsonl",
-     _edit_row("checkpoints.jsonl", lambda row: {**row, "metrics": {"kl": {"mean": "x", "se": 0, "n": 1}}}),
-     "line 1: 'metrics.kl.mean' should be a number"),
+    (
+        "checkpoints-garbage",
+        "checkpoints.jsonl",
+        _write("checkpoints.jsonl", "step 10: done\n"),
+        "line 1: not valid JSON",
+    ),
+    (
+        "checkpoints-step-string",
+        "checkpoints.jsonl",
+        _edit_row("checkpoints.jsonl", lambda row: {**row, "step": "10"}),
+        "line 1: 'step' should be an integer",
+    ),
+    (
+        "checkpoints-metrics-list",
+        "checkpoints.jsonl",
+        _edit_row("checkpoints.jsonl", lambda row: {**row, "metrics": []}),
+        "line 1: 'metrics' should be an object",
+    ),
+    (
+        "checkpoint-aggregate-mean-string",
+        "checkpoints.jsonl",
+        _edit_row("checkpoints.jsonl", lambda row: {**row, "metrics": {"kl": {"mean": "x", "se": 0, "n": 1}}}),
+        "line 1: 'metrics.kl.mean' should be a number",
+    ),
     ("train-log-garbage", "train_log.jsonl", _append("train_log.jsonl", "loss=0.3\n"), "line 2: not valid JSON"),
-    ("train-log-row-number", "train_log.jsonl", _append("train_log.jsonl", "42\n"),
-     "line 2: should be an object, got 42"),
+    (
+        "train-log-row-number",
+        "train_log.jsonl",
+        _append("train_log.jsonl", "42\n"),
+        "line 2: should be an object, got 42",
+    ),
 ]
 
 
@@ -194,8 +292,9 @@ def _one_warning(err: str, bad: Path, name: str, problem: str) -> str:
 
 
 @pytest.mark.parametrize("name, corrupt, problem", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_corrupted_record_is_named_and_the_others_still_shown(tmp_path, cache_dir, good_record, name, corrupt,
-                                                                 problem):
+def test_a_corrupted_record_is_named_and_the_others_still_shown(
+    tmp_path, cache_dir, good_record, name, corrupt, problem
+):
     results, good, bad = _two_copies(tmp_path, good_record, corrupt)
 
     code, out, err = bench_main(["table", "--task", "sentiment", "--results", results], cache_dir)
@@ -212,8 +311,11 @@ def test_a_corrupted_record_is_named_and_the_others_still_shown(tmp_path, cache_
     assert good.name in text and BAD not in text and "1 complete runs" in text, text
 
 
-@pytest.mark.parametrize("corrupt", [_write("metrics.json", "[]"), _remove("config.json"),
-                                     _cut_mid_line("samples.jsonl")], ids=["metrics", "config", "samples"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [_write("metrics.json", "[]"), _remove("config.json"), _cut_mid_line("samples.jsonl")],
+    ids=["metrics", "config", "samples"],
+)
 def test_only_corrupted_records_is_no_complete_runs(tmp_path, cache_dir, good_record, corrupt):
     results = tmp_path / "results"
     bad = results / BAD
@@ -226,8 +328,9 @@ def test_only_corrupted_records_is_no_complete_runs(tmp_path, cache_dir, good_re
     assert "No complete runs" in out, out
     assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith(f"warning: skipping {bad}: "), err
 
-    code, out, err = bench_main(["report", "--task", "sentiment", "--results", results, "--out", tmp_path / "r"],
-                                cache_dir)
+    code, out, err = bench_main(
+        ["report", "--task", "sentiment", "--results", results, "--out", tmp_path / "r"], cache_dir
+    )
     assert_user_error(code, err, "no complete runs", results, before)
     assert not (tmp_path / "r").exists()
 
@@ -260,8 +363,9 @@ def test_odd_values_and_absent_optional_files_are_not_corruption(tmp_path, cache
     code, out, err = bench_main(["table", "--task", "sentiment", "--results", results], cache_dir)
     assert code == 0 and err == "", err
     assert "2 complete runs" in out and "| sft | default | 2 |" in out, out
-    code, out, err = bench_main(["report", "--task", "sentiment", "--results", results, "--out", tmp_path / "r"],
-                                cache_dir)
+    code, out, err = bench_main(
+        ["report", "--task", "sentiment", "--results", results, "--out", tmp_path / "r"], cache_dir
+    )
     assert code == 0 and "warning" not in err and "Traceback" not in err, err
     assert other.name in (tmp_path / "r" / "report.md").read_text()
     record = records.load_record(other)
@@ -312,5 +416,7 @@ def test_readable_runs_passes_over_other_tasks_and_reports_through_warn(tmp_path
     assert records.readable_runs(results, "other-task", warn=lines.append) == [] and lines == []
     (run,) = records.readable_runs(results, "sentiment", warn=lines.append)
     assert run.dir == results / good_record.name
-    assert lines == [f"warning: skipping {bad}: cost.json: not valid JSON (line 1: Expecting property name enclosed "
-                     "in double quotes, at the end of the file: cut short?); delete it or rerun its command"]
+    assert lines == [
+        f"warning: skipping {bad}: cost.json: not valid JSON (line 1: Expecting property name enclosed "
+        "in double quotes, at the end of the file: cut short?); delete it or rerun its command"
+    ]

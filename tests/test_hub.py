@@ -1,4 +1,5 @@
 """bench.hub: local copies take the hub's code path; an unreachable hub is one line, at once."""
+
 from __future__ import annotations
 
 import os
@@ -6,9 +7,9 @@ import subprocess
 import sys
 import time
 
+import hub_fixtures
 import pytest
 
-import hub_fixtures
 from bench import hub
 from bench.errors import UserError
 
@@ -50,7 +51,9 @@ def test_unreachable_hub_fails_at_once_with_the_offline_alternatives(no_hub):
         hub.load_rows("CarperAI/openai_summarize_tldr", "test", task="tldr")
     message = str(err.value)
     assert time.perf_counter() - start < 10  # not the libraries' half a minute of retries
-    assert "unreachable" in message and "--task sentiment" in message and "task.dataset" in message and "\n" not in message
+    assert (
+        "unreachable" in message and "--task sentiment" in message and "task.dataset" in message and "\n" not in message
+    )
     with pytest.raises(UserError, match="task.model.*unreachable"):
         hub.load_causal_lm("gpt2-large", task="imdb")
     with pytest.raises(UserError, match="task.gold_model.*unreachable"):
@@ -59,12 +62,19 @@ def test_unreachable_hub_fails_at_once_with_the_offline_alternatives(no_hub):
 
 def test_offline_mode_uses_the_cache_and_says_what_is_missing(no_hub, tmp_path):
     # The hub libraries read HF_HUB_OFFLINE when imported: a fresh process, as a user's shell gives.
-    code = ("from bench import hub\n"
-            "try:\n    hub.load_causal_lm('no-such-org/no-such-model', task='tldr')\n"
-            "except Exception as e:\n    print(type(e).__name__, e)")
+    code = (
+        "from bench import hub\n"
+        "try:\n    hub.load_causal_lm('no-such-org/no-such-model', task='tldr')\n"
+        "except Exception as e:\n    print(type(e).__name__, e)"
+    )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    ).stdout
     assert out.startswith("UserError") and "not in your Hugging Face cache" in out and "--task sentiment" in out
     assert time.perf_counter() - start < 60
 

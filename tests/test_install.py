@@ -1,4 +1,5 @@
 """`pip install .` into a clean virtual environment puts the plugins under the bench namespace only."""
+
 from __future__ import annotations
 
 import shutil
@@ -20,14 +21,22 @@ def test_wheel_installs_plugins_under_bench(tmp_path):
     for name in ("bench", "algorithms", "tasks", "evaluators"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(wheels), str(src)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (wheel,) = wheels.glob("alignment_bench-*.whl")
     env_dir = tmp_path / "clean"
     venv.create(env_dir, with_pip=False)  # no site packages of ours: nothing but the wheel
     python = env_dir / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     probe = (
         "import importlib.util, json, sysconfig, os\n"
         "from importlib.metadata import entry_points\n"
@@ -41,17 +50,30 @@ def test_wheel_installs_plugins_under_bench(tmp_path):
     import json
 
     found = json.loads(out.stdout)
-    assert found["spec"] == {"bench.algorithms.dpo": True, "bench.tasks.sentiment": True, "bench.evaluators.kl": True,
-                             "algorithms": False, "tasks": False, "evaluators": False}
+    assert found["spec"] == {
+        "bench.algorithms.dpo": True,
+        "bench.tasks.sentiment": True,
+        "bench.evaluators.kl": True,
+        "algorithms": False,
+        "tasks": False,
+        "evaluators": False,
+    }
     assert not {"algorithms", "tasks", "evaluators"} & set(found["top"])
     # Every built-in entry point names a module that exists in the installed tree.
-    ours = {ep.group: sorted(e.value for e in distribution("alignment-bench").entry_points if e.group == ep.group)
-            for ep in distribution("alignment-bench").entry_points if ep.group.startswith("bench.")}
+    ours = {
+        ep.group: sorted(e.value for e in distribution("alignment-bench").entry_points if e.group == ep.group)
+        for ep in distribution("alignment-bench").entry_points
+        if ep.group.startswith("bench.")
+    }
     for group, values in ours.items():
         assert set(values) <= set(found["eps"][group])
         for value in values:
             module = value.split(":")[0]
             assert module.startswith("bench.")
-            check = subprocess.run([str(python), "-c", f"import importlib.util; assert importlib.util.find_spec({module!r})"],
-                                   capture_output=True, text=True, cwd=tmp_path)
+            check = subprocess.run(
+                [str(python), "-c", f"import importlib.util; assert importlib.util.find_spec({module!r})"],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+            )
             assert check.returncode == 0, (module, check.stderr)

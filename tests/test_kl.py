@@ -1,4 +1,5 @@
 """bench.kl: both sequence-KL estimators against the KL enumerated over every possible completion."""
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,7 @@ def _completion_logps(model, prompt: list[int], completions: list[tuple[int, ...
     ids = torch.tensor([prompt + list(y) for y in completions])
     with torch.no_grad():
         logp = torch.log_softmax(model(ids, attention_mask=torch.ones_like(ids)).logits.double() / temperature, -1)
-    picked = logp[:, len(prompt) - 1:-1].gather(-1, ids[:, len(prompt):, None]).squeeze(-1)
+    picked = logp[:, len(prompt) - 1 : -1].gather(-1, ids[:, len(prompt) :, None]).squeeze(-1)
     return picked.sum(-1)
 
 
@@ -51,10 +52,19 @@ def test_estimators_match_the_enumerated_sequence_kl(temperature):
     assert target > 0.5  # a KL worth measuring
 
     prompt_ids = [prompts[0]] * n_each + [prompts[1]] * n_each
-    completions = sample(policy, prompt_ids, max_new_tokens=length, temperature=temperature, eos_token_id=None,
-                         pad_token_id=PAD, seed=0, batch_size=1024)
-    exact, log_ratio = sequence_kl(policy, reference, prompt_ids, completions, pad_id=PAD, batch_size=1000,
-                                   temperature=temperature)
+    completions = sample(
+        policy,
+        prompt_ids,
+        max_new_tokens=length,
+        temperature=temperature,
+        eos_token_id=None,
+        pad_token_id=PAD,
+        seed=0,
+        batch_size=1024,
+    )
+    exact, log_ratio = sequence_kl(
+        policy, reference, prompt_ids, completions, pad_id=PAD, batch_size=1000, temperature=temperature
+    )
     exact, log_ratio = torch.tensor(exact, dtype=torch.float64), torch.tensor(log_ratio, dtype=torch.float64)
     n = len(prompt_ids)
     assert abs(exact.mean() - target) < 0.01 * target
@@ -91,7 +101,7 @@ def test_per_sequence_values_match_a_hand_computation_under_any_batching():
 
 def test_best_of_n_bound_values():
     assert best_of_n_kl_bound(1) == 0.0
-    assert best_of_n_kl_bound(2) == pytest.approx(0.19314718, abs=1e-8)   # ln 2 - 1/2
+    assert best_of_n_kl_bound(2) == pytest.approx(0.19314718, abs=1e-8)  # ln 2 - 1/2
     assert best_of_n_kl_bound(16) == pytest.approx(1.83508872, abs=1e-8)  # ln 16 - 15/16
     with pytest.raises(ValueError):
         best_of_n_kl_bound(0)

@@ -1,4 +1,5 @@
 """bench.logprobs: encoding rules, masks, log-probs against a plain full-sequence computation, caching."""
+
 from __future__ import annotations
 
 import random
@@ -42,6 +43,7 @@ def _plain_token_logps(model, ids: list[int], n_prompt: int, temperature: float 
 
 # ---- encode / collate -------------------------------------------------------------------------
 
+
 def test_encode_concatenates_separate_tokenizations():
     tok = tiny_tokenizer()
     prompt, completion = "the movie was", " great and wonderful"
@@ -80,6 +82,7 @@ def test_collate_pads_right_to_the_batch_longest_and_marks_completions():
 
 # ---- log-probs ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", MODELS)
 def test_padded_batch_matches_plain_single_sequences(arch):
     model = MODELS[arch](vocab_size=VOCAB, seed=1)
@@ -92,8 +95,12 @@ def test_padded_batch_matches_plain_single_sequences(arch):
         assert mask[r].sum() == len(plain)
         torch.testing.assert_close(logps[r][mask[r] == 1].double(), plain, atol=1e-5, rtol=0)
         assert (logps[r][mask[r] == 0] == 0).all()
-    torch.testing.assert_close(sequence_logps(model, batch).double(), torch.stack(
-        [_plain_token_logps(model, ids, n).sum() for ids, n in encoded]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        sequence_logps(model, batch).double(),
+        torch.stack([_plain_token_logps(model, ids, n).sum() for ids, n in encoded]),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize("arch", MODELS)
@@ -103,8 +110,8 @@ def test_padding_invariance(arch):
     alone, _ = token_logps(model, collate([target], PAD))
     others = [([8] * 12, 3), ([9, 10], 1)]
     padded, _ = token_logps(model, collate([others[0], target, others[1]], PAD))
-    torch.testing.assert_close(padded[1, :alone.shape[1]], alone[0], atol=1e-5, rtol=0)
-    assert (padded[1, alone.shape[1]:] == 0).all()
+    torch.testing.assert_close(padded[1, : alone.shape[1]], alone[0], atol=1e-5, rtol=0)
+    assert (padded[1, alone.shape[1] :] == 0).all()
 
 
 def test_temperature_divides_the_logits():
@@ -135,8 +142,9 @@ def test_concatenated_forward_equals_separate_forwards_and_has_gradients():
 def test_concatenated_forward_makes_one_forward_pass():
     model = tiny_gpt2(vocab_size=VOCAB, seed=5)
     calls = []
-    model.register_forward_hook(lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape),
-                                with_kwargs=True)
+    model.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     pairs = [{"chosen": c, "rejected": r, "index": 0} for c, r in zip(_encoded(3, 6), _encoded(3, 7))]
     concatenated_forward(model, collate_pairs(pairs, PAD))
     assert len(calls) == 1 and calls[0][0] == 6
@@ -144,17 +152,19 @@ def test_concatenated_forward_makes_one_forward_pass():
 
 # ---- data sets and the cache -------------------------------------------------------------------
 
+
 def test_dataset_logps_restores_order_and_batches_by_length():
     model = tiny_gpt2(vocab_size=VOCAB, seed=6)
     encoded = _encoded(11, seed=8)
     expected = torch.stack([_plain_token_logps(model, ids, n).sum() for ids, n in encoded])
     shapes = []
-    model.register_forward_hook(lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)),
-                                with_kwargs=True)
+    model.register_forward_hook(
+        lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     got = dataset_logps(model, encoded, PAD, batch_size=4)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
     lengths = sorted(len(ids) for ids, _ in encoded)
-    assert shapes == [(len(lengths[s:s + 4]), lengths[s:s + 4][-1]) for s in range(0, 11, 4)]
+    assert shapes == [(len(lengths[s : s + 4]), lengths[s : s + 4][-1]) for s in range(0, 11, 4)]
     assert not got.requires_grad
 
 
@@ -174,5 +184,6 @@ def test_cache_hit_does_not_call_the_model(tmp_path):
     with pytest.raises(AssertionError, match="despite a cached"):
         cached_dataset_logps(model, encoded, PAD, 2, tmp_path, key="reference-b")
     with pytest.raises(AssertionError, match="despite a cached"):
-        cached_dataset_logps(model, encoded[:4] + [(encoded[4][0], encoded[4][1] + 1)], PAD, 2, tmp_path,
-                             key="reference-a")
+        cached_dataset_logps(
+            model, encoded[:4] + [(encoded[4][0], encoded[4][1] + 1)], PAD, 2, tmp_path, key="reference-a"
+        )

@@ -1,4 +1,5 @@
 """The offline losses: DPO variants by hand and against TRL's own code, unlikelihood by hand, SFT masking."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,10 @@ from collections import defaultdict
 
 import pytest
 import torch
-from tiny import tiny_gpt2
-
 from bench.algorithms.dpo import DPO, dpo_loss
 from bench.algorithms.unlikelihood import Unlikelihood, unlikelihood_loss
+from tiny import tiny_gpt2
+
 from bench.logprobs import collate
 from bench.preference import demonstration_loss
 
@@ -45,8 +46,14 @@ HAND = {
 def test_dpo_loss_matches_hand_computed_values(loss_type, label_smoothing):
     t = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
     losses, chosen_rewards, rejected_rewards = dpo_loss(
-        t(POLICY_CHOSEN), t(POLICY_REJECTED), t(REF_CHOSEN), t(REF_REJECTED),
-        beta=BETA, loss_type=loss_type, label_smoothing=label_smoothing)
+        t(POLICY_CHOSEN),
+        t(POLICY_REJECTED),
+        t(REF_CHOSEN),
+        t(REF_REJECTED),
+        beta=BETA,
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+    )
     assert losses.tolist() == pytest.approx(HAND[loss_type, label_smoothing], abs=1e-12)
     assert chosen_rewards.tolist() == pytest.approx([0.25, -0.5])  # beta * (0.5, -1.0)
     assert rejected_rewards.tolist() == pytest.approx([-0.25, 0.75])  # beta * (-0.5, 1.5)
@@ -80,6 +87,7 @@ def test_dpo_loss_rejects_unknown_variants():
 
 # ---- DPO.loss: what the algorithm feeds dpo_loss -----------------------------------------------
 
+
 def _out(chosen_tokens: list[list[float]], rejected_tokens: list[list[float]]) -> dict:
     """A concatenated_forward-shaped dict from per-token log-probs of completion tokens (right-padded with 0)."""
     width = max(len(r) for r in chosen_tokens + rejected_tokens)
@@ -97,7 +105,9 @@ def test_ipo_averages_log_ratios_over_completion_tokens():
     # rejected: 4 tokens summing to -4.0 (ref -2.0) -> per-token log-ratio -0.5
     # h = 1.5; beta = 0.25 -> target 2; loss (1.5 - 2)^2 = 0.25
     out = _out([[-0.5, -0.5]], [[-1.0, -1.0, -1.0, -1.0]])
-    loss, metrics = DPO(config=DPO.Config(beta=0.25, loss_type="ipo")).loss(out, torch.tensor([-3.0]), torch.tensor([-2.0]))
+    loss, metrics = DPO(config=DPO.Config(beta=0.25, loss_type="ipo")).loss(
+        out, torch.tensor([-3.0]), torch.tensor([-2.0])
+    )
     assert loss.item() == pytest.approx(0.25)
     # Rewards are reported on whole sequences: 0.25 * 2.0 and 0.25 * -2.0
     assert metrics["rewards/chosen"].item() == pytest.approx(0.5)
@@ -112,8 +122,10 @@ def test_reference_free_uses_zero_reference_logps():
     assert metrics["rewards/accuracies"].item() == 0.0  # a tie does not count as correct
 
 
-@pytest.mark.parametrize("options", [{"loss_type": "dpo"}, {"beta": 0.0}, {"label_smoothing": 0.5},
-                                     {"loss_type": "hinge", "label_smoothing": 0.1}])
+@pytest.mark.parametrize(
+    "options",
+    [{"loss_type": "dpo"}, {"beta": 0.0}, {"label_smoothing": 0.5}, {"loss_type": "hinge", "label_smoothing": 0.1}],
+)
 def test_bad_dpo_options_are_user_errors(options):
     from bench.errors import UserError
 
@@ -162,17 +174,33 @@ def _trl_loss(loss_type: str, beta: float, label_smoothing: float):
 
         def __call__(self, **kwargs):
             zeros = torch.zeros_like(token_logps)
-            return types.SimpleNamespace(log_probs=token_logps, entropy=zeros, mean_logits=zeros,
-                                         is_top1=zeros.bool())
+            return types.SimpleNamespace(log_probs=token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
 
     accelerator = types.SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
     trainer = types.SimpleNamespace(
-        model=Model(), accelerator=accelerator, aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-        f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta,
-        label_smoothing=label_smoothing, use_weighting=False, _metrics={"train": defaultdict(list)},
-        _total_train_tokens=0, _tp_size=1, args=None)
-    inputs = {"input_ids": torch.zeros(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T, dtype=torch.long),
-              "completion_mask": completion_mask, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        model=Model(),
+        accelerator=accelerator,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=False,
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+        args=None,
+    )
+    inputs = {
+        "input_ids": torch.zeros(2 * B, T, dtype=torch.long),
+        "attention_mask": torch.ones(2 * B, T, dtype=torch.long),
+        "completion_mask": completion_mask,
+        "ref_chosen_logps": ref_chosen,
+        "ref_rejected_logps": ref_rejected,
+    }
     loss = DPOTrainer._compute_loss(trainer, trainer.model, inputs, False)
     return loss.item(), {k: v[0] for k, v in trainer._metrics["train"].items()}
 
@@ -180,9 +208,14 @@ def _trl_loss(loss_type: str, beta: float, label_smoothing: float):
 def _our_loss(loss_type: str, beta: float, label_smoothing: float):
     completion_mask, token_logps, ref_chosen, ref_rejected = _fixture()
     mask = completion_mask[:, 1:]
-    out = {"chosen_logps": token_logps[:B].sum(-1), "rejected_logps": token_logps[B:].sum(-1),
-           "chosen_token_logps": token_logps[:B], "chosen_mask": mask[:B],
-           "rejected_token_logps": token_logps[B:], "rejected_mask": mask[B:]}
+    out = {
+        "chosen_logps": token_logps[:B].sum(-1),
+        "rejected_logps": token_logps[B:].sum(-1),
+        "chosen_token_logps": token_logps[:B],
+        "chosen_mask": mask[:B],
+        "rejected_token_logps": token_logps[B:],
+        "rejected_mask": mask[B:],
+    }
     config = DPO.Config(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     loss, metrics = DPO(config=config).loss(out, ref_chosen, ref_rejected)
     return loss.item(), {k: float(v) for k, v in metrics.items()}
@@ -195,22 +228,31 @@ def test_fixture_orders_policy_and_reference_margins_alike():
     assert 0 < (logps[:B] - ref_chosen - logps[B:] + ref_rejected).gt(0).sum() < B  # both signs of h present
 
 
-@pytest.mark.parametrize("ours,trl", [
-    (("sigmoid", 0.1, 0.0), ("sigmoid", 0.1, 0.0)),
-    (("sigmoid", 0.5, 0.0), ("sigmoid", 0.5, 0.0)),
-    (("sigmoid", 0.1, 0.1), ("aot", 0.1, 0.1)),
-    (("sigmoid", 0.5, 0.3), ("aot", 0.5, 0.3)),
-    (("ipo", 0.1, 0.0), ("ipo", 0.1, 0.0)),
-    (("ipo", 1.0, 0.0), ("ipo", 1.0, 0.0)),
-    (("hinge", 0.1, 0.0), ("hinge", 0.1, 0.0)),
-    (("hinge", 1.0, 0.0), ("hinge", 1.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "ours,trl",
+    [
+        (("sigmoid", 0.1, 0.0), ("sigmoid", 0.1, 0.0)),
+        (("sigmoid", 0.5, 0.0), ("sigmoid", 0.5, 0.0)),
+        (("sigmoid", 0.1, 0.1), ("aot", 0.1, 0.1)),
+        (("sigmoid", 0.5, 0.3), ("aot", 0.5, 0.3)),
+        (("ipo", 0.1, 0.0), ("ipo", 0.1, 0.0)),
+        (("ipo", 1.0, 0.0), ("ipo", 1.0, 0.0)),
+        (("hinge", 0.1, 0.0), ("hinge", 0.1, 0.0)),
+        (("hinge", 1.0, 0.0), ("hinge", 1.0, 0.0)),
+    ],
+)
 def test_dpo_matches_trl(ours, trl):
     our_loss, our_metrics = _our_loss(*ours)
     trl_loss, trl_metrics = _trl_loss(*trl)
     assert our_loss == pytest.approx(trl_loss, abs=1e-6, rel=0)
-    for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/chosen", "logps/rejected"):
+    for name in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert our_metrics[name] == pytest.approx(trl_metrics[name], abs=1e-6, rel=0), name
 
 
@@ -220,6 +262,7 @@ def test_trl_comparison_can_fail():
 
 
 # ---- unlikelihood ------------------------------------------------------------------------------------
+
 
 def test_unlikelihood_matches_hand_computed_values():
     # chosen tokens p = 0.5, 0.25 | 0.8 ; rejected tokens p = 0.5, 0.9 | 0.2, (padding)
@@ -252,6 +295,7 @@ def test_unlikelihood_with_alpha_zero_is_chosen_nll():
 
 # ---- SFT negative log-likelihood -----------------------------------------------------------------------
 
+
 def test_sft_loss_counts_completion_tokens_only():
     model = tiny_gpt2()
     encoded = [([5, 9, 3, 7, 11], 2), ([4, 8, 6], 1)]  # completions: 3 and 2 tokens; the second row is padded
@@ -262,7 +306,7 @@ def test_sft_loss_counts_completion_tokens_only():
         for ids, n_prompt in encoded:
             logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
             row = [-logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
-            terms += row[n_prompt - 1:]
+            terms += row[n_prompt - 1 :]
             all_terms += row
     assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
     assert loss.item() != pytest.approx(sum(all_terms) / len(all_terms), rel=1e-3)  # prompt tokens would change it

@@ -1,4 +1,5 @@
 """An outside package adds an algorithm through an entry point and runs through `bench run`."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
 
 PLUGIN = Path(__file__).resolve().parent / "plugin_example"
@@ -17,8 +17,23 @@ PLUGIN = Path(__file__).resolve().parent / "plugin_example"
 def plugin_site(tmp_path_factory) -> dict:
     """The example plugin pip-installed into its own directory, put on the path of the CLI only."""
     site = tmp_path_factory.mktemp("plugin_site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(PLUGIN)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return {"PYTHONPATH": str(site)}
 
 
@@ -30,8 +45,11 @@ def test_plugin_is_listed(plugin_site, cache_dir):
 
 
 def test_plugin_runs_through_bench_run(plugin_site, cache_dir, tmp_path):
-    proc = run_cli(["run", "--algo", "slic", "--task", "sentiment", *TINY, "--set", "slic.delta=2",
-                    "--results", str(tmp_path)], cache_dir, plugin_site)
+    proc = run_cli(
+        ["run", "--algo", "slic", "--task", "sentiment", *TINY, "--set", "slic.delta=2", "--results", str(tmp_path)],
+        cache_dir,
+        plugin_site,
+    )
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("sentiment-slic-")]
     config = json.loads((run_dir / "config.json").read_text())["config"]
@@ -43,8 +61,22 @@ def test_plugin_runs_through_bench_run(plugin_site, cache_dir, tmp_path):
 
 def test_a_nan_loss_ends_cleanly(plugin_site, cache_dir, tmp_path):
     results = tmp_path / "results"
-    proc = run_cli(["run", "--algo", "slic", "--task", "sentiment", *TINY, "--set", "slic.poison_loss=true",
-                    "--results", str(results)], cache_dir, plugin_site)
+    proc = run_cli(
+        [
+            "run",
+            "--algo",
+            "slic",
+            "--task",
+            "sentiment",
+            *TINY,
+            "--set",
+            "slic.poison_loss=true",
+            "--results",
+            str(results),
+        ],
+        cache_dir,
+        plugin_site,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("slic:", "\r"))]
     assert any(line.startswith("error: slic: the loss became nan at step 1") for line in lines), proc.stderr

@@ -1,4 +1,5 @@
 """PPO's pieces against hand-computed values, its loss, bad input, and an interrupted run resuming exactly."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from bench.algorithms import ppo
+
 from bench.errors import UserError
 from bench.runner import RunSpec, execute
 
@@ -48,7 +49,9 @@ def test_whitening_matches_hand_computed_values():
     kept = ppo.whiten(values, mask, shift_mean=False)
     torch.testing.assert_close(kept[0, :3], torch.tensor([1.0, 2.0, 3.0]), rtol=1e-6, atol=1e-6)
     plain = ppo.whiten(torch.tensor([2.0, 4.0, 6.0, 8.0]))  # mean 5, variance 20/3
-    torch.testing.assert_close(plain, (torch.tensor([2.0, 4.0, 6.0, 8.0]) - 5) / math.sqrt(20 / 3), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        plain, (torch.tensor([2.0, 4.0, 6.0, 8.0]) - 5) / math.sqrt(20 / 3), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_adaptive_kl_controller_follows_the_proportional_rule():
@@ -64,14 +67,22 @@ def test_adaptive_kl_controller_follows_the_proportional_rule():
 
 def test_clipped_losses_match_hand_computed_values():
     algo = ppo.PPO(ppo.Config(cliprange=0.2, cliprange_value=0.5, vf_coef=0.1))
-    new_logps, entropy, new_values = torch.log(torch.tensor([[1.5, 0.5, 1.1]])), torch.ones(1, 3), torch.tensor([[2.0, 0.0, 1.0]])
+    new_logps, entropy, new_values = (
+        torch.log(torch.tensor([[1.5, 0.5, 1.1]])),
+        torch.ones(1, 3),
+        torch.tensor([[2.0, 0.0, 1.0]]),
+    )
 
     def model(batch):
         return new_logps, entropy, new_values
 
-    batch = {"old_logps": torch.zeros(1, 3), "old_values": torch.tensor([[1.0, 0.2, 0.0]]),
-             "advantages": torch.tensor([[1.0, -1.0, 2.0]]), "returns": torch.tensor([[3.0, 1.0, 0.0]]),
-             "mask": torch.tensor([[1.0, 1.0, 0.0]])}  # the third token is padding
+    batch = {
+        "old_logps": torch.zeros(1, 3),
+        "old_values": torch.tensor([[1.0, 0.2, 0.0]]),
+        "advantages": torch.tensor([[1.0, -1.0, 2.0]]),
+        "returns": torch.tensor([[3.0, 1.0, 0.0]]),
+        "mask": torch.tensor([[1.0, 1.0, 0.0]]),
+    }  # the third token is padding
     loss, metrics = algo._loss(model, batch)
     # ratios 1.5 and 0.5: max(-A r, -A clip(r)) = max(-1.5, -1.2) = -1.2 and max(0.5, 0.8) = 0.8.
     policy_loss = (-1.2 + 0.8) / 2
@@ -92,13 +103,26 @@ def test_bad_settings_and_a_task_without_gold_reward_are_user_errors(cache_dir, 
 
     monkeypatch.setattr(Sentiment, "gold_reward", None)
     with pytest.raises(UserError, match="ppo-gt needs a gold reward and the task 'sentiment' has none"):
-        execute(RunSpec(algo="ppo-gt", task="sentiment", sets=TINY), results=tmp_path, cache_dir=cache_dir, echo=lambda _: None)
+        execute(
+            RunSpec(algo="ppo-gt", task="sentiment", sets=TINY),
+            results=tmp_path,
+            cache_dir=cache_dir,
+            echo=lambda _: None,
+        )
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
 def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir, tmp_path, monkeypatch):
-    sets = TINY + ["train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1", "train.batch_size=8",
-                   "ppo-gt.rollout_batch_size=16", "ppo-gt.ppo_epochs=2", "eval.max_prompts=8", "run.save_model=false"]
+    sets = TINY + [
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.batch_size=8",
+        "ppo-gt.rollout_batch_size=16",
+        "ppo-gt.ppo_epochs=2",
+        "eval.max_prompts=8",
+        "run.save_model=false",
+    ]
     spec = RunSpec(algo="ppo-gt", task="sentiment", seed=3, sets=sets)
     whole = execute(spec, results=tmp_path / "whole", cache_dir=cache_dir, echo=lambda _: None)
 
@@ -125,7 +149,16 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir
     assert (resumed / "train_log.jsonl").read_text() == (whole / "train_log.jsonl").read_text()
     log = [json.loads(line) for line in (whole / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]
-    assert {"objective/kl", "objective/scores", "objective/rlhf_reward", "objective/kl_coef", "policy/entropy",
-            "policy/clipfrac", "policy/approxkl", "loss/value", "loss"} <= set(log[0])
+    assert {
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/kl_coef",
+        "policy/entropy",
+        "policy/clipfrac",
+        "policy/approxkl",
+        "loss/value",
+        "loss",
+    } <= set(log[0])
     cost = json.loads((whole / "cost.json").read_text())
     assert cost["sampled_tokens"] == sum(row["sampled_tokens"] for row in log) > 0

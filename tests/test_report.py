@@ -1,4 +1,5 @@
 """`bench report` on synthetic run records whose answers are known by construction."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,21 @@ from bench.stats import ci95_halfwidth, mean_se, paired_difference
 PROMPTS = [f"prompt number {i}" for i in range(12)]
 
 
-def fake_run(results, algo, seed, *, setting=None, reward, kl, checkpoints=(), task="sentiment", log=None,
-             cost=None, judge=None, complete=True):
+def fake_run(
+    results,
+    algo,
+    seed,
+    *,
+    setting=None,
+    reward,
+    kl,
+    checkpoints=(),
+    task="sentiment",
+    log=None,
+    cost=None,
+    judge=None,
+    complete=True,
+):
     """A run directory in the harness's format.
 
     `reward` and `kl`: per-prompt values (one sample per prompt); metrics.json holds their means
@@ -26,32 +40,76 @@ def fake_run(results, algo, seed, *, setting=None, reward, kl, checkpoints=(), t
     `judge`: per-prompt judge verdicts (1 win, 0 loss, 0.5 tie, NaN not judged), as the judge evaluator writes.
     """
     setting = setting or {}
-    config = {"seed": seed, "task": {"name": task, "scale": "tiny"}, "algo": {"name": algo, **setting},
-              "train": {"lr": 1e-4}, "eval": {"temperature": 1.0}, "data": {}, "run": {}, "evaluators": {}}
+    config = {
+        "seed": seed,
+        "task": {"name": task, "scale": "tiny"},
+        "algo": {"name": algo, **setting},
+        "train": {"lr": 1e-4},
+        "eval": {"temperature": 1.0},
+        "data": {},
+        "run": {},
+        "evaluators": {},
+    }
     name = records.run_name(task, algo, hashlib.sha256(json.dumps([algo, seed, setting]).encode()).hexdigest()[:12])
     d = results / name
-    records.atomic_write_json(d / "config.json", {"run_id": name[-12:], "name": name, "config": config,
-                                                  "git_revision": "0123abc", "versions": {}})
-    samples = [{"prompt_index": i, "prompt": PROMPTS[i], "completion": f"{algo} says {i}", "completion_ids": [1, 2],
-                "gold_reward": float(r), "kl": float(k), "length": 2.0} for i, (r, k) in enumerate(zip(reward, kl))]
+    records.atomic_write_json(
+        d / "config.json",
+        {"run_id": name[-12:], "name": name, "config": config, "git_revision": "0123abc", "versions": {}},
+    )
+    samples = [
+        {
+            "prompt_index": i,
+            "prompt": PROMPTS[i],
+            "completion": f"{algo} says {i}",
+            "completion_ids": [1, 2],
+            "gold_reward": float(r),
+            "kl": float(k),
+            "length": 2.0,
+        }
+        for i, (r, k) in enumerate(zip(reward, kl))
+    ]
     metrics = {"n_prompts": len(samples), "n_samples": len(samples)}
     if judge is not None:
         for s, v in zip(samples, judge):
             s["judge_win"] = float(v)
-        metrics["judge_win_rate"] = {**mean_se([v for v in judge if v == v]), "higher_is_better": True, "evaluator": "judge"}
+        metrics["judge_win_rate"] = {
+            **mean_se([v for v in judge if v == v]),
+            "higher_is_better": True,
+            "evaluator": "judge",
+        }
     records.write_jsonl(d / "samples.jsonl", samples)
     for key in ("gold_reward", "kl", "length"):
-        metrics[key] = {**mean_se([s[key] for s in samples]), "higher_is_better": key == "gold_reward", "evaluator": key}
+        metrics[key] = {
+            **mean_se([s[key] for s in samples]),
+            "higher_is_better": key == "gold_reward",
+            "evaluator": key,
+        }
     records.atomic_write_json(d / "metrics.json", metrics)
-    rows = [{"step": 10 * (j + 1), "total_steps": 10 * (len(checkpoints) + 1),
-             "metrics": {"kl": {"mean": k, "se": 0.0, "n": 12}, "gold_reward": {"mean": r, "se": 0.0, "n": 12}}}
-            for j, (k, r) in enumerate(checkpoints)]
-    rows.append({"step": 10 * (len(checkpoints) + 1), "total_steps": 10 * (len(checkpoints) + 1), "final": True,
-                 "metrics": metrics})
+    rows = [
+        {
+            "step": 10 * (j + 1),
+            "total_steps": 10 * (len(checkpoints) + 1),
+            "metrics": {"kl": {"mean": k, "se": 0.0, "n": 12}, "gold_reward": {"mean": r, "se": 0.0, "n": 12}},
+        }
+        for j, (k, r) in enumerate(checkpoints)
+    ]
+    rows.append(
+        {
+            "step": 10 * (len(checkpoints) + 1),
+            "total_steps": 10 * (len(checkpoints) + 1),
+            "final": True,
+            "metrics": metrics,
+        }
+    )
     records.write_jsonl(d / "checkpoints.jsonl", rows)
-    records.write_jsonl(d / "train_log.jsonl", log or [{"step": s, "epoch": s / 10, "lr": 1e-4, "loss": 1.0 / s,
-                                                         "rewards/margins": 0.1 * s} for s in (1, 2, 3)])
-    records.atomic_write_json(d / "cost.json", cost or {"wall_time_s": {"build": 1.0, "fit": 2.0}, "preference_labels": 100})
+    records.write_jsonl(
+        d / "train_log.jsonl",
+        log
+        or [{"step": s, "epoch": s / 10, "lr": 1e-4, "loss": 1.0 / s, "rewards/margins": 0.1 * s} for s in (1, 2, 3)],
+    )
+    records.atomic_write_json(
+        d / "cost.json", cost or {"wall_time_s": {"build": 1.0, "fit": 2.0}, "preference_labels": 100}
+    )
     if complete:
         (d / records.COMPLETE).write_text("")
     return d
@@ -92,7 +150,9 @@ def test_summary_cells_are_means_with_t_intervals_and_best_setting_is_marked(tmp
     # With a budget below every dpo KL its lowest-KL setting stands in, marked as over the budget.
     write_report(tmp_path, "sentiment", out, kl_budget=0.7)
     assert {r["setting"]: r["best"] for r in _csv(out / "summary.csv") if r["algorithm"] == "dpo"} == {
-        "beta=0.1": "over_budget", "beta=1.0": ""}
+        "beta=0.1": "over_budget",
+        "beta=1.0": "",
+    }
     assert "| † | dpo | beta=0.1 |" in (out / "report.md").read_text()
 
 
@@ -152,8 +212,9 @@ def test_pairwise_decisions_match_a_direct_paired_test(tmp_path):
         fake_run(tmp_path, "sft", seed, reward=base, kl=np.full(12, 0.5), judge=np.roll(1 - wins, seed))
         fake_run(tmp_path, "dpo", seed, reward=base + 0.2 + rng.normal(0, 0.01, 12), kl=np.full(12, 1.0), judge=wins)
         # preferred-ft differs from sft by amounts that cancel within each seed: no difference.
-        fake_run(tmp_path, "preferred-ft", seed, reward=base + (cancel if seed == 0 else -cancel[::-1]),
-                 kl=np.full(12, 0.7))
+        fake_run(
+            tmp_path, "preferred-ft", seed, reward=base + (cancel if seed == 0 else -cancel[::-1]), kl=np.full(12, 0.7)
+        )
     report = build(tmp_path, "sentiment", kl_budget=2.0)
     pairs = {(r["a"], r["b"]): r for r in _rows(report.tables["pairwise"])}
     assert set(pairs) == {("dpo", "preferred-ft"), ("dpo", "sft"), ("preferred-ft", "sft")}
@@ -168,7 +229,9 @@ def test_pairwise_decisions_match_a_direct_paired_test(tmp_path):
         algo = d.name.split("-")[1] if not d.name.startswith("sentiment-preferred") else "preferred-ft"
         runs.setdefault(algo, []).append(np.array([r["gold_reward"] for r in rows]))
     direct = paired_difference(np.mean(runs["dpo"], axis=0), np.mean(runs["sft"], axis=0), seed=0)
-    assert differs["gold_reward_diff"] == pytest.approx(direct["diff"]) and differs["gold_reward_p"] == pytest.approx(direct["p"])
+    assert differs["gold_reward_diff"] == pytest.approx(direct["diff"]) and differs["gold_reward_p"] == pytest.approx(
+        direct["p"]
+    )
     # Judge win rates are compared on the prompts judged in both runs of a seed (NaN: not judged).
     # dpo's prompt 11 was never judged: 11 prompts; on prompt 0 only seed 0 has both verdicts.
     assert differs["judge_win_rate_prompts"] == 11 and differs["judge_win_rate_diff"] > 0.5
@@ -186,21 +249,38 @@ def test_pairwise_needs_shared_seeds_and_prompts(tmp_path):
 def test_same_records_same_bytes_and_a_run_without_complete_drops_out(tmp_path):
     results, base = tmp_path / "results", np.linspace(0.2, 0.8, 12)
     for seed in (0, 1):
-        fake_run(results, "dpo", seed, setting={"beta": 0.1}, reward=base + 0.1 * seed, kl=np.full(12, 1.0 + seed),
-                 checkpoints=[(0.3, 0.3), (0.6, 0.4)])
+        fake_run(
+            results,
+            "dpo",
+            seed,
+            setting={"beta": 0.1},
+            reward=base + 0.1 * seed,
+            kl=np.full(12, 1.0 + seed),
+            checkpoints=[(0.3, 0.3), (0.6, 0.4)],
+        )
         fake_run(results, "sft", seed, reward=base, kl=np.full(12, 0.4), checkpoints=[(0.2, 0.3)])
     last = fake_run(results, "dpo", 2, setting={"beta": 0.1}, reward=base, kl=np.full(12, 1.5))
     first, second = tmp_path / "a", tmp_path / "b"
     write_report(results, "sentiment", first)
     write_report(results, "sentiment", second)
     names = sorted(p.name for p in first.iterdir())
-    assert {"report.md", "index.html", "frontier.png", "summary.csv", "summary.tex", "pairwise.csv", "frontier.csv",
-            "cost.csv", "curves-dpo.png", "curves-sft.png"} <= set(names)
+    assert {
+        "report.md",
+        "index.html",
+        "frontier.png",
+        "summary.csv",
+        "summary.tex",
+        "pairwise.csv",
+        "frontier.csv",
+        "cost.csv",
+        "curves-dpo.png",
+        "curves-sft.png",
+    } <= set(names)
     assert names == sorted(p.name for p in second.iterdir())
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     html = (first / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "src=\"frontier.png\"" not in html
+    assert html.count("data:image/png;base64,") == 3 and 'src="frontier.png"' not in html
     assert last.name in (first / "report.md").read_text() and "5 complete runs" in (first / "report.md").read_text()
 
     (last / records.COMPLETE).unlink()
@@ -225,8 +305,13 @@ def test_stale_figures_go_and_foreign_files_stay(tmp_path):
 
 
 def test_cost_columns(tmp_path):
-    cost = {"wall_time_s": {"build": 1.0, "fit": 10.0, "sample": 2.0, "evaluate": 3.0}, "preference_labels": 600,
-            "train_tokens": 1000, "sampled_tokens": 50, "train_flops": 6e12}
+    cost = {
+        "wall_time_s": {"build": 1.0, "fit": 10.0, "sample": 2.0, "evaluate": 3.0},
+        "preference_labels": 600,
+        "train_tokens": 1000,
+        "sampled_tokens": 50,
+        "train_flops": 6e12,
+    }
     fake_run(tmp_path, "dpo", 0, reward=np.full(12, 0.5), kl=np.full(12, 0.5), cost=cost)
     fake_run(tmp_path, "dpo", 1, reward=np.full(12, 0.5), kl=np.full(12, 0.5), cost={**cost, "train_flops": 8e12})
     row = _rows(build(tmp_path, "sentiment").tables["cost"])[0]

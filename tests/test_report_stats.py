@@ -1,4 +1,5 @@
 """Frontier and comparison statistics against hand-computed answers."""
+
 from __future__ import annotations
 
 import itertools

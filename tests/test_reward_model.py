@@ -1,4 +1,5 @@
 """The learned reward model: its loss against TRL's, padding-invariant scoring, learning, caching, bad checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,18 @@ def test_bradley_terry_loss_equals_trl_reward_trainer_loss(tmp_path):
     from trl import RewardConfig, RewardTrainer
 
     tok = tiny_tokenizer()
-    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, num_labels=1,
-                                                     pad_token_id=tok.pad_token_id, bos_token_id=0, eos_token_id=0))
+    model = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
     pairs = Dataset.from_list([{"prompt": "the movie", "chosen": " was great", "rejected": " was bad"}] * 2)
     args = RewardConfig(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, save_strategy="no")
     trainer = RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok)
@@ -43,8 +54,14 @@ def test_bradley_terry_loss_equals_trl_reward_trainer_loss(tmp_path):
 
 def _pairs(n: int) -> list[dict]:
     good, bad = ["great", "wonderful", "lovely", "brilliant"], ["terrible", "boring", "bad", "flat"]
-    return [{"prompt": "the movie was", "chosen": f" {good[i % 4]} and {good[(i + 1) % 4]}",
-             "rejected": f" {bad[i % 4]} and {bad[(i + 1) % 4]}"} for i in range(n)]
+    return [
+        {
+            "prompt": "the movie was",
+            "chosen": f" {good[i % 4]} and {good[(i + 1) % 4]}",
+            "rejected": f" {bad[i % 4]} and {bad[(i + 1) % 4]}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_scores_do_not_depend_on_padding_or_batching():
@@ -74,8 +91,12 @@ def test_training_fits_the_pairs_through_the_shared_loop():
 
 
 def test_reward_model_run_reports_accuracy_and_later_runs_reuse_the_cached_model(cache_dir, tmp_path, monkeypatch):
-    run = execute(RunSpec(algo="reward-model", task="sentiment", sets=TINY), results=tmp_path, cache_dir=cache_dir,
-                  echo=lambda _: None)
+    run = execute(
+        RunSpec(algo="reward-model", task="sentiment", sets=TINY),
+        results=tmp_path,
+        cache_dir=cache_dir,
+        echo=lambda _: None,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     accuracy = metrics["reward_model_accuracy"]
     assert 0 <= accuracy["mean"] <= 1 and accuracy["n"] > 0
@@ -88,8 +109,12 @@ def test_reward_model_run_reports_accuracy_and_later_runs_reuse_the_cached_model
         raise AssertionError("the reward model was trained again")
 
     monkeypatch.setattr(rm, "train", no_training)
-    run = execute(RunSpec(algo="best-of-n", task="sentiment", sets=TINY + ["best-of-n.n=2", "eval.max_prompts=4"]),
-                  results=tmp_path, cache_dir=cache_dir, echo=lambda _: None)
+    run = execute(
+        RunSpec(algo="best-of-n", task="sentiment", sets=TINY + ["best-of-n.n=2", "eval.max_prompts=4"]),
+        results=tmp_path,
+        cache_dir=cache_dir,
+        echo=lambda _: None,
+    )
     again = json.loads((run / "metrics.json").read_text())["reward_model_accuracy"]
     assert again["path"] == saved and again["mean"] == accuracy["mean"]
 
@@ -107,6 +132,10 @@ def test_a_checkpoint_for_another_tokenizer_is_a_user_error_and_leaves_nothing(c
     results = tmp_path / "results"
     for algo in ("ppo", "best-of-n"):
         with pytest.raises(UserError, match="does not match this task's tokenizer"):
-            execute(RunSpec(algo=algo, task="sentiment", sets=TINY + [f"{algo}.reward_model={tmp_path / 'foreign'}"]),
-                    results=results, cache_dir=cache_dir, echo=lambda _: None)
+            execute(
+                RunSpec(algo=algo, task="sentiment", sets=TINY + [f"{algo}.reward_model={tmp_path / 'foreign'}"]),
+                results=results,
+                cache_dir=cache_dir,
+                echo=lambda _: None,
+            )
     assert not results.exists() or not any(results.iterdir())

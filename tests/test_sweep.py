@@ -4,6 +4,7 @@ The sweep calls the real `bench.runner.execute`; these tests replace it with a r
 writes a small complete run record (the runner's own tests cover real runs), and use a toy
 task registered for the test, so that nothing here trains a model.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -54,8 +55,9 @@ def fake_execute(spec, results, cache_dir, echo=print, wait=True):
         echo(f"{r.name}: complete, skipped")
         return final
     partial = Path(results) / records.PARTIAL / r.name
-    records.atomic_write_json(partial / "config.json", {"run_id": r.run_id, "name": r.name, "config": r.record,
-                                                        "command": " ".join(sys.argv)})
+    records.atomic_write_json(
+        partial / "config.json", {"run_id": r.run_id, "name": r.name, "config": r.record, "command": " ".join(sys.argv)}
+    )
     records.atomic_write_json(partial / "metrics.json", {"gold_reward": {"mean": 0.5, "se": 0.1, "n": 4}})
     records.publish(partial, final)
     echo(f"{r.name}: done")
@@ -87,9 +89,12 @@ def test_grid_expands_per_algorithm_and_skips_keys_an_algorithm_lacks():
     grid = sweep.parse_grid(["algo.beta=0.1,1", "train.lr=1e-4,1e-3"])
     specs = sweep.expand("toy", ["dpo", "sft"], grid, [0, 1], ["dpo.loss_type=ipo", "eval.temperature=0.7"])
     assert len(specs) == 2 * 2 * 2 + 2 * 2  # dpo: beta x lr x seeds; sft has no beta: lr x seeds
-    assert ("algo.loss_type=ipo", "eval.temperature=0.7", "algo.beta=0.1", "train.lr=1e-4") in [tuple(s.sets) for s in specs]
-    assert all("algo.loss_type=ipo" not in s.sets and not any("beta" in x for x in s.sets)
-               for s in specs if s.algo == "sft")
+    assert ("algo.loss_type=ipo", "eval.temperature=0.7", "algo.beta=0.1", "train.lr=1e-4") in [
+        tuple(s.sets) for s in specs
+    ]
+    assert all(
+        "algo.loss_type=ipo" not in s.sets and not any("beta" in x for x in s.sets) for s in specs if s.algo == "sft"
+    )
     # An algorithm's own section applies to it only.
     own = sweep.expand("toy", ["dpo", "unlikelihood"], sweep.parse_grid(["unlikelihood.alpha=0.5,1"]), [0])
     assert _sets(own, "dpo") == [((), 0)] and len(_sets(own, "unlikelihood")) == 2
@@ -112,7 +117,9 @@ def test_plan_resolves_everything_first_and_merges_identical_runs(tmp_path, reco
         sweep.run(sweep.plan(bad, tmp_path, tmp_path), tmp_path, tmp_path)
     assert recorder == [] and not any(tmp_path.iterdir())
     # beta=0.1 is dpo's default: the same run as giving no beta; planned once.
-    same = sweep.expand("toy", ["dpo"], sweep.parse_grid(["algo.beta=0.1,0.10"]), [0]) + sweep.expand("toy", ["dpo"], [], [0])
+    same = sweep.expand("toy", ["dpo"], sweep.parse_grid(["algo.beta=0.1,0.10"]), [0]) + sweep.expand(
+        "toy", ["dpo"], [], [0]
+    )
     assert len(sweep.plan(same, tmp_path, tmp_path)) == 1
 
 
@@ -147,8 +154,21 @@ def test_interrupted_sweep_restarts_without_running_a_complete_run_twice(tmp_pat
 
 
 def test_cli_sweep(tmp_path, recorder, capsys):
-    args = ["sweep", "--task", "toy", "--algo", "dpo,sft", "--grid", "algo.beta=0.1,0.5", "--seeds", "0,1",
-            "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c")]
+    args = [
+        "sweep",
+        "--task",
+        "toy",
+        "--algo",
+        "dpo,sft",
+        "--grid",
+        "algo.beta=0.1,0.5",
+        "--seeds",
+        "0,1",
+        "--results",
+        str(tmp_path / "r"),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
     assert main(args + ["--dry-run"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 6 and all(line.startswith("to run") for line in listed) and recorder == []
@@ -183,7 +203,11 @@ def test_paper_preset_skips_algorithms_that_are_not_installed():
     assert len(specs) == expected and {s.seed for s in specs} == {0, 1, 2}
     assert all("run.eval_checkpoints=4" in s.sets for s in specs)
     assert {x for s in specs if s.algo == "dpo" for x in s.sets if "beta" in x} == {
-        "algo.beta=0.05", "algo.beta=0.1", "algo.beta=1", "algo.beta=5"}
+        "algo.beta=0.05",
+        "algo.beta=0.1",
+        "algo.beta=1",
+        "algo.beta=5",
+    }
     only = sweep.preset_specs("paper", "sentiment", ["sft"], [7], [], [])
     assert [(s.algo, s.seed) for s in only] == [("sft", 7)]
     with pytest.raises(UserError, match="grids for task sentiment"):
@@ -204,8 +228,11 @@ def test_submitit_dispatch_writes_the_same_records_as_local(tmp_path, monkeypatc
     results = tmp_path / "results"
 
     def files(root):
-        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.is_file() and ".submitit" not in p.parts}
+        return {
+            p.relative_to(root): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and ".submitit" not in p.parts
+        }
 
     sweep.run(sweep.plan(specs, results, tmp_path), results, tmp_path)
     local = files(results)
@@ -213,13 +240,23 @@ def test_submitit_dispatch_writes_the_same_records_as_local(tmp_path, monkeypatc
     # One more run that fails: reported by name once the others are collected.
     broken = sweep.expand("toy", ["sft"], [], [99])
     with pytest.raises(UserError, match=r"1 of 3 runs failed \(toy-sft-"):
-        sweep.run(sweep.plan(specs + broken, results, tmp_path), results, tmp_path, dispatch="submitit",
-                  executor_options={"cluster": "local", "timeout_min": 5})
+        sweep.run(
+            sweep.plan(specs + broken, results, tmp_path),
+            results,
+            tmp_path,
+            dispatch="submitit",
+            executor_options={"cluster": "local", "timeout_min": 5},
+        )
     assert files(results) == local and len(local) == 6
     assert (results / ".submitit").is_dir() and len(records.complete_runs(results)) == 2
     with pytest.raises(UserError, match="--executor"):
-        sweep.run(sweep.plan(specs + sweep.expand("toy", ["sft"], [], [3]), results, tmp_path), results, tmp_path,
-                  dispatch="submitit", executor_options={"cluster": "local", "no_such_option": 1})
+        sweep.run(
+            sweep.plan(specs + sweep.expand("toy", ["sft"], [], [3]), results, tmp_path),
+            results,
+            tmp_path,
+            dispatch="submitit",
+            executor_options={"cluster": "local", "no_such_option": 1},
+        )
 
 
 def test_missing_submitit_names_the_extra(tmp_path, monkeypatch):
@@ -232,10 +269,31 @@ def test_missing_submitit_names_the_extra(tmp_path, monkeypatch):
 def test_real_tiny_sweep_then_report(tmp_path, cache_dir, capsys):
     """The real runner on the tiny task, a few optimizer steps per run: sweep, sweep again, report."""
     results, out = tmp_path / "results", tmp_path / "report"
-    args = ["sweep", "--task", "sentiment", "--algo", "sft,dpo", "--grid", "algo.beta=0.1,1", "--seeds", "0",
-            "--set", "task.scale=tiny", "--set", "train.max_steps=2", "--set", "eval.max_prompts=6",
-            "--set", "run.eval_checkpoints=1", "--set", "run.save_model=false",
-            "--results", str(results), "--cache", str(cache_dir)]
+    args = [
+        "sweep",
+        "--task",
+        "sentiment",
+        "--algo",
+        "sft,dpo",
+        "--grid",
+        "algo.beta=0.1,1",
+        "--seeds",
+        "0",
+        "--set",
+        "task.scale=tiny",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.max_prompts=6",
+        "--set",
+        "run.eval_checkpoints=1",
+        "--set",
+        "run.save_model=false",
+        "--results",
+        str(results),
+        "--cache",
+        str(cache_dir),
+    ]
     assert main(args) == 0
     assert "3 runs, 0 complete (skipped), 3 to run" in capsys.readouterr().out
     runs = records.complete_runs(results)

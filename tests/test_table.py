@@ -1,4 +1,5 @@
 """The comparison table as a pure function of run records (synthetic records with known answers)."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,19 @@ import pytest
 
 from bench import records
 from bench.stats import ci95_halfwidth
-from bench.table import markdown, rows, load_runs
+from bench.table import load_runs, markdown, rows
 
 
 def _record(results, name, algo, seed, metrics, beta=0.1, complete=True):
     d = results / name
-    config = {"task": {"name": "sentiment", "scale": "tiny"}, "algo": {"name": algo, "beta": beta},
-              "train": {"lr": 1e-4}, "eval": {"temperature": 1.0}, "data": {}, "seed": seed}
+    config = {
+        "task": {"name": "sentiment", "scale": "tiny"},
+        "algo": {"name": algo, "beta": beta},
+        "train": {"lr": 1e-4},
+        "eval": {"temperature": 1.0},
+        "data": {},
+        "seed": seed,
+    }
     records.atomic_write_json(d / "config.json", {"config": config})
     records.atomic_write_json(d / "metrics.json", metrics)
     if complete:
@@ -31,7 +38,9 @@ def test_seeds_aggregate_and_settings_split(tmp_path):
     _record(tmp_path, "c0", "sft", 0, _m(0.5, se=0.05, n=20))
     _record(tmp_path, "d0", "sft", 1, _m(0.0), complete=False)  # ignored: no COMPLETE marker
     _record(tmp_path, "e0", "sft", 2, {"gold_reward": {"mean": 9.0, "se": 0, "n": 1}})
-    (tmp_path / "e0" / "config.json").write_text(json.dumps({"config": {"task": {"name": "other"}, "algo": {"name": "sft"}}}))
+    (tmp_path / "e0" / "config.json").write_text(
+        json.dumps({"config": {"task": {"name": "other"}, "algo": {"name": "sft"}}})
+    )
     names, table = rows(load_runs(tmp_path, "sentiment"))
     assert names == ["gold_reward"]
     by = {(r["algo"], r["setting"]): r for r in table}

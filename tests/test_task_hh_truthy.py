@@ -6,35 +6,38 @@ split of truthy, malformed rows, the cached preferred-FT build of hh; through th
 DPO runs on each fixture judged by a scripted local OpenAI-compatible server, and the one-line
 error for an unreachable hub.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 import fixtures_hh
 import fixtures_truthy
 import hub_fixtures
-from bench import preference
-from bench.config import apply_overrides
-from bench.errors import UserError
-from bench.logprobs import encode
-from bench.runner import RunSpec, resolve
-from bench.tasks.hh import HH, single_turn_pair, split_dialogue, user_query
+import pytest
+import torch
 from bench.tasks.common import model_key
+from bench.tasks.hh import HH, single_turn_pair, split_dialogue, user_query
 from bench.tasks.truthy import Truthy, format_dialogue, held_out
 from conftest import run_cli
 from openai_stub import StubServer, answer, shown
 from test_task_tldr import API_KEY, UNREACHABLE, check_judged, judge_sets, read_run
 
+from bench import preference
+from bench.config import apply_overrides
+from bench.errors import UserError
+from bench.logprobs import encode
+from bench.runner import RunSpec, resolve
+
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("hh-truthy-fixtures")
-    return {"hh": {k: str(v) for k, v in fixtures_hh.make(root / "hh").items()},
-            "truthy": {k: str(v) for k, v in fixtures_truthy.make(root / "truthy").items()}}
+    return {
+        "hh": {k: str(v) for k, v in fixtures_hh.make(root / "hh").items()},
+        "truthy": {k: str(v) for k, v in fixtures_truthy.make(root / "truthy").items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +56,38 @@ def write_bad(tmp_path: Path, name: str, rows: list[dict]) -> str:
 
 # ---------------------------------------------------------------- hh: parsing by hand
 
+
 def test_single_turn_dialogues_split_after_the_assistant_marker():
     text = "\n\nHuman: What is 2 + 2?\n\nAssistant: It is 4. The Assistant: label inside a line stays."
-    assert split_dialogue(text) == ("\n\nHuman: What is 2 + 2?\n\nAssistant:",
-                                    " It is 4. The Assistant: label inside a line stays.")
+    assert split_dialogue(text) == (
+        "\n\nHuman: What is 2 + 2?\n\nAssistant:",
+        " It is 4. The Assistant: label inside a line stays.",
+    )
     assert "".join(split_dialogue(text)) == text
     assert user_query(split_dialogue(text)[0]) == "What is 2 + 2?"  # what the judge reads
     # Leading white space is brought to the dataset's "\n\nHuman:" opening.
     assert split_dialogue("Human: Hi\n\nAssistant: Hello") == ("\n\nHuman: Hi\n\nAssistant:", " Hello")
     assert split_dialogue(" \nHuman: Hi\n\nAssistant:") == ("\n\nHuman: Hi\n\nAssistant:", "")
-    for not_single in ("\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: And?\n\nAssistant: Bye",  # two turns
-                       "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: One more question",  # a dangling Human turn
-                       "\n\nHuman: Hi there",  # no Assistant turn
-                       "\n\nAssistant: I start\n\nHuman: Odd",  # Assistant first
-                       "Just some text"):
+    for not_single in (
+        "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: And?\n\nAssistant: Bye",  # two turns
+        "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: One more question",  # a dangling Human turn
+        "\n\nHuman: Hi there",  # no Assistant turn
+        "\n\nAssistant: I start\n\nHuman: Odd",  # Assistant first
+        "Just some text",
+    ):
         assert split_dialogue(not_single) is None, not_single
 
 
 def test_pairs_are_skipped_for_each_reason():
     q = "\n\nHuman: Name a fruit.\n\nAssistant:"
-    assert single_turn_pair(q + " An apple.", q + " A car.") == \
-        ({"prompt": q, "chosen": " An apple.", "rejected": " A car."}, None)
-    assert single_turn_pair(q + " An apple.", "\n\nHuman: Name a colour.\n\nAssistant: Red.") == (None, "prompt_mismatch")
+    assert single_turn_pair(q + " An apple.", q + " A car.") == (
+        {"prompt": q, "chosen": " An apple.", "rejected": " A car."},
+        None,
+    )
+    assert single_turn_pair(q + " An apple.", "\n\nHuman: Name a colour.\n\nAssistant: Red.") == (
+        None,
+        "prompt_mismatch",
+    )
     assert single_turn_pair(q + " An apple.", q + "  An apple. ") == (None, "identical_pairs")
     assert single_turn_pair(q + " An apple.", q + " \n") == (None, "empty_response")
     assert single_turn_pair(q + " An apple.", q + " A car.\n\nHuman: Sure?\n\nAssistant: Yes.") == (None, "multi_turn")
@@ -82,6 +95,7 @@ def test_pairs_are_skipped_for_each_reason():
 
 
 # ---------------------------------------------------------------- hh on its fixture
+
 
 @pytest.fixture(scope="module")
 def hh(settings, cache) -> HH:
@@ -93,14 +107,20 @@ def hh(settings, cache) -> HH:
 def test_hh_keeps_single_turn_pairs_and_counts_the_rest(hh, settings, cache):
     qa = fixtures_hh.QA
     train, test, evals = hh.preference_data("train"), hh.preference_data("test"), hh.eval_prompts()
-    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in train] == \
-        [(f"\n\nHuman: {qa[i][0]}\n\nAssistant:", f" {qa[i][1]}", f" {qa[i][2]}") for i in fixtures_hh.TRAIN]
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in train] == [
+        (f"\n\nHuman: {qa[i][0]}\n\nAssistant:", f" {qa[i][1]}", f" {qa[i][2]}") for i in fixtures_hh.TRAIN
+    ]
     assert hh.sft_data() == [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train]
     assert [r["reference"] for r in evals] == [qa[i][1] for i in fixtures_hh.TEST]  # long question dropped
     assert [r["prompt"] for r in test] == [r["prompt"] for r in evals]
     rows_train, rows_test = fixtures_hh.rows_train(), fixtures_hh.rows_test()
-    assert hh.stats == {"rows_train": len(rows_train), "rows_test": len(rows_test), **fixtures_hh.TRAIN_SKIPS,
-                        "multi_turn": fixtures_hh.TRAIN_SKIPS["multi_turn"] + 1, "long_prompts": 1}
+    assert hh.stats == {
+        "rows_train": len(rows_train),
+        "rows_test": len(rows_test),
+        **fixtures_hh.TRAIN_SKIPS,
+        "multi_turn": fixtures_hh.TRAIN_SKIPS["multi_turn"] + 1,
+        "long_prompts": 1,
+    }
     tok = hh._tokenizer
     for row in train + test:
         assert row["prompt"] + row["chosen"] in {r["chosen"] for r in rows_train + rows_test}
@@ -118,7 +138,9 @@ def test_hh_keeps_single_turn_pairs_and_counts_the_rest(hh, settings, cache):
 def test_hh_preferred_ft_is_built_once_and_keys_the_reference(settings, tmp_path, monkeypatch):
     calls = []
     real = preference.train_on_demonstrations
-    monkeypatch.setattr(preference, "train_on_demonstrations", lambda *a, **kw: calls.append(len(a[2])) or real(*a, **kw))
+    monkeypatch.setattr(
+        preference, "train_on_demonstrations", lambda *a, **kw: calls.append(len(a[2])) or real(*a, **kw)
+    )
     first = make_task(HH, settings, tmp_path)
     first.build()
     assert calls == [len(fixtures_hh.TRAIN)]  # trained once, on the chosen responses of the train pairs
@@ -151,9 +173,11 @@ def test_hh_preferred_ft_is_built_once_and_keys_the_reference(settings, tmp_path
 
 def test_hh_malformed_rows_name_dataset_split_and_row(settings, cache, tmp_path):
     good = fixtures_hh.rows_train()[0]
-    cases = [([good, {"chosen": good["chosen"]}], "row 1 .*'rejected' is missing"),
-             ([good, good, {**good, "chosen": None}], "row 2 .*'chosen' is missing \\(null\\)"),
-             ([{**good, "rejected": "   "}], "row 0 .*'rejected' is empty")]
+    cases = [
+        ([good, {"chosen": good["chosen"]}], "row 1 .*'rejected' is missing"),
+        ([good, good, {**good, "chosen": None}], "row 2 .*'chosen' is missing \\(null\\)"),
+        ([{**good, "rejected": "   "}], "row 0 .*'rejected' is empty"),
+    ]
     for i, (rows, message) in enumerate(cases):
         path = write_bad(tmp_path, f"bad{i}", rows)
         with pytest.raises(UserError, match=message) as err:
@@ -162,6 +186,7 @@ def test_hh_malformed_rows_name_dataset_split_and_row(settings, cache, tmp_path)
 
 
 # ---------------------------------------------------------------- truthy
+
 
 @pytest.fixture(scope="module")
 def truthy(settings, cache) -> Truthy:
@@ -172,7 +197,7 @@ def truthy(settings, cache) -> Truthy:
 
 def question(prompt: str) -> str:
     """The question inside an "Instruct: [system\\n\\n]question\\nOutput:" prompt."""
-    return prompt[len("Instruct: "):-len("\nOutput:")].split("\n\n")[-1]
+    return prompt[len("Instruct: ") : -len("\nOutput:")].split("\n\n")[-1]
 
 
 def test_truthy_held_out_split_is_deterministic_and_disjoint(truthy, settings, cache, tmp_path):
@@ -192,7 +217,9 @@ def test_truthy_held_out_split_is_deterministic_and_disjoint(truthy, settings, c
     reversed_rows = str(hub_fixtures.write_dataset(tmp_path / "reversed", {"train": rows[::-1]}))
     flipped = make_task(Truthy, settings, cache, dataset=reversed_rows)
     assert {question(r["prompt"]) for r in flipped.preference_data("test")} == test_q
-    assert {question(r["prompt"]) for r in make_task(Truthy, settings, cache, split_seed=1).preference_data("test")} != test_q
+    assert {
+        question(r["prompt"]) for r in make_task(Truthy, settings, cache, split_seed=1).preference_data("test")
+    } != test_q
     # Over many prompts the held-out share is test_fraction; a larger fraction only adds prompts.
     prompts = [f"question number {i}?" for i in range(4000)]
     tenth = {p for p in prompts if held_out(p, 0.1, 0)}
@@ -212,22 +239,30 @@ def test_truthy_prompt_formats(truthy, settings):
     tok = AutoTokenizer.from_pretrained(settings["truthy"]["model"])
     assert format_dialogue(tok, "", " Is it? ", " Yes. ") == ("Instruct: Is it?\nOutput:", " Yes.")
     # With a chat template: the template's own rendering, the answer as is.
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
-    assert format_dialogue(tok, "Be brief.", "Is it?", " Yes. ") == \
-        ("<system>Be brief.</system><user>Is it?</user><assistant>", "Yes.")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert format_dialogue(tok, "Be brief.", "Is it?", " Yes. ") == (
+        "<system>Be brief.</system><user>Is it?</user><assistant>",
+        "Yes.",
+    )
     assert format_dialogue(tok, "", "Is it?", "Yes.")[0] == "<user>Is it?</user><assistant>"
     # A template without a system role: the system text opens the question.
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
-                         "{% endif %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+        "{% endif %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
     assert format_dialogue(tok, "Be brief.", "Is it?", "Yes.") == ("[Be brief.\n\nIs it?]>", "Yes.")
 
 
 def test_truthy_malformed_rows_and_settings(settings, cache, tmp_path):
     good = fixtures_truthy.row(0)
-    cases = [([good, {k: v for k, v in good.items() if k != "prompt"}], "row 1 .*'prompt' is missing"),
-             ([good, {**good, "chosen": ""}], "row 1 .*'chosen' is empty"),
-             ([{**good, "system": 3}], "row 0 .*'system' is not text")]  # one row: a Parquet column has one type
+    cases = [
+        ([good, {k: v for k, v in good.items() if k != "prompt"}], "row 1 .*'prompt' is missing"),
+        ([good, {**good, "chosen": ""}], "row 1 .*'chosen' is empty"),
+        ([{**good, "system": 3}], "row 0 .*'system' is not text"),
+    ]  # one row: a Parquet column has one type
     for i, (rows, message) in enumerate(cases):
         path = write_bad(tmp_path, f"bad{i}", rows)
         with pytest.raises(UserError, match=message) as err:
@@ -244,7 +279,9 @@ def test_truthy_malformed_rows_and_settings(settings, cache, tmp_path):
 def test_run_defaults_are_the_recipes_and_yield_to_the_user(settings, cache):
     hh_sets = [f"task.{k}={v}" for k, v in settings["hh"].items()]
     r = resolve(RunSpec("dpo", "hh", sets=hh_sets), cache)
-    assert r.algo_config.beta == 0.1 and r.train.max_length >= HH.Config().max_prompt_tokens + HH.generation.max_new_tokens
+    assert (
+        r.algo_config.beta == 0.1 and r.train.max_length >= HH.Config().max_prompt_tokens + HH.generation.max_new_tokens
+    )
     sets = [f"task.{k}={v}" for k, v in settings["truthy"].items()]
     r = resolve(RunSpec("dpo", "truthy", sets=sets), cache)
     assert (r.algo_config.beta, r.train.lr, r.train.batch_size, r.train.lora_r) == (0.2, 5e-7, 4, 16)
@@ -254,6 +291,7 @@ def test_run_defaults_are_the_recipes_and_yield_to_the_user(settings, cache):
 
 
 # ---------------------------------------------------------------- through the CLI
+
 
 def tiny_run(settings, task: str, results: Path, extra: list[str] = ()) -> list[str]:
     args = ["run", "--algo", "dpo", "--task", task, "--results", str(results)]
@@ -279,8 +317,9 @@ def test_cli_sft_and_dpo_runs_judged_against_the_chosen_responses(task, settings
     assert metrics["n_prompts"] == len(expected) and metrics["kl"]["mean"] >= -1e-5
 
     with StubServer(lambda n, prompt: answer("A", "More helpful")) as server:
-        dpo = run_cli(tiny_run(settings, task, tmp_path / "dpo", judge_sets(server)), fresh,
-                      env_extra={"OPENAI_API_KEY": API_KEY})
+        dpo = run_cli(
+            tiny_run(settings, task, tmp_path / "dpo", judge_sets(server)), fresh, env_extra={"OPENAI_API_KEY": API_KEY}
+        )
         asked = [r["body"]["messages"][-1]["content"] for r in server.chat_requests]
     assert dpo.returncode == 0, dpo.stderr
     config, metrics, samples = read_run(tmp_path / "dpo")
@@ -306,9 +345,13 @@ def test_cli_sft_and_dpo_runs_judged_against_the_chosen_responses(task, settings
 @pytest.mark.parametrize("task,model", [("hh", "EleutherAI/pythia-2.8b"), ("truthy", "microsoft/phi-2")])
 def test_cli_unreachable_hub_is_one_line(task, model, cache, tmp_path):
     env = {"HF_ENDPOINT": UNREACHABLE, "HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
-    out = run_cli(["run", "--algo", "dpo", "--task", task, "--results", str(tmp_path / "results")], cache, env_extra=env)
+    out = run_cli(
+        ["run", "--algo", "dpo", "--task", task, "--results", str(tmp_path / "results")], cache, env_extra=env
+    )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "unreachable" in lines[0] and "task.model" in lines[0] and model in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert (
+        "unreachable" in lines[0] and "task.model" in lines[0] and model in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    )
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*"))

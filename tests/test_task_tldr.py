@@ -5,28 +5,29 @@ rows, limits, caching. Through the real CLI: SFT and DPO runs judged by a script
 OpenAI-compatible server, the TL;DR -> CNN/DailyMail transfer (--eval-task cnn-dm), and the one-line
 errors for an unreachable hub and for training on the evaluation-only task.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 import fixtures_cnn_dm
 import fixtures_tldr
 import hub_fixtures
-from bench import hub
-from bench.config import apply_overrides
-from bench.errors import UserError
+import pytest
 from bench.evaluators.judge import load_template
-from bench.logprobs import encode
-from bench.runner import RunSpec, resolve
 from bench.tasks.cnn_dm import CNNDM, EVAL_ONLY
 from bench.tasks.common import model_key
 from bench.tasks.tldr import TLDR, judge_query
 from conftest import run_cli
 from openai_stub import StubServer, answer, shown
+
+from bench import hub
+from bench.config import apply_overrides
+from bench.errors import UserError
+from bench.logprobs import encode
+from bench.runner import RunSpec, resolve
 
 POSTS = fixtures_tldr.POSTS
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: bench.hub's probe is refused at once
@@ -36,8 +37,10 @@ API_KEY = "sk-test-tldr"
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("tldr-fixtures")
-    return {"tldr": {k: str(v) for k, v in fixtures_tldr.make(root / "tldr").items()},
-            "cnn-dm": {k: str(v) for k, v in fixtures_cnn_dm.make(root / "cnn-dm").items()}}
+    return {
+        "tldr": {k: str(v) for k, v in fixtures_tldr.make(root / "tldr").items()},
+        "cnn-dm": {k: str(v) for k, v in fixtures_cnn_dm.make(root / "cnn-dm").items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +71,19 @@ def n_tokens(task: TLDR, text: str) -> int:
 
 # ---------------------------------------------------------------- tldr through its contract
 
+
 def test_rows_come_from_their_splits_with_one_boundary(task):
-    sft, train, test, evals = task.sft_data(), task.preference_data("train"), task.preference_data("test"), task.eval_prompts()
+    sft, train, test, evals = (
+        task.sft_data(),
+        task.preference_data("train"),
+        task.preference_data("test"),
+        task.eval_prompts(),
+    )
     assert [r["completion"] for r in sft] == [" " + POSTS[i][3] for i in fixtures_tldr.TRAIN]
     assert [r["reference"] for r in evals] == [POSTS[i][3] for i in fixtures_tldr.TEST]
-    assert [(r["chosen"], r["rejected"]) for r in train] == [(" " + POSTS[i][3], " " + POSTS[i][4]) for i in fixtures_tldr.TRAIN]
+    assert [(r["chosen"], r["rejected"]) for r in train] == [
+        (" " + POSTS[i][3], " " + POSTS[i][4]) for i in fixtures_tldr.TRAIN
+    ]
     # The comparisons' prompt (post only) and summaries ("TL;DR: ...") meet the SFT data's format exactly.
     assert [r["prompt"] for r in train] == [r["prompt"] for r in sft]
     assert [r["prompt"] for r in test] == [r["prompt"] for r in evals]
@@ -99,9 +110,9 @@ def test_long_posts_are_cut_at_a_word_keeping_the_header(task, settings, cache):
     assert n_tokens(task, original) > limit >= n_tokens(task, cut)
     header, post = fixtures_tldr.post_text(fixtures_tldr.LONG_INDEX).split("\nPOST: ")
     assert cut.startswith(header + "\nPOST: I opened") and cut.endswith("\nTL;DR:")
-    kept = cut[len(header + "\nPOST: "):-len("\nTL;DR:")]
+    kept = cut[len(header + "\nPOST: ") : -len("\nTL;DR:")]
     assert post.startswith(kept) and post[len(kept)] == " "  # a prefix of the post, ending at a word
-    next_word = post[:post.index(" ", len(kept) + 1)]
+    next_word = post[: post.index(" ", len(kept) + 1)]
     assert n_tokens(task, f"{header}\nPOST: {next_word}\nTL;DR:") > limit  # as much of the post as fits
     assert task.preference_data("test")[long]["prompt"] == cut
     assert all(n_tokens(task, r["prompt"]) <= limit for r in task.eval_prompts() + task.sft_data())
@@ -154,10 +165,18 @@ def write_bad(tmp_path: Path, name: str, rows: list[dict], split: str = "train")
 def test_malformed_rows_name_dataset_split_row_and_column(settings, cache, tmp_path):
     good = fixtures_tldr.comparison_row(0)
     cases = [
-        ("preference_dataset", [good, {"prompt": good["prompt"], "chosen": good["chosen"]}], "row 1 .*'rejected' is missing"),
+        (
+            "preference_dataset",
+            [good, {"prompt": good["prompt"], "chosen": good["chosen"]}],
+            "row 1 .*'rejected' is missing",
+        ),
         ("preference_dataset", [good, good, {**good, "chosen": "   "}], "row 2 .*'chosen' is empty"),
         ("preference_dataset", [{**good, "rejected": "TL;DR: "}], "row 0 .*'rejected' has no summary after 'TL;DR:'"),
-        ("sft_dataset", [{"prompt": "SUBREDDIT: r/x\nTITLE: t\nPOST: p\nTL;DR:", "summary": "s"}], "row 0 .*'label' is missing"),
+        (
+            "sft_dataset",
+            [{"prompt": "SUBREDDIT: r/x\nTITLE: t\nPOST: p\nTL;DR:", "summary": "s"}],
+            "row 0 .*'label' is missing",
+        ),
         ("sft_dataset", [{"prompt": 3, "label": " s"}], "row 0 .*'prompt' is not text"),
     ]
     for i, (setting, rows, message) in enumerate(cases):
@@ -170,14 +189,18 @@ def test_malformed_rows_name_dataset_split_row_and_column(settings, cache, tmp_p
     pairs_task = tldr_task(settings, cache, preference_dataset=same, max_test_pairs=0)
     with pytest.raises(UserError, match="no split 'test'"):
         pairs_task.build()
-    shutil.copy(Path(same) / "data" / "train-00000-of-00001.parquet", Path(same) / "data" / "test-00000-of-00001.parquet")
+    shutil.copy(
+        Path(same) / "data" / "train-00000-of-00001.parquet", Path(same) / "data" / "test-00000-of-00001.parquet"
+    )
     pairs_task.build()
     assert len(pairs_task.preference_data("train")) == 2 and pairs_task.stats["identical_pairs"] == 2
 
 
 def test_reference_key_follows_the_model_files(settings, cache, tmp_path):
-    assert tldr_task(settings, cache, model="CarperAI/openai_summarize_tldr_sft").reference_key == \
-        "tldr/CarperAI/openai_summarize_tldr_sft"
+    assert (
+        tldr_task(settings, cache, model="CarperAI/openai_summarize_tldr_sft").reference_key
+        == "tldr/CarperAI/openai_summarize_tldr_sft"
+    )
     copy = shutil.copytree(settings["tldr"]["model"], tmp_path / "model")
     before = tldr_task(settings, cache, model=copy).reference_key
     assert before.startswith(f"tldr/{copy}") and before == model_key("tldr", str(copy))
@@ -188,7 +211,9 @@ def test_reference_key_follows_the_model_files(settings, cache, tmp_path):
 
 def test_paper_settings_and_their_precedence(settings, cache):
     assert TLDR.judge_prompt == "summarization-concise" and load_template(TLDR.judge_prompt)
-    assert TLDR.gold_reward is None and TLDR.generation.temperature == 1.0 and 64 <= TLDR.generation.max_new_tokens <= 128
+    assert (
+        TLDR.gold_reward is None and TLDR.generation.temperature == 1.0 and 64 <= TLDR.generation.max_new_tokens <= 128
+    )
     sets = [f"task.{k}={v}" for k, v in settings["tldr"].items()]
     assert resolve(RunSpec("dpo", "tldr", sets=sets), cache).algo_config.beta == 0.5
     assert resolve(RunSpec("dpo", "tldr", sets=sets + ["dpo.beta=0.2"]), cache).algo_config.beta == 0.2
@@ -198,15 +223,16 @@ def test_paper_settings_and_their_precedence(settings, cache):
 
 # ---------------------------------------------------------------- cnn-dm through its contract
 
+
 def test_cnn_dm_prompts_are_articles_in_the_tldr_format(settings, cache, tmp_path):
     task = cnn_task(settings, cache)
     rows = task.eval_prompts()
     assert len(rows) == len(fixtures_cnn_dm.ARTICLES)
     for row, (article, highlights) in zip(rows, fixtures_cnn_dm.ARTICLES):
         assert row["prompt"].endswith("\nTL;DR:") and row["reference"] == " ".join(highlights.split())
-        text = row["prompt"][:-len("\nTL;DR:")]
+        text = row["prompt"][: -len("\nTL;DR:")]
         assert article.startswith(text) and len(text) <= fixtures_cnn_dm.MAX_ARTICLE_CHARS
-    long = rows[fixtures_cnn_dm.LONG_INDEX]["prompt"][:-len("\nTL;DR:")]
+    long = rows[fixtures_cnn_dm.LONG_INDEX]["prompt"][: -len("\nTL;DR:")]
     article = fixtures_cnn_dm.ARTICLES[fixtures_cnn_dm.LONG_INDEX][0]
     assert len(article) > fixtures_cnn_dm.MAX_ARTICLE_CHARS and article[len(long)] == " "
     assert len(long) > fixtures_cnn_dm.MAX_ARTICLE_CHARS - 60  # cut at the last word that fits, not earlier
@@ -228,12 +254,19 @@ def test_cnn_dm_prompts_are_articles_in_the_tldr_format(settings, cache, tmp_pat
 
 # ---------------------------------------------------------------- through the CLI
 
+
 def tiny_run(settings, extra: list[str] = ()) -> list[str]:
     args = []
     for key, value in settings["tldr"].items():
         args += ["--set", f"task.{key}={value}"]
-    for item in ["train.max_steps=2", "train.batch_size=4", "eval.samples_per_prompt=1", "eval.max_new_tokens=8",
-                 "eval.batch_size=16", *extra]:
+    for item in [
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "eval.samples_per_prompt=1",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=16",
+        *extra,
+    ]:
         args += ["--set", item]
     return args
 
@@ -246,8 +279,11 @@ def read_run(results: Path) -> tuple[dict, dict, list[dict]]:
     (run,) = [p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert (run / "COMPLETE").exists()
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    return (json.loads((run / "config.json").read_text())["config"], json.loads((run / "metrics.json").read_text()),
-            samples)
+    return (
+        json.loads((run / "config.json").read_text())["config"],
+        json.loads((run / "metrics.json").read_text()),
+        samples,
+    )
 
 
 def check_judged(metrics: dict, samples: list[dict], n: int, template: str) -> None:
@@ -259,7 +295,9 @@ def check_judged(metrics: dict, samples: list[dict], n: int, template: str) -> N
 
 
 def test_cli_sft_and_dpo_runs_judged_against_the_reference_summaries(settings, cache, tmp_path):
-    sft = run_cli(["run", "--algo", "sft", "--task", "tldr", "--results", str(tmp_path / "sft"), *tiny_run(settings)], cache)
+    sft = run_cli(
+        ["run", "--algo", "sft", "--task", "tldr", "--results", str(tmp_path / "sft"), *tiny_run(settings)], cache
+    )
     assert sft.returncode == 0, sft.stderr
     config, metrics, samples = read_run(tmp_path / "sft")
     assert config["task"]["name"] == "tldr" and config["task"]["model"] == settings["tldr"]["model"]
@@ -267,15 +305,29 @@ def test_cli_sft_and_dpo_runs_judged_against_the_reference_summaries(settings, c
     assert "12 SFT demonstrations" in sft.stderr
 
     with StubServer(lambda n, prompt: answer("A")) as server:
-        dpo = run_cli(["run", "--algo", "dpo", "--task", "tldr", "--results", str(tmp_path / "dpo"),
-                       *tiny_run(settings, judge_sets(server))], cache, env_extra={"OPENAI_API_KEY": API_KEY})
+        dpo = run_cli(
+            [
+                "run",
+                "--algo",
+                "dpo",
+                "--task",
+                "tldr",
+                "--results",
+                str(tmp_path / "dpo"),
+                *tiny_run(settings, judge_sets(server)),
+            ],
+            cache,
+            env_extra={"OPENAI_API_KEY": API_KEY},
+        )
         asked = [r["body"]["messages"][-1]["content"] for r in server.chat_requests]
     assert dpo.returncode == 0, dpo.stderr
     config, metrics, samples = read_run(tmp_path / "dpo")
     assert config["algo"]["beta"] == 0.5  # the task's run default: the paper's TL;DR beta
     check_judged(metrics, samples, len(fixtures_tldr.TEST), "summarization-concise")
-    references = {judge_query(r["prompt"]): r["reference"] for r in TLDR(apply_overrides(
-        TLDR.Config(), settings["tldr"], "task"), cache).eval_prompts()}
+    references = {
+        judge_query(r["prompt"]): r["reference"]
+        for r in TLDR(apply_overrides(TLDR.Config(), settings["tldr"], "task"), cache).eval_prompts()
+    }
     assert len(asked) == len(fixtures_tldr.TEST)
     for text in asked:
         assert "given forum post" in text
@@ -287,8 +339,22 @@ def test_cli_sft_and_dpo_runs_judged_against_the_reference_summaries(settings, c
 def test_cli_eval_task_cnn_dm_trains_on_tldr_and_judges_news(settings, cache, tmp_path):
     sets = [f"eval_task.{k}={v}" for k, v in settings["cnn-dm"].items()]
     with StubServer(lambda n, prompt: answer("A")) as server:
-        out = run_cli(["run", "--algo", "dpo", "--task", "tldr", "--eval-task", "cnn-dm", "--results", str(tmp_path),
-                       *tiny_run(settings, sets + judge_sets(server))], cache, env_extra={"OPENAI_API_KEY": API_KEY})
+        out = run_cli(
+            [
+                "run",
+                "--algo",
+                "dpo",
+                "--task",
+                "tldr",
+                "--eval-task",
+                "cnn-dm",
+                "--results",
+                str(tmp_path),
+                *tiny_run(settings, sets + judge_sets(server)),
+            ],
+            cache,
+            env_extra={"OPENAI_API_KEY": API_KEY},
+        )
         asked = [r["body"]["messages"][-1]["content"] for r in server.chat_requests]
     assert out.returncode == 0, out.stderr
     config, metrics, samples = read_run(tmp_path)
@@ -304,7 +370,9 @@ def test_cli_eval_task_cnn_dm_trains_on_tldr_and_judges_news(settings, cache, tm
 
 def test_cli_unreachable_hub_is_one_line_and_leaves_nothing(cache, tmp_path):
     env = {"HF_ENDPOINT": UNREACHABLE, "HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
-    out = run_cli(["run", "--algo", "dpo", "--task", "tldr", "--results", str(tmp_path / "results")], cache, env_extra=env)
+    out = run_cli(
+        ["run", "--algo", "dpo", "--task", "tldr", "--results", str(tmp_path / "results")], cache, env_extra=env
+    )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
@@ -317,5 +385,7 @@ def test_cli_cnn_dm_cannot_be_trained_on(settings, cache, tmp_path):
     out = run_cli(["run", "--algo", "dpo", "--task", "cnn-dm", "--results", str(tmp_path / "results")], cache)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "evaluation-only" in lines[0] and "--task tldr --eval-task cnn-dm" in lines[0], out.stderr
+    assert len(lines) == 1 and "evaluation-only" in lines[0] and "--task tldr --eval-task cnn-dm" in lines[0], (
+        out.stderr
+    )
     assert not (tmp_path / "results").exists()

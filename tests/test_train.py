@@ -1,4 +1,5 @@
 """The shared training loop: determinism, resume, accumulation, warmup, failure paths."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def _collate(idx):
 
 def _loss(model, batch):
     err = model(batch["x"]).squeeze(-1) - batch["y"]
-    return (err ** 2).mean(), {"abs_err": err.abs().mean().detach()}
+    return (err**2).mean(), {"abs_err": err.abs().mean().detach()}
 
 
 def _model():
@@ -65,10 +66,20 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0,
-                   checkpoint_dir=tmp_path, on_step=stop_at_7)
+        train_loop(
+            _model(),
+            _examples(),
+            _collate,
+            _loss,
+            _cfg(checkpoint_every=3),
+            seed=0,
+            checkpoint_dir=tmp_path,
+            on_step=stop_at_7,
+        )
     assert json.loads((tmp_path / "train_state.json").read_text()) == {"step": 6}
-    resumed = train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, checkpoint_dir=tmp_path)
+    resumed = train_loop(
+        _model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, checkpoint_dir=tmp_path
+    )
     torch.testing.assert_close(resumed.weight, full.weight, rtol=0, atol=0)
 
 
@@ -89,7 +100,9 @@ def test_a_shared_optimizer_carries_its_state_across_calls():
 
 def test_warmup_is_linear_then_constant():
     rows = []
-    train_loop(_model(), _examples(), _collate, _loss, _cfg(warmup_steps=3, log_every=1, max_steps=6), seed=0, log=rows.append)
+    train_loop(
+        _model(), _examples(), _collate, _loss, _cfg(warmup_steps=3, log_every=1, max_steps=6), seed=0, log=rows.append
+    )
     assert [round(r["lr"] / 0.05, 4) for r in rows] == [0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
 
 

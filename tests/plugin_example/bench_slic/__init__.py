@@ -5,6 +5,7 @@
 Everything else (batching, log-probs, the training loop, sampling, evaluation, records) comes
 from the harness.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ class SLiC:
         loss = (torch.relu(c.delta - margin) + c.sft_weight * nll).mean()
         if c.poison_loss:
             loss = loss * float("nan")
-        return loss, {"logps/chosen": out["chosen_logps"].mean().detach(),
-                      "logps/rejected": out["rejected_logps"].mean().detach(),
-                      "rewards/margins": margin.mean().detach()}
+        return loss, {
+            "logps/chosen": out["chosen_logps"].mean().detach(),
+            "logps/rejected": out["rejected_logps"].mean().detach(),
+            "rewards/margins": margin.mean().detach(),
+        }
 
     def fit(self, ctx):
         return fit_on_pairs(ctx, self.loss, needs_reference=False, desc="slic")
