@@ -30,14 +30,14 @@ table as CSV and LaTeX. What the numbers are:
 The same records give byte-identical files: nothing depends on the time, on directory order, on
 the environment or on unseeded randomness. A record that cannot be read (records.load_record) is
 named in one warning line on stderr and left out.
+
+This module computes what the report shows (build) and writes its files (write_report); the
+cells come from bench/table.py, the text of tables and page from bench/render.py, the figures
+from bench/plots.py.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import plots, records, stats, table
+from bench import plots, records, render, stats, table
 from bench.errors import UserError
 
 REWARD = "gold_reward"
@@ -76,7 +76,7 @@ class Table:
 
 @dataclass
 class Report:
-    """Everything the report shows; the writers only format it."""
+    """Everything the report shows; bench/render.py only formats it."""
 
     task: str
     intro: list[str]
@@ -87,6 +87,8 @@ class Report:
     """Per algorithm its points, front and area; the KL budget and the floor (see _frontier)."""
     frontier_note: str = ""
     samples: list[dict] = field(default_factory=list)
+    samples_note: str = ""
+    """What the samples are, shown above them."""
 
 
 # ---------------------------------------------------------------- reading run records
@@ -126,33 +128,6 @@ def _per_prompt(run: dict, key: str) -> dict[int, tuple[str, float]]:
     return {i: (p, math.fsum(v) / len(v)) for i, (p, v) in values.items()}
 
 
-# ---------------------------------------------------------------- formatting
-
-
-def _num(x: float, digits: int = 3) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _cell(c: dict | None) -> str:
-    if c is None:
-        return "–"
-    text = _num(c["mean"]) if not math.isfinite(c["half"]) else f"{_num(c['mean'])} ± {_num(c['half'])}"
-    return text + (f" ({c['estimator']})" if c.get("estimator") else "")
-
-
-def _big(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "–"
-    return f"{x:,.0f}" if abs(x) < 1e9 else f"{x:.2e}"
-
-
-def _raw(x):
-    """A CSV value: full precision, empty for missing."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return ""
-    return float(x) if isinstance(x, (float, np.floating)) else x
-
-
 # ---------------------------------------------------------------- the computations
 
 
@@ -170,7 +145,7 @@ def _summary(groups: list[dict], metrics: list[str], best: dict[str, int], over:
         ns = sorted({c["n"] for m, c in g["cells"].items() if m in shown})
         rows.append(
             [mark, g["algo"], g["setting"], str(len(g["runs"]))]
-            + [_cell(g["cells"].get(m)) for m in shown]
+            + [render.cell(g["cells"].get(m)) for m in shown]
             + [", ".join(ns)]
         )
         line = [g["algo"], g["setting"], len(g["runs"]), mark and ("over_budget" if g["algo"] in over else "best")]
@@ -180,9 +155,9 @@ def _summary(groups: list[dict], metrics: list[str], best: dict[str, int], over:
                 line += ["", "", "", "", ""]
             else:
                 line += [
-                    _raw(c["mean"]),
-                    _raw(c["mean"] - c["half"]),
-                    _raw(c["mean"] + c["half"]),
+                    render.raw(c["mean"]),
+                    render.raw(c["mean"] - c["half"]),
+                    render.raw(c["mean"] + c["half"]),
                     c["count"],
                     c["unit"],
                 ]
@@ -264,7 +239,7 @@ def _frontier_table(front: dict, reward: str) -> Table:
     rows, csv_rows = [], []
     for a in front["algos"]:
         ar = a["area"]
-        ci = "–" if not math.isfinite(ar["low"]) else f"[{_num(ar['low'])}, {_num(ar['high'])}]"
+        ci = "–" if not math.isfinite(ar["low"]) else f"[{render.num(ar['low'])}, {render.num(ar['high'])}]"
         within = [p for p in a["front"] if p[0] <= front["budget"]]
         rows.append(
             [
@@ -272,9 +247,9 @@ def _frontier_table(front: dict, reward: str) -> Table:
                 str(len(a["points"])),
                 str(len(a["front"])),
                 str(ar["seeds"]),
-                _num(ar["area"]),
+                render.num(ar["area"]),
                 ci,
-                _num(max((p[1] for p in within), default=math.nan)),
+                render.num(max((p[1] for p in within), default=math.nan)),
             ]
         )
         csv_rows.append(
@@ -283,12 +258,12 @@ def _frontier_table(front: dict, reward: str) -> Table:
                 len(a["points"]),
                 len(a["front"]),
                 ar["seeds"],
-                _raw(front["budget"]),
-                _raw(front["floor"]),
-                _raw(ar["area"]),
-                _raw(ar["low"]),
-                _raw(ar["high"]),
-                _raw(max((p[1] for p in within), default=math.nan)),
+                render.raw(front["budget"]),
+                render.raw(front["floor"]),
+                render.raw(ar["area"]),
+                render.raw(ar["low"]),
+                render.raw(ar["high"]),
+                render.raw(max((p[1] for p in within), default=math.nan)),
             ]
         )
     return Table(
@@ -317,10 +292,10 @@ def _frontier_table(front: dict, reward: str) -> Table:
             "best_reward_within_budget",
         ],
         csv_rows,
-        f"Area = ∫₀^B F(k) dk, F(k) = best seed-averaged {reward} reached at KL ≤ k, and {front['floor']:.3g} (the lowest "
-        f"reward in this report) below an algorithm's first point; B = {front['budget']:.3g} nats; – where no policy "
-        f"of the algorithm is within B (evaluate intermediate checkpoints, run.eval_checkpoints, or pass --kl-budget) "
-        f"and for algorithms that leave the starting policy unchanged (KL 0). "
+        f"Area = ∫₀^B F(k) dk, F(k) = best seed-averaged {reward} reached at KL ≤ k, and {front['floor']:.3g} "
+        f"(the lowest reward in this report) below an algorithm's first point; B = {front['budget']:.3g} nats; – where "
+        f"no policy of the algorithm is within B (evaluate intermediate checkpoints, run.eval_checkpoints, or pass "
+        f"--kl-budget) and for algorithms that leave the starting policy unchanged (KL 0). "
         f"CI: percentile bootstrap over seeds ({N_BOOT} replicates, seed {RNG_SEED}); none with one seed.",
     )
 
@@ -402,10 +377,10 @@ def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics:
         row = [
             ga["algo"],
             gb["algo"],
-            f"{ga['setting']} ({_num(kl_a, 2)}){' †' if ga['algo'] in over else ''}",
-            f"{gb['setting']} ({_num(kl_b, 2)}){' †' if gb['algo'] in over else ''}",
+            f"{ga['setting']} ({render.num(kl_a, 2)}){' †' if ga['algo'] in over else ''}",
+            f"{gb['setting']} ({render.num(kl_b, 2)}){' †' if gb['algo'] in over else ''}",
         ]
-        line = [ga["algo"], gb["algo"], ga["setting"], gb["setting"], _raw(kl_a), _raw(kl_b)]
+        line = [ga["algo"], gb["algo"], ga["setting"], gb["setting"], render.raw(kl_a), render.raw(kl_b)]
         for m in keys:
             r, p_adj = res[m], adjusted[m][j]
             if "note" in r:
@@ -419,18 +394,18 @@ def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics:
             else:
                 verdict = "no significant difference"
             row += [
-                f"{r['diff']:+.3f} [{_num(r['low'])}, {_num(r['high'])}]",
-                _p(r["p"]),
-                _p(p_adj),
+                f"{r['diff']:+.3f} [{render.num(r['low'])}, {render.num(r['high'])}]",
+                render.p_value(r["p"]),
+                render.p_value(p_adj),
                 verdict,
                 f"{r['n']} × {r['seeds']}",
             ]
             line += [
-                _raw(r["diff"]),
-                _raw(r["low"]),
-                _raw(r["high"]),
-                _raw(r["p"]),
-                _raw(p_adj),
+                render.raw(r["diff"]),
+                render.raw(r["low"]),
+                render.raw(r["high"]),
+                render.raw(r["p"]),
+                render.raw(p_adj),
                 verdict,
                 r["n"],
                 r["seeds"],
@@ -450,10 +425,6 @@ def _pairwise(groups: list[dict], best: dict[str, int], over: set[str], metrics:
         f"Holm-adjusted over the {len(results)} pairs; verdict at α = {ALPHA}. Compare the KLs too: the two "
         "settings are each algorithm's best within the KL budget (or its lowest-KL one, †), not equal in KL.",
     )
-
-
-def _p(p: float) -> str:
-    return "–" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _cost(groups: list[dict]) -> Table:
@@ -477,9 +448,10 @@ def _cost(groups: list[dict]) -> Table:
                     values[k].append(float(v))
         means = {k: (math.fsum(v) / len(v) if v else math.nan) for k, v in values.items()}
         rows.append(
-            [g["algo"], g["setting"]] + [_big(means[k]) if k != "wall_time_s" else _num(means[k], 1) for k, _ in keys]
+            [g["algo"], g["setting"]]
+            + [render.big(means[k]) if k != "wall_time_s" else render.num(means[k], 1) for k, _ in keys]
         )
-        csv_rows.append([g["algo"], g["setting"], len(g["runs"])] + [_raw(means[k]) for k, _ in keys])
+        csv_rows.append([g["algo"], g["setting"], len(g["runs"])] + [render.raw(means[k]) for k, _ in keys])
     return Table(
         "cost",
         "Cost per run (mean over seeds)",
@@ -542,13 +514,7 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
     if not runs:
         raise UserError(f"no complete runs of task {task!r} under {results}; run `bench run` or `bench sweep` first")
     metrics = table.metric_names(runs)
-    groups = table.groups(runs)
-    for g in groups:
-        g["cells"] = {}
-        for m in metrics:
-            present = [r["metrics"][m] for r in g["runs"] if records.is_aggregate(r["metrics"].get(m))]
-            if present:
-                g["cells"][m] = table.cell(present)
+    groups = table.groups(runs, metrics)
     reward = REWARD if REWARD in metrics else ("judge_win_rate" if "judge_win_rate" in metrics else None)
     algos = sorted({g["algo"] for g in groups})
     report = Report(
@@ -591,6 +557,9 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
         if present:
             report.figures[f"curves-{_safe(algo)}.png"] = plots.curves_png(algo, present, algo_runs)
     report.samples = _examples(groups, best)
+    report.samples_note = (
+        f"The first {N_EXAMPLES} evaluation prompts, first sample, of each algorithm's best setting (lowest seed)."
+    )
     report.tables["runs"] = _runs_table(groups)
     return report
 
@@ -600,180 +569,6 @@ def _safe(name: str) -> str:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
-
-
-_LATEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "★": r"$\star$",
-    "×": r"$\times$",
-    "−": "-",
-    "Δ": r"$\Delta$",
-    "–": "--",
-    "≤": r"$\leq$",
-    "α": r"$\alpha$",
-    "…": r"\ldots{}",
-    "†": r"$\dagger$",
-    "<": r"$<$",
-    ">": r"$>$",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX.get(ch, ch) for ch in str(text))
-
-
-def latex(t: Table) -> str:
-    lines = [
-        f"% {t.title}",
-        r"\begin{tabular}{" + "l" * len(t.header) + "}",
-        r"\toprule",
-        " & ".join(_latex_escape(h) for h in t.header) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in t.rows]
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
-
-
-def csv_text(t: Table) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(t.csv_header)
-    writer.writerows(t.csv_rows)
-    return buf.getvalue()
-
-
-SECTIONS = (
-    ("summary", "Summary"),
-    ("frontier", "Reward vs KL"),
-    ("pairwise", "Pairwise comparisons"),
-    ("cost", "Cost"),
-    ("curves", "Training curves"),
-    ("samples", "Sample completions"),
-    ("runs", "Runs"),
-)
-
-
-def _blocks(report: Report) -> list[tuple]:
-    """The document as a list of (kind, ...) blocks, rendered to Markdown and to HTML alike."""
-    out: list[tuple] = [("h1", f"Report: {report.task}")] + [("p", p) for p in report.intro]
-    for key, title in SECTIONS:
-        if key == "frontier":
-            out.append(("h2", title))
-            if "frontier.png" in report.figures:
-                out.append(("img", "frontier.png", f"{report.task}: reward vs KL frontier"))
-            if report.frontier_note:
-                out.append(("p", report.frontier_note))
-            if key in report.tables:
-                out += [("table", report.tables[key])]
-        elif key == "curves":
-            curves = sorted(n for n in report.figures if n.startswith("curves-"))
-            if curves:
-                out.append(("h2", title))
-                out += [("img", n, n[len("curves-") : -len(".png")] + " training curves") for n in curves]
-        elif key == "samples":
-            if report.samples:
-                out.append(("h2", title))
-                out.append(
-                    (
-                        "p",
-                        f"The first {N_EXAMPLES} evaluation prompts, first sample, of each algorithm's best "
-                        "setting (lowest seed).",
-                    )
-                )
-                rows = [
-                    [
-                        s["algo"],
-                        s["setting"],
-                        s["prompt"],
-                        s["completion"],
-                        _num(s["gold_reward"]) if isinstance(s["gold_reward"], (int, float)) else "–",
-                    ]
-                    for s in report.samples
-                ]
-                out.append(("rows", ["algorithm", "setting", "prompt", "completion", "gold reward"], rows))
-        elif key in report.tables:
-            out += [("h2", title), ("table", report.tables[key])]
-    return out
-
-
-def markdown(report: Report) -> str:
-    parts = []
-    for block in _blocks(report):
-        kind = block[0]
-        if kind == "h1":
-            parts.append(f"# {block[1]}")
-        elif kind == "h2":
-            parts.append(f"## {block[1]}")
-        elif kind == "p":
-            parts.append(block[1])
-        elif kind == "img":
-            parts.append(f"![{block[2]}]({block[1]})")
-        elif kind == "rows":
-            parts.append(_md_table(block[1], block[2]))
-        elif kind == "table":
-            t = block[1]
-            parts.append(
-                _md_table(t.header, t.rows) + (f"\n\n{t.note}" if t.note else "") + f"\n\n({t.name}.csv, {t.name}.tex)"
-            )
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:left;vertical-align:top}th{background:#f2f2f2}tr:nth-child(even) td{background:#fafafa}
-img{max-width:100%;display:block;margin:.5em 0}.note{color:#555;font-size:.9em}"""
-
-
-def html_page(report: Report) -> str:
-    parts = []
-    for block in _blocks(report):
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            parts.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(block[1])}</p>")
-        elif kind == "img":
-            data = base64.b64encode(report.figures[block[1]]).decode("ascii")
-            parts.append(f'<img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">')
-        elif kind == "rows":
-            parts.append(_html_table(block[1], block[2]))
-        elif kind == "table":
-            t = block[1]
-            parts.append(_html_table(t.header, t.rows))
-            if t.note:
-                parts.append(f'<p class="note">{html.escape(t.note)}</p>')
-    title = html.escape(f"Report: {report.task}")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n"
-    )
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -787,11 +582,7 @@ def write_report(results: Path, task: str, out: Path, kl_budget: float | None = 
     report = build(Path(results), task, kl_budget)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str | bytes] = {"report.md": markdown(report), "index.html": html_page(report)}
-    for t in report.tables.values():
-        files[f"{t.name}.csv"] = csv_text(t)
-        files[f"{t.name}.tex"] = latex(t)
-    files.update(report.figures)
+    files = render.files(report)
     stale = [
         p
         for p in out.iterdir()
@@ -799,7 +590,7 @@ def write_report(results: Path, task: str, out: Path, kl_budget: float | None = 
         and (
             p.name.startswith("curves-")
             and p.suffix == ".png"
-            or p.name in {"frontier.png"} | {f"{n}.{ext}" for n, _ in SECTIONS for ext in ("csv", "tex")}
+            or p.name in {"frontier.png"} | {f"{n}.{ext}" for n, _ in render.SECTIONS for ext in ("csv", "tex")}
         )
     ]
     for p in stale:

@@ -3,7 +3,8 @@
 Runs that differ only in their seed form one row. With several seeds a cell is the mean over
 seeds ± the 95% t-interval over seeds (n = seeds); with one seed it is that run's mean ± the
 95% t-interval over evaluation prompts (n = prompts). A record that cannot be read is named on
-stderr in one line and left out.
+stderr in one line and left out. groups() builds those rows with their cells, once, for this table
+and for the report (bench/report.py).
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ def metric_names(runs: list[dict]) -> list[str]:
     )
 
 
-def groups(runs: list[dict]) -> list[dict]:
-    """One {"algo", "setting", "runs"} per (algorithm, setting), runs sorted by seed; sorted by algo, setting."""
+def groups(runs: list[dict], metrics: list[str]) -> list[dict]:
+    """One {"algo", "setting", "runs", "cells"} per (algorithm, setting), runs sorted by seed; sorted by algo, setting.
+
+    "cells": metric -> cell() over the setting's runs that hold it as an aggregate (see _cells).
+    """
     by_algo: dict[str, list[dict]] = {}
     for run in runs:
         by_algo.setdefault(run["config"]["algo"]["name"], []).append(run)
@@ -71,14 +75,20 @@ def groups(runs: list[dict]) -> list[dict]:
         for run in algo_runs:
             by_setting.setdefault(_setting(run, varying), []).append(run)
         for setting in sorted(by_setting):
-            out.append(
-                {
-                    "algo": algo,
-                    "setting": setting,
-                    "runs": sorted(by_setting[setting], key=lambda r: r["config"]["seed"]),
-                }
-            )
+            setting_runs = sorted(by_setting[setting], key=lambda r: r["config"]["seed"])
+            out.append({"algo": algo, "setting": setting, "runs": setting_runs, "cells": _cells(setting_runs, metrics)})
     return out
+
+
+def _cells(runs: list[dict], metrics: list[str]) -> dict[str, dict]:
+    """metric -> cell() of one setting's runs, for the metrics any of them holds as an aggregate."""
+    cells = {}
+    for m in metrics:
+        # A run may hold the same key as a plain value (not an aggregate): that is no cell.
+        present = [r["metrics"][m] for r in runs if records.is_aggregate(r["metrics"].get(m))]
+        if present:
+            cells[m] = cell(present)
+    return cells
 
 
 def cell(present: list[dict]) -> dict:
@@ -108,21 +118,6 @@ def cell(present: list[dict]) -> dict:
     }
 
 
-def rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
-    """(metric names, one row per (algorithm, setting)) with mean, half-width and n per metric."""
-    names = metric_names(runs)
-    out = []
-    for group in groups(runs):
-        cells = {}
-        for m in names:
-            # A run may hold the same key as a plain value (not an aggregate): that is no cell.
-            present = [r["metrics"][m] for r in group["runs"] if records.is_aggregate(r["metrics"].get(m))]
-            if present:
-                cells[m] = cell(present)
-        out.append({"algo": group["algo"], "setting": group["setting"], "seeds": len(group["runs"]), "cells": cells})
-    return names, out
-
-
 def _fmt(cell: dict | None) -> str:
     if cell is None:
         return "–"
@@ -137,7 +132,8 @@ def markdown(results: Path, task: str) -> str:
     runs = load_runs(results, task, keep_samples=False)  # the table needs aggregates only
     if not runs:
         return f"No complete runs for task {task!r} under {results}."
-    names, table = rows(runs)
+    names = metric_names(runs)
+    table = groups(runs, names)
     header = ["algorithm", "setting", "seeds"] + [f"{m} (mean ± 95% CI)" for m in names] + ["n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
@@ -145,7 +141,7 @@ def markdown(results: Path, task: str) -> str:
         lines.append(
             "| "
             + " | ".join(
-                [row["algo"], row["setting"], str(row["seeds"])]
+                [row["algo"], row["setting"], str(len(row["runs"]))]
                 + [_fmt(row["cells"].get(m)) for m in names]
                 + [", ".join(ns)]
             )

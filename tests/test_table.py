@@ -8,7 +8,7 @@ import pytest
 
 from bench import records
 from bench.stats import ci95_halfwidth
-from bench.table import load_runs, markdown, rows
+from bench.table import groups, load_runs, markdown, metric_names
 
 
 def _record(results, name, algo, seed, metrics, beta=0.1, complete=True):
@@ -41,7 +41,9 @@ def test_seeds_aggregate_and_settings_split(tmp_path):
     (tmp_path / "e0" / "config.json").write_text(
         json.dumps({"config": {"task": {"name": "other"}, "algo": {"name": "sft"}}})
     )
-    names, table = rows(load_runs(tmp_path, "sentiment"))
+    runs = load_runs(tmp_path, "sentiment")
+    names = metric_names(runs)
+    table = groups(runs, names)
     assert names == ["gold_reward"]
     by = {(r["algo"], r["setting"]): r for r in table}
     assert set(by) == {("dpo", "beta=0.1"), ("dpo", "beta=1.0"), ("sft", "default")}
@@ -53,6 +55,24 @@ def test_seeds_aggregate_and_settings_split(tmp_path):
     assert one["n"] == "20 prompts" and one["half"] == pytest.approx(ci95_halfwidth(0.05, 20))
     text = markdown(tmp_path, "sentiment")
     assert "| sft | default | 1 | 0.500 ± 0.105 |" in text and "4 complete runs" in text
+
+
+def test_a_cell_covers_the_runs_that_hold_the_metric_as_an_aggregate(tmp_path):
+    _record(tmp_path, "a0", "dpo", 0, {**_m(0.6), "kl": {"mean": 1.0, "se": 0.2, "n": 8}, "pairs": 5})
+    _record(tmp_path, "a1", "dpo", 1, {**_m(0.8), "kl": 3.0, "pairs": {"mean": 0.5, "se": 0.1, "n": 4}})
+    runs = load_runs(tmp_path, "sentiment")
+    assert metric_names(runs) == ["gold_reward", "kl", "pairs"]
+    (row,) = groups(runs, metric_names(runs))
+    assert [r["dir"].name for r in row["runs"]] == ["a0", "a1"]
+    # Seed 1's kl is a plain number and seed 0's pairs a count: each cell is the other seed's aggregate alone.
+    kl = row["cells"]["kl"]
+    assert kl["n"] == "8 prompts" and kl["half"] == pytest.approx(ci95_halfwidth(0.2, 8))
+    assert row["cells"]["pairs"]["n"] == "4 prompts" and row["cells"]["gold_reward"]["n"] == "2 seeds"
+    # Cells only for the metrics asked for.
+    assert set(groups(runs, ["kl"])[0]["cells"]) == {"kl"}
+    cells = f"0.700 ± 1.271 | 1.000 ± {kl['half']:.3f} | 0.500 ± 0.318"
+    line = f"| dpo | default | 2 | {cells} | 2 seeds, 4 prompts, 8 prompts |"
+    assert line in markdown(tmp_path, "sentiment")
 
 
 def test_no_runs_says_so(tmp_path):
