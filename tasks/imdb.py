@@ -16,7 +16,7 @@ Train reviews are split (seeded) into the preference prefixes and the fine-tunin
 reviews into the evaluation prompts, the held-out preference prefixes and the reviews on which
 perplexity and the gold reward's accuracy are reported. Reviews are cleaned as in the embedded
 task; repeated reviews are dropped, and so are test reviews that also appear in train. The build
-runs the stages of tasks/sentiment.py and is cached under `<cache_dir>/imdb/<hash>/`.
+runs the stages of tasks/review_prefix.py and is cached under `<cache_dir>/imdb/<hash>/`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.tasks.common import text_field
-from bench.tasks.sentiment import (
+from bench.tasks.review_prefix import (
     BuiltTask,
     Stages,
     carve,
@@ -48,7 +48,8 @@ from bench.errors import UserError
 
 TASK = "imdb"
 BUILD_VERSION = 1
-"""Bump when a change to this file changes what a build produces: old caches are then ignored."""
+"""Bump when a change to this file or to tasks/review_prefix.py changes what a build produces: old caches are then
+ignored."""
 COLUMNS = ("text", "label")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hub_fixtures
 import pytest
-from bench.tasks import sentiment
+from bench.tasks import review_prefix, sentiment
 from bench.tasks.sentiment import Config, Sentiment
 from conftest import run_cli
 
@@ -91,10 +91,10 @@ def test_choose_prefix_draws_only_word_boundaries():
 
     word_ids = [0, 1, 1, 2, 3, 3, 3, 4, 5, 5]  # token -> word, as the pre-tokenizer splits them
     rng = random.Random(0)
-    drawn = {sentiment.choose_prefix(word_ids, rng, 2, 8) for _ in range(200)}
+    drawn = {review_prefix.choose_prefix(word_ids, rng, 2, 8) for _ in range(200)}
     assert drawn == {3, 4, 7, 8}
-    assert sentiment.choose_prefix([0, 0, 0, 0, 1], rng, 2, 3) is None
-    assert sentiment.choose_prefix([0, 1, 2], rng, 2, 8) == 2  # one token must be left to continue
+    assert review_prefix.choose_prefix([0, 0, 0, 0, 1], rng, 2, 3) is None
+    assert review_prefix.choose_prefix([0, 1, 2], rng, 2, 8) == 2  # one token must be left to continue
 
 
 def test_preference_pairs_follow_the_gold_reward(task):
@@ -116,7 +116,7 @@ def test_at_most_six_pairs_per_prefix_from_four_samples(task):
     for g in groups:
         assert len(g["completions"]) == 4
         assert g["rewards"] == pytest.approx(task.gold_reward([g["prompt"]] * 4, g["completions"]))
-        pairs = sentiment.preference_pairs(g["prompt"], g["completions"], g["rewards"])
+        pairs = review_prefix.preference_pairs(g["prompt"], g["completions"], g["rewards"])
         assert len(pairs) <= 6
         distinct = len(set(r for c, r in zip(g["completions"], g["rewards"]) if c.strip()))
         assert len(pairs) >= distinct * (distinct - 1) // 2
@@ -129,7 +129,7 @@ def test_at_most_six_pairs_per_prefix_from_four_samples(task):
 
 
 def test_preference_pairs_drop_ties_and_empty_completions():
-    pairs = sentiment.preference_pairs("p", ["a", "b", " ", "c"], [0.2, 0.9, 0.95, 0.2])
+    pairs = review_prefix.preference_pairs("p", ["a", "b", " ", "c"], [0.2, 0.9, 0.95, 0.2])
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {("b", "a"), ("b", "c")}
 
 
@@ -163,7 +163,7 @@ def test_second_build_is_a_cache_hit(task, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the cached build was rebuilt")
 
-    monkeypatch.setattr(sentiment, "train_policy", fail)
+    monkeypatch.setattr(review_prefix, "train_policy", fail)
     monkeypatch.setattr(sentiment, "_build", fail)
     again = Sentiment(Config(scale="tiny"), task.artifact_dir.parent.parent)
     t0 = time.perf_counter()
@@ -258,7 +258,9 @@ def test_splits_cleanly_accepts_only_cuts_between_words(tokenizer):
         len("This masterpiece, from"),
         len("This masterpiece, from 1995"),
     }
-    cuts = {len(tokenizer.decode(ids[:n])): sentiment.splits_cleanly(tokenizer, ids, n, 48) for n in range(1, len(ids))}
+    cuts = {
+        len(tokenizer.decode(ids[:n])): review_prefix.splits_cleanly(tokenizer, ids, n, 48) for n in range(1, len(ids))
+    }
     assert len(cuts) > len(between_words)  # the small vocabulary splits some words into pieces
     assert {c for c, ok in cuts.items() if ok} == between_words & set(cuts)
 

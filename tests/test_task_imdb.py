@@ -17,7 +17,7 @@ import hub_fixtures
 import pytest
 import torch
 from bench.tasks.imdb import IMDb
-from bench.tasks.sentiment import clean_review, preference_pairs
+from bench.tasks.review_prefix import clean_review, preference_pairs
 from conftest import run_cli
 from openai_stub import StubServer, answer
 
