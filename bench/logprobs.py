@@ -18,12 +18,14 @@ out. This module computes it once for everybody:
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from array import array
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from bench.io import atomic_write_bytes
 
 Encoded = tuple[list[int], int]
 """Token ids of prompt + completion, and how many of them belong to the prompt."""
@@ -190,11 +192,7 @@ def cached_dataset_logps(
         if cached.shape == (len(encoded),):
             return cached
     logps = dataset_logps(model, encoded, pad_id, batch_size, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(logps, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(logps, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return logps

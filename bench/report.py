@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import plots, records, render, stats, table
+from bench import io as bench_io
+from bench import plots, render, stats, table
 from bench.errors import UserError
 
 REWARD = "gold_reward"
@@ -571,12 +572,6 @@ def _safe(name: str) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_report(results: Path, task: str, out: Path, kl_budget: float | None = None) -> list[Path]:
     """Build the report and write its files into `out`; files of an earlier report that no longer apply go."""
     report = build(Path(results), task, kl_budget)
@@ -597,8 +592,5 @@ def write_report(results: Path, task: str, out: Path, kl_budget: float | None = 
         p.unlink()
     for name in sorted(files):
         data = files[name]
-        if isinstance(data, bytes):
-            _atomic_write_bytes(out / name, data)
-        else:
-            records.atomic_write_text(out / name, data)
+        bench_io.atomic_write_bytes(out / name, data if isinstance(data, bytes) else data.encode("utf-8"))
     return [out / name for name in sorted(files)]

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError
+from bench.io import read_jsonl, write_jsonl
 from bench.logprobs import collate, collate_pairs, encode
-from bench.records import read_jsonl, write_jsonl
 from bench.stats import mean_se
 from bench.train import TrainConfig, train_loop
 

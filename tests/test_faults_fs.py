@@ -84,18 +84,18 @@ def test_results_not_writable(cache_dir, tmp_path, good_record, monkeypatch):
 
 @pytest.mark.parametrize("victim", ["config.json", "samples.jsonl", "metrics.json", "cost.json"])
 def test_disk_full_while_writing_the_record(victim, cache_dir, tmp_path, good_record, monkeypatch):
-    from bench import records
+    from bench import io
 
     results = tmp_path / "results"
     before = seed_results(results, [good_record])
-    write = records.atomic_write_text
+    write = io.atomic_write_bytes
 
-    def full(path, text):
+    def full(path, data):
         if Path(path).name == victim:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return write(path, text)
+        return write(path, data)
 
-    monkeypatch.setattr(records, "atomic_write_text", full)
+    monkeypatch.setattr(io, "atomic_write_bytes", full)
     code, _, err = bench_main([*DPO, "--results", results], cache_dir)
     assert_user_error(code, err, ("No space left on device",), results, before)
     assert victim in err
@@ -132,16 +132,16 @@ def test_report_out_below_a_file(cache_dir, tmp_path, good_record):
 
 
 def test_report_out_not_writable(cache_dir, tmp_path, good_record, monkeypatch):
-    from bench import records
+    from bench import io
 
     results = tmp_path / "results"
     seed_results(results, [good_record])
     out = tmp_path / "report"
 
-    def denied(path, text):
+    def denied(path, data):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    monkeypatch.setattr(records, "atomic_write_text", denied)
+    monkeypatch.setattr(io, "atomic_write_bytes", denied)
     code, _, err = bench_main(["report", "--task", "sentiment", "--results", results, "--out", out], cache_dir)
     assert_user_error(code, err, "Permission denied")
     assert not [p for p in out.rglob("*") if p.suffix in (".md", ".html", ".csv", ".tex")]
