@@ -32,6 +32,36 @@ def by_prompt(values: Sequence[float], prompt_index: Sequence[int]) -> dict:
     return mean_se(per_prompt_means(values, prompt_index))
 
 
+def pairwise_win(score: float, other: float) -> float:
+    """The outcome of one comparison for the side scoring `score`: 1 if higher, 0 if lower, ties count one half."""
+    return 1.0 if score > other else 0.5 if score == other else 0.0
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], resamples: int, seed: int | Sequence[int], level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (e.g. one per prompt); NaN without values or resamples.
+
+    `seed` is numpy's seed entropy, an int or a sequence of ints, so that a caller can draw a
+    stream of its own from a run's seed (e.g. [seed, a constant of its own]).
+    """
+    if not values or resamples <= 0:
+        return float("nan"), float("nan")
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = np.asarray(values, dtype=float)
+    # Resampled in blocks of 500, so that memory stays bounded however many resamples are asked.
+    means = np.concatenate(
+        [
+            x[rng.integers(0, len(x), size=(min(500, resamples - done), len(x)))].mean(axis=1)
+            for done in range(0, resamples, 500)
+        ]
+    )
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(low), float(high)
+
+
 def ci95_halfwidth(se: float, n: int) -> float:
     """Half-width of a two-sided 95% t interval for a mean with n observations."""
     if n < 2 or not math.isfinite(se):

@@ -20,46 +20,29 @@ carries the share of verdicts preferring position A, the win rate split by wheth
 completion is the longer one, position consistency when every pair is judged in both orders,
 and agreement with the gold reward where the task has one.
 
-Answers are cached in SQLite under the cache directory, keyed by (model, sampling settings,
-full prompt): a rerun costs no calls. The API key is read from the environment variable named
-by `api_key_env` and never written anywhere.
+This file is the evaluator: its settings, which completions are compared with which, and the
+aggregates. Templates, verdict parsing, the verdict cache (a rerun costs no calls) and the API
+calls are evaluators/judge_client.py's; the statistics are bench/stats.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import random
-import re
-import sqlite3
-import threading
-import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from bench.evaluators.judge_client import ChatJudge, VerdictCache, load_template, public_url
 
 from bench.contracts import Evaluation
 from bench.errors import UserError
-from bench.stats import by_prompt
+from bench.stats import bootstrap_mean_ci, by_prompt, pairwise_win, per_prompt_means
 
-BUILTIN_TEMPLATES = (
-    "summarization",
-    "summarization-concise",
-    "summarization-news",
-    "dialogue",
-    "continuation-positive",
-)
 DEFAULT_TEMPLATE = "continuation-positive"
 """For tasks without a judge prompt (e.g. sentiment): which continuation is more positive."""
-OPENAI_URL = "https://api.openai.com/v1"
 BASELINES = ("auto", "reference", "run", "sft")
-_PLACEHOLDER = re.compile(r"\{(prompt|a|b)\}")
-_sleep = time.sleep  # module attribute so tests can record backoff delays instead of waiting
 
 
 @dataclass
@@ -67,7 +50,7 @@ class Config:
     """Options of the judge (`--set judge.KEY=VALUE`)."""
 
     model: str = ""
-    """Judge model as the API names it (the paper used gpt-4-0314); `oracle` compares gold rewards; empty disables the judge."""
+    """Judge model as the API names it (the paper used gpt-4-0314); `oracle` compares gold rewards; empty: no judge."""
     base_url: str = ""
     """API root, e.g. http://127.0.0.1:8080/v1 for a local server; empty uses $OPENAI_BASE_URL, else OpenAI."""
     api_key_env: str = "OPENAI_API_KEY"
@@ -75,7 +58,8 @@ class Config:
     template: str = ""
     """Built-in prompt name or a template file (see bench/judge_prompts/README.md); empty uses the task's."""
     baseline: str = "auto"
-    """What the policy is compared with: reference (eval prompts' reference), run (judge.baseline_run), sft (samples of the starting policy), auto (run if given, else reference if every prompt has one, else sft)."""
+    """What the policy is compared with: reference (eval prompts' reference), run (judge.baseline_run), sft (samples
+    of the starting policy), auto (run if given, else reference if every prompt has one, else sft)."""
     baseline_run: str = ""
     """Directory of a complete run on the same prompts, for a head-to-head comparison."""
     samples_per_prompt: int = 1
@@ -99,7 +83,7 @@ class Config:
     max_backoff_s: float = 60.0
     """Longest wait between retries."""
     max_calls: int = 0
-    """Cap on requests sent by this evaluation (retries included); 0 is no cap. Comparisons left are reported as not judged."""
+    """Cap on requests sent by this evaluation (retries included); 0 is no cap. Comparisons left count as not judged."""
     max_total_tokens: int = 0
     """Cap on prompt + completion tokens spent by this evaluation; 0 is no cap (requests in flight may overshoot it)."""
     price_prompt_per_1k: float = 0.0
@@ -110,351 +94,21 @@ class Config:
     """Bootstrap resamples of the prompts for the 95% interval of the win rate; 0 skips it."""
 
 
-# ---------------------------------------------------------------- prompt templates and verdicts
-
-
-@dataclass(frozen=True)
-class Template:
-    """A judge prompt with {prompt}, {a} and {b} placeholders; its last line gives the verdict format."""
-
-    name: str
-    text: str
-
-    @property
-    def verdict_key(self) -> str:
-        """`Preferred` for "Preferred: <"A" or "B">": the text before the colon of the last line."""
-        return [line for line in self.text.splitlines() if line.strip()][-1].split(":", 1)[0].strip()
-
-    def render(self, prompt: str, a: str, b: str) -> str:
-        values = {"prompt": prompt.strip(), "a": a.strip(), "b": b.strip()}
-        # One pass, so a completion that happens to contain "{b}" is never substituted again.
-        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
-
-
-def load_template(spec: str) -> Template:
-    """A built-in template by name, or a template file; malformed files are the user's error."""
-    if spec in BUILTIN_TEMPLATES:
-        return Template(spec, (resources.files("bench") / "judge_prompts" / f"{spec}.txt").read_text(encoding="utf-8"))
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise UserError(
-            f"judge.template={spec}: no such file and not a built-in template ({', '.join(BUILTIN_TEMPLATES)})"
-        )
-    text = path.read_text(encoding="utf-8")
-    missing = [p for p in ("{prompt}", "{a}", "{b}") if p not in text]
-    if missing:
-        raise UserError(
-            f"judge.template={spec}: the template lacks {', '.join(missing)}; "
-            "use {prompt}, {a} and {b} (see bench/judge_prompts/README.md)"
-        )
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines or ":" not in lines[-1] or not lines[-1].split(":", 1)[0].strip():
-        raise UserError(
-            f'judge.template={spec}: the last line must show the verdict format, e.g. Preferred: <"A" or "B">'
-        )
-    return Template(str(path), text)
-
-
-def parse_verdict(answer: str, key: str) -> str | None:
-    """ "A" or "B" from the answer's `KEY: X` line; None unless exactly one letter is given that way.
-
-    Strict on purpose: a verdict line must hold nothing but the letter (quotes, a final period
-    and Markdown emphasis aside), so "Preferred: Summary A" or "Preferred: A or B" is invalid.
-    """
-    line_re = re.compile(rf"^\s*#*\s*{re.escape(key)}\s*:(.*)$", re.IGNORECASE)
-    letters = set()
-    for line in answer.splitlines():
-        m = line_re.match(line.replace("*", ""))
-        if not m:
-            continue
-        value = m.group(1).strip().strip("\"'`<>()[]").rstrip(".").strip().strip("\"'`").upper()
-        if value not in ("A", "B"):
-            return None
-        letters.add(value)
-    return letters.pop() if len(letters) == 1 else None
-
-
-# ---------------------------------------------------------------- the verdict cache
-
-
-class VerdictCache:
-    """Judge answers on disk. SQLite rather than a JSONL file: several runs may share one cache at once."""
-
-    def __init__(self, path: Path | None):
-        self.db = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(path), timeout=60)
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, answer TEXT, "
-                "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
-            )
-            self.db.commit()
-
-    @staticmethod
-    def key(model: str, temperature: float, max_tokens: int, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([model, temperature, max_tokens, prompt]).encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
-        if self.db is None:
-            return None
-        row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def put(self, key: str, model: str, answer: str, prompt_tokens: int, completion_tokens: int) -> None:
-        if self.db is not None:
-            self.db.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
-                (key, model, answer, prompt_tokens, completion_tokens, time.time()),
-            )
-            self.db.commit()
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-
-
-# ---------------------------------------------------------------- the API client
-
-
-@dataclass
-class Outcome:
-    """One judged prompt. status: ok, invalid (unparseable after retries), failed (API error), not_judged (cap)."""
-
-    status: str
-    verdict: str | None = None
-    answer: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-
-
-def public_url(url: str) -> str:
-    """The URL without user:password or query string, safe to record."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
-class ChatJudge:
-    """Sends judge prompts concurrently; retries transient failures and unparseable answers; keeps to the caps."""
-
-    def __init__(self, config: Config, cache: VerdictCache):
-        import openai
-
-        self.config = config
-        self.cache = cache
-        self.base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        env = config.api_key_env
-        key = os.environ.get(env, "") if env else ""
-        if not key and self.base_url == OPENAI_URL:
-            raise UserError(
-                f"judge.model={config.model} needs an API key: export {env or 'OPENAI_API_KEY'}=<key> "
-                "(or set judge.base_url to a local OpenAI-compatible server)"
-            )
-        # Local servers (llama.cpp, vLLM) usually need no key, but the client insists on one.
-        # The client's own retries are off: ours count against the call cap and use our backoff.
-        self._key = key
-        self.client = openai.OpenAI(
-            api_key=key or "no-key", base_url=self.base_url, timeout=config.timeout_s, max_retries=0
-        )
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.reached = False  # any HTTP answer at all: the server exists, later failures are not "unreachable"
-        self.stats = {"calls": 0, "retries": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        self.first_error = ""
-
-    def ping(self) -> None:
-        """Fail now, not after training, if the server cannot be reached or refuses the key."""
-        import openai
-
-        try:
-            self.client.models.list()
-        except openai.APIConnectionError as exc:
-            raise UserError(self._unreachable(exc)) from None
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise UserError(self._refused(exc)) from None
-        except openai.APIStatusError:
-            pass  # some servers have no /models; the chat endpoint may still work
-
-    def judge(self, prompts: list[str], verdict_key: str) -> list[Outcome]:
-        """One outcome per prompt, in order. Identical prompts are sent once; cached answers not at all."""
-        from tqdm.auto import tqdm
-
-        cfg = self.config
-        outcomes: list[Outcome | None] = [None] * len(prompts)
-        todo: dict[str, list[int]] = {}
-        for i, prompt in enumerate(prompts):
-            key = VerdictCache.key(cfg.model, cfg.temperature, cfg.max_tokens, prompt)
-            answer = self.cache.get(key)
-            if answer is None:
-                todo.setdefault(key, []).append(i)
-                continue
-            verdict = parse_verdict(answer, verdict_key)
-            outcomes[i] = Outcome("ok" if verdict else "invalid", verdict, answer, cached=True)
-            self.stats["cache_hits"] += 1
-        bar = tqdm(total=len(todo), desc="judge", unit="prompt", dynamic_ncols=True, leave=False)
-        pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
-        futures = {pool.submit(self._ask, prompts[idx[0]], verdict_key): key for key, idx in todo.items()}
-        try:
-            for future in as_completed(futures):
-                key, outcome = futures[future], future.result()
-                if outcome.status in ("ok", "invalid"):
-                    # Cache writes stay on this thread: an SQLite connection belongs to one thread.
-                    self.cache.put(key, cfg.model, outcome.answer, outcome.prompt_tokens, outcome.completion_tokens)
-                for i in todo[key]:
-                    outcomes[i] = outcome
-                bar.update(1)
-        finally:
-            self.stop.set()  # on an error, queued comparisons return at once instead of calling
-            pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
-        return outcomes  # type: ignore[return-value]
-
-    def _ask(self, prompt: str, verdict_key: str) -> Outcome:
-        """Up to 1 + parse_retries answers, until one follows the verdict format."""
-        answer, tokens = "", [0, 0]
-        for _ in range(1 + self.config.parse_retries):
-            reply = self._complete(prompt)
-            if isinstance(reply, str) and reply in ("failed", "not_judged"):
-                return Outcome(reply, None, answer, *tokens)
-            answer, usage = reply
-            tokens = [tokens[0] + usage[0], tokens[1] + usage[1]]
-            verdict = parse_verdict(answer, verdict_key)
-            if verdict:
-                return Outcome("ok", verdict, answer, *tokens)
-        return Outcome("invalid", None, answer, *tokens)
-
-    def _take_call(self) -> bool:
-        cfg, s = self.config, self.stats
-        with self.lock:
-            if self.stop.is_set():
-                return False
-            if (cfg.max_calls and s["calls"] >= cfg.max_calls) or (
-                cfg.max_total_tokens and s["prompt_tokens"] + s["completion_tokens"] >= cfg.max_total_tokens
-            ):
-                return False
-            s["calls"] += 1
-            return True
-
-    def _complete(self, prompt: str):
-        """(answer, (prompt_tokens, completion_tokens)), or "failed" / "not_judged"."""
-        import openai
-
-        cfg, last = self.config, None
-        for attempt in range(cfg.max_retries + 1):
-            if not self._take_call():
-                return "not_judged"
-            try:
-                response = self.client.chat.completions.create(
-                    model=cfg.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    temperature=cfg.temperature,
-                    max_tokens=cfg.max_tokens,
-                )
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise UserError(self._refused(exc)) from None
-            except openai.NotFoundError as exc:
-                raise UserError(
-                    f"judge: {public_url(self.base_url)} has no model {cfg.model!r} ({self._message(exc)}); "
-                    "set judge.model to a model the server serves"
-                ) from None
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
-                last = exc
-                if not isinstance(exc, openai.APIConnectionError) or isinstance(exc, openai.APITimeoutError):
-                    self.reached = True
-                if attempt < cfg.max_retries and not self.stop.is_set():
-                    with self.lock:
-                        self.stats["retries"] += 1
-                    _sleep(self._backoff(attempt, exc))
-                continue
-            except openai.APIStatusError as exc:
-                # 400, 422 ...: this prompt (too long, say) fails however often it is sent.
-                self.reached = True
-                self._note_error(exc)
-                return "failed"
-            self.reached = True
-            usage = response.usage
-            tokens = (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
-            with self.lock:
-                self.stats["prompt_tokens"] += tokens[0]
-                self.stats["completion_tokens"] += tokens[1]
-            content = response.choices[0].message.content if response.choices else None
-            return (content or "", tokens)
-        if last is None:
-            return "not_judged"
-        if (
-            isinstance(last, openai.APIConnectionError)
-            and not isinstance(last, openai.APITimeoutError)
-            and not self.reached
-        ):
-            raise UserError(self._unreachable(last))
-        self._note_error(last)
-        return "failed"
-
-    def _backoff(self, attempt: int, exc) -> float:
-        delay = self.config.backoff_s * 2**attempt
-        response = getattr(exc, "response", None)
-        try:
-            retry_after = float(response.headers.get("retry-after")) if response is not None else None
-        except (TypeError, ValueError):
-            retry_after = None
-        if retry_after is not None and retry_after > 0:
-            delay = max(delay, retry_after)
-        return min(delay, self.config.max_backoff_s)
-
-    def _note_error(self, exc) -> None:
-        with self.lock:
-            if not self.first_error:
-                self.first_error = f"{type(exc).__name__}: {self._message(exc)}"[:300]
-
-    def _unreachable(self, exc) -> str:
-        return (
-            f"judge: cannot reach the judge API at {public_url(self.base_url)} ({self._message(exc)}); "
-            "start the server or set judge.base_url=URL (or OPENAI_BASE_URL)"
-        )
-
-    def _refused(self, exc) -> str:
-        env = self.config.api_key_env or "OPENAI_API_KEY"
-        return (
-            f"judge: {public_url(self.base_url)} refused the API key from ${env} ({self._message(exc)}); "
-            f"export {env}=<a valid key> or set judge.api_key_env to the variable that holds it"
-        )
-
-    def _message(self, exc) -> str:
-        """The error in one short line, with the key blanked should a server echo it back."""
-        text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
-        cause = exc.__cause__ or exc.__context__
-        if cause is not None and str(cause) and str(cause) not in text:
-            text = f"{text}: {cause}"
-        if self._key:
-            text = text.replace(self._key, "***")
-        return " ".join(text.split())[:200]
-
-
 # ---------------------------------------------------------------- statistics
 
 
-def bootstrap_ci(values: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (one value per prompt)."""
-    if not values or resamples <= 0:
-        return float("nan"), float("nan")
-    import numpy as np
+BOOTSTRAP_STREAM = 0x6A756467
+"""Mixed with the run's seed for the interval's resamples, so that they are a stream of their own."""
 
-    rng = np.random.default_rng([seed, 0x6A756467])  # a stream of its own, fixed by the run's seed
-    x = np.asarray(values, dtype=float)
-    means = np.concatenate(
-        [
-            x[rng.integers(0, len(x), size=(min(500, resamples - done), len(x)))].mean(axis=1)
-            for done in range(0, resamples, 500)
-        ]
-    )
-    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(low), float(high)
+
+def _judged(values, index) -> tuple[list[float], list[int]]:
+    """The values that were judged and are valid (NaN otherwise), and their prompts."""
+    keep = [(v, i) for v, i in zip(values, index) if v == v]
+    return [v for v, _ in keep], [i for _, i in keep]
 
 
 def _rate(values, index) -> dict:
-    keep = [(v, i) for v, i in zip(values, index) if v == v]
-    return by_prompt([v for v, _ in keep], [i for _, i in keep])
+    return by_prompt(*_judged(values, index))
 
 
 # ---------------------------------------------------------------- the evaluator
@@ -465,12 +119,17 @@ class _Pair:
     """A policy completion and the baseline completion it is compared with."""
 
     sample: int
+    """Position of the policy's sample in the samples evaluated."""
     prompt_index: int
+    """The evaluation prompt the sample answers."""
     slot: int
     """Which of the prompt's completions this is (0 for the first)."""
     prompt: str
+    """The prompt as the policy saw it."""
     policy: str
+    """The policy's completion."""
     baseline: str
+    """The baseline's completion for the same prompt and slot."""
     query: str
     """What the judge reads as the prompt: the evaluation row's "query" (e.g. the post without the policy's
     "TL;DR:" cue, the user's question without the chat template) or else the prompt itself."""
@@ -510,7 +169,7 @@ class Judge:
             gold = [
                 float(r) for r in ctx.reward(prompts + prompts, [p.policy for p in pairs] + [p.baseline for p in pairs])
             ]
-            oracle_win = [_win_of(g, h) for g, h in zip(gold[: len(pairs)], gold[len(pairs) :])]
+            oracle_win = [pairwise_win(g, h) for g, h in zip(gold[: len(pairs)], gold[len(pairs) :])]
         else:
             oracle_win = None
 
@@ -527,11 +186,9 @@ class Judge:
             extra, record = self._chat(pairs, ctx, index, win, first, counts, oracle_win, record)
 
         rate = _rate(win, index)
-        per_prompt = defaultdict(list)
-        for i in range(n):
-            if win[i] == win[i]:  # judged and valid (NaN otherwise)
-                per_prompt[index[i]].append(win[i])
-        low, high = bootstrap_ci([sum(v) / len(v) for _, v in sorted(per_prompt.items())], cfg.bootstrap, ctx.seed)
+        low, high = bootstrap_mean_ci(
+            per_prompt_means(*_judged(win, index)), cfg.bootstrap, [ctx.seed, BOOTSTRAP_STREAM]
+        )
         aggregates = {"judge_win_rate": {**rate, "ci_low": low, "ci_high": high, **counts, **record}}
 
         longer = {p.sample: len(p.policy.split()) - len(p.baseline.split()) for p in pairs}
@@ -691,10 +348,6 @@ class Judge:
             for (i, slot), b, q in zip(chosen, base, queries)
         ]
         return pairs, (f"run:{Path(cfg.baseline_run).name}" if kind == "run" else kind)
-
-
-def _win_of(policy_score: float, baseline_score: float) -> float:
-    return 1.0 if policy_score > baseline_score else 0.5 if policy_score == baseline_score else 0.0
 
 
 def _eval_rows(ctx, samples) -> list[dict] | None:

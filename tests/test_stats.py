@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.stats import by_prompt, ci95_halfwidth, mean_se, per_prompt_means
+from bench.stats import bootstrap_mean_ci, by_prompt, ci95_halfwidth, mean_se, pairwise_win, per_prompt_means
 
 
 def test_mean_se_by_hand():
@@ -22,6 +22,23 @@ def test_samples_of_one_prompt_are_one_observation():
     assert per_prompt_means(values, index) == [0.5, 1.0, 0.5]
     agg = by_prompt(values, index)
     assert agg["n"] == 3 and agg["mean"] == pytest.approx(2 / 3)
+
+
+def test_pairwise_win_counts_ties_one_half():
+    assert [pairwise_win(a, b) for a, b in ((0.9, 0.1), (0.5, 0.5), (0.1, 0.9))] == [1.0, 0.5, 0.0]
+
+
+def test_bootstrap_mean_ci_small_cases():
+    assert bootstrap_mean_ci([1.0, 1.0, 1.0], 200, seed=0) == (1.0, 1.0)
+    low, high = bootstrap_mean_ci([0.0, 1.0], 2000, seed=0)
+    # Resampling two values: the mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4.
+    assert (low, high) == (0.0, 1.0)
+    assert all(math.isnan(x) for x in bootstrap_mean_ci([], 100, seed=0))
+    assert all(math.isnan(x) for x in bootstrap_mean_ci([0.5], 0, seed=0))
+    values = [i / 19 for i in range(20)]
+    assert bootstrap_mean_ci(values, 300, seed=1) == bootstrap_mean_ci(values, 300, seed=1)
+    assert bootstrap_mean_ci(values, 300, seed=1) != bootstrap_mean_ci(values, 300, seed=2)
+    assert bootstrap_mean_ci(values, 300, seed=[1, 7]) != bootstrap_mean_ci(values, 300, seed=1)
 
 
 def test_ci_uses_student_t():
