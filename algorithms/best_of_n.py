@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from bench.checks import at_least
-from bench.contracts import Generation, Sample
+from bench.contracts import Generation, Policy, Sample
 from bench.kl import best_of_n_kl_bound
 from bench.policy import ModelPolicy
 from bench.reward import learned_reward
@@ -30,10 +30,11 @@ class Config:
         at_least(self, section, "n", 1, "e.g. 16")
 
 
-class BestOfNPolicy:
+class BestOfNPolicy(Policy):
     """Samples `n` candidates per requested completion from `base` and keeps the highest-reward one."""
 
-    def __init__(self, base, tokenizer, reward, n: int):
+    def __init__(self, base, tokenizer, reward, n: int, fit_metrics: dict[str, dict] | None = None):
+        super().__init__(fit_metrics)
         # Deliberately not called `model`: evaluators read log-probs from a Policy's model, and
         # best-of-N's distribution is not the base model's.
         self.base, self.tokenizer, self.reward, self.n = base, tokenizer, reward, n
@@ -51,6 +52,7 @@ class BestOfNPolicy:
         return best
 
     def kl_bound(self) -> float:
+        """The analytic bound log n - (n - 1) / n on KL(best-of-n || base), which the kl evaluator reports."""
         return best_of_n_kl_bound(self.n)
 
 
@@ -67,6 +69,5 @@ class BestOfN:
         # Training the reward model is all the training best-of-N does, so its rows are this run's
         # training log (replayed when the model comes from the cache) and its tokens this run's cost.
         reward = learned_reward(ctx, path=self.config.reward_model, log=ctx.log)
-        policy = BestOfNPolicy(ctx.policy, ctx.tokenizer, reward, self.config.n)
-        policy.fit_metrics = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
-        return policy
+        accuracy = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
+        return BestOfNPolicy(ctx.policy, ctx.tokenizer, reward, self.config.n, fit_metrics=accuracy)

@@ -130,7 +130,8 @@ class DPO:
             self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
 
     def loss(self, out: dict, ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None):
-        """Mean loss over the batch and TRL-named metrics, from `concatenated_forward` output and reference log-probs."""
+        """Mean loss over the batch and TRL-named metrics (a bench.contracts.PairLoss): from a PairForward of the
+        policy and the reference log-probs."""
         c = self.config
         chosen, rejected = out["chosen_logps"], out["rejected_logps"]
         if c.reference_free:
@@ -164,6 +165,13 @@ class DPO:
 
     def fit(self, ctx):
         return fit_on_pairs(ctx, self.loss, needs_reference=not self.config.reference_free, desc="dpo")
+
+    def implicit_reward(self, logps: torch.Tensor, ref_logps: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+        """beta * (log pi - log pi_ref), the reward the training log reports; with reference_free, beta * log pi.
+
+        Held-out pair accuracy ranks pairs by it (bench.contracts.ImplicitReward).
+        """
+        return self.config.beta * (logps if self.config.reference_free else logps - ref_logps)
 
     def train_step(
         self,

@@ -36,7 +36,6 @@ class RewardModel:
 
     def fit(self, ctx) -> ModelPolicy:
         reward = learned_reward(ctx, ctx.train, log=ctx.log)
-        policy = ModelPolicy(ctx.policy, ctx.tokenizer)
-        # The runner adds these to metrics.json beside the evaluators' aggregates.
-        policy.fit_metrics = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
-        return policy
+        # The runner adds fit_metrics to metrics.json beside the evaluators' aggregates.
+        accuracy = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
+        return ModelPolicy(ctx.policy, ctx.tokenizer, fit_metrics=accuracy)

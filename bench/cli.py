@@ -6,6 +6,7 @@ Errors the user can cause end in one line on stderr and exit status 2; bugs keep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -26,24 +27,67 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
-def _describe(cls) -> str:
-    return (getattr(cls, "description", None) or (cls.__doc__ or "").strip().split("\n")[0]).strip()
+def _describe(cls, kind: str) -> str:
+    from bench.contracts import optional
+
+    return (optional(cls, kind, "description") or (cls.__doc__ or "").strip().split("\n")[0]).strip()
+
+
+LIST_TITLES = {
+    "algorithm": "Algorithms (--set algo.KEY=VALUE or --set NAME.KEY=VALUE)",
+    "task": "Tasks (--set task.KEY=VALUE; with --eval-task NAME, --set eval_task.KEY=VALUE)",
+    "evaluator": "Evaluators (--set NAME.KEY=VALUE)",
+}
+
+
+def _print_options(config: object, indent: str = "      ") -> None:
+    """Every field of a Config instance: `key = default  docstring`."""
+    from bench.config import field_docs, to_jsonable
+
+    docs = field_docs(type(config))
+    for key, value in to_jsonable(config).items():
+        print(f"{indent}{key} = {value!r}  {' '.join(docs.get(key, '').split())}")
+
+
+def _changed(defaults: object, base: object) -> str:
+    """`key=value` pairs of a dataclass where it differs from `base` (a plugin's own train or eval defaults)."""
+    return ", ".join(
+        f"{f.name}={getattr(defaults, f.name)!r}"
+        for f in dataclasses.fields(defaults)
+        if getattr(defaults, f.name) != getattr(base, f.name)
+    )
 
 
 def cmd_list(args) -> None:
     from bench import registry
-    from bench.config import field_docs, to_jsonable
+    from bench.config import HARNESS_SECTIONS, generation_for, train_config_for
+    from bench.contracts import Generation, optional
+    from bench.train import TrainConfig
 
-    for kind, title in (("algorithm", "Algorithms"), ("task", "Tasks"), ("evaluator", "Evaluators")):
-        print(f"{title}:")
+    for kind, title in LIST_TITLES.items():
+        print(f"{(title if args.verbose else title.split(' (')[0])}:")
         for name in registry.names(kind):
             cls = registry.load(kind, name)
-            print(f"  {name:<16} {_describe(cls)}")
-            if args.verbose and hasattr(cls, "Config"):
-                docs = field_docs(cls.Config)
-                for key, value in to_jsonable(cls.Config()).items():
-                    print(f"      {key} = {value!r}  {docs.get(key, '')}")
+            print(f"  {name:<16} {_describe(cls, kind)}")
+            if not args.verbose:
+                continue
+            config_cls = cls.Config if kind != "evaluator" else optional(cls, kind, "Config")
+            if config_cls is not None:
+                _print_options(config_cls())
+            # Where a plugin moves the harness's defaults, say so beside its own options.
+            if kind == "algorithm" and (train := _changed(train_config_for(cls), TrainConfig())):
+                print(f"      (train.* defaults: {train})")
+            if kind == "task":
+                if eval_defaults := _changed(generation_for(cls), Generation()):
+                    print(f"      (eval.* defaults: {eval_defaults})")
+                if run_defaults := optional(cls, "task", "run_defaults"):
+                    print(f"      (defaults of runs on it: {', '.join(f'{k}={v!r}' for k, v in run_defaults.items())})")
         print()
+    if args.verbose:
+        print("Every run (an algorithm's or task's defaults above take the place of these):")
+        for section, config_cls in HARNESS_SECTIONS.items():
+            print(f"  {section + '.*':<16} {(config_cls.__doc__ or '').strip().splitlines()[0]}")
+            _print_options(config_cls())
 
 
 def _sets(args) -> list[str]:
@@ -55,7 +99,7 @@ def cmd_run(args) -> None:
     from bench.runner import RunSpec, execute
 
     execute(
-        RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args)),
+        RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args), command=args.command_line),
         results=Path(args.results),
         cache_dir=Path(args.cache),
     )
@@ -112,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("list", help="show every registered algorithm, task and evaluator")
-    p.add_argument("--verbose", "-v", action="store_true", help="also show each plugin's options and defaults")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also show every option with its default and meaning: the plugins' and train.*, eval.*, data.*, run.*",
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="train, sample, evaluate and record one run")
@@ -204,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = ["bench", *argv]  # what the run record keeps as the command that made it
         args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

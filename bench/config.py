@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checks import require
-from bench.contracts import Generation
+from bench.contracts import Generation, optional
 from bench.errors import UserError
 from bench.train import TrainConfig
 
@@ -62,7 +62,8 @@ class RunOptions:
     eval_checkpoints: int = 0
     """Intermediate policies to evaluate during training (evenly spaced); each adds a point to checkpoints.jsonl."""
     eval_task: str = ""
-    """Evaluate on another task's prompts (e.g. cnn-dm for a policy trained on tldr); `--eval-task NAME` sets it, `--set eval_task.KEY=VALUE` its options."""
+    """Evaluate on another task's prompts (e.g. cnn-dm for a policy trained on tldr); `--eval-task NAME` sets it,
+    `--set eval_task.KEY=VALUE` its options."""
 
     def check(self, section: str = "run") -> None:
         """One line naming the first setting out of range."""
@@ -79,6 +80,15 @@ class RunOptions:
 
 MAX_EVAL_CHECKPOINTS = 10_000
 """Most intermediate policies a run evaluates (run.eval_checkpoints)."""
+
+MOVED = {
+    ("task", "max_prompts"): "eval.max_prompts",
+    ("eval_task", "max_prompts"): "eval.max_prompts",
+}
+"""Settings that live in another section now, (section, key) -> where: the error names the new place."""
+
+HARNESS_SECTIONS = {"train": TrainConfig, "eval": Generation, "data": DataConfig, "run": RunOptions}
+"""The harness's own option sections (beside task, algo and one per evaluator), as `bench list -v` shows them."""
 
 
 def parse_value(text: str, annotation: Any, where: str) -> Any:
@@ -125,6 +135,11 @@ def apply_overrides(obj: Any, overrides: dict[str, str], section: str) -> Any:
     changes = {}
     for key, text in overrides.items():
         if key not in known:
+            if (section, key) in MOVED:
+                raise UserError(
+                    f"--set {section}.{key}={text}: {section}.{key} is now {MOVED[section, key]}; "
+                    f"use --set {MOVED[section, key]}={text}"
+                )
             raise UserError(f"--set {section}.{key}: unknown key; known keys: {', '.join(sorted(known))}")
         changes[key] = parse_value(text, hints[key], f"{section}.{key}")
     out = dataclasses.replace(obj, **changes)
@@ -191,9 +206,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def train_config_for(algo_cls: type) -> TrainConfig:
-    defaults = getattr(algo_cls, "train_defaults", {}) or {}
-    return dataclasses.replace(TrainConfig(), **defaults)
+    """TrainConfig with the algorithm's `train_defaults` applied (before any --set train.*)."""
+    return dataclasses.replace(TrainConfig(), **optional(algo_cls, "algorithm", "train_defaults"))
 
 
 def generation_for(task_cls: type) -> Generation:
-    return dataclasses.replace(getattr(task_cls, "generation", None) or Generation())
+    """A copy of the task's `generation` defaults (before any --set eval.*)."""
+    return dataclasses.replace(optional(task_cls, "task", "generation"))

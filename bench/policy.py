@@ -1,7 +1,7 @@
-"""A Policy that is a model: samples evaluation completions and saves itself in Hugging Face format.
+"""A Policy that is a model (bench.contracts.Policy): samples evaluation completions, saves itself for Hugging Face.
 
 Every trained algorithm returns one. Evaluators that need log-probs (KL, pair accuracy) read
-`policy.model` directly; a Policy that is not a model (best-of-N) simply has no `model`.
+`policy.model`; a Policy that is not a model (best-of-N) simply has no `model`.
 `add_lora` is how the harness gives any algorithm a LoRA-adapted policy (`--set train.lora_r=N`).
 """
 
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.contracts import Generation, Sample
+from bench.contracts import Generation, Policy, Sample
 from bench.sampling import sample
 
 
-class ModelPolicy:
-    def __init__(self, model, tokenizer):
+class ModelPolicy(Policy):
+    """A causal LM and its tokenizer as a Policy; `fit_metrics` are aggregates the algorithm measured while fitting."""
+
+    def __init__(self, model, tokenizer, fit_metrics: dict[str, dict] | None = None):
+        super().__init__(fit_metrics)
         self.model = model
         self.tokenizer = tokenizer
 

@@ -2,10 +2,10 @@
 
 - `fit_on_pairs(ctx, loss_fn)`: DPO, unlikelihood and any pairwise loss. Encodes the preference
   pairs, computes the reference log-probs once (cached on disk per reference model and data),
-  and trains with one concatenated chosen+rejected forward per batch. The loss sees
-  `loss_fn(out, ref_chosen_logps, ref_rejected_logps)` where `out` is
-  `bench.logprobs.concatenated_forward`'s dict and the reference values are [B] tensors (None
-  when `needs_reference=False`).
+  and trains with one concatenated chosen+rejected forward per batch. The loss is a
+  bench.contracts.PairLoss, `loss_fn(out, ref_chosen_logps, ref_rejected_logps)`: `out` is a
+  bench.contracts.PairForward (`bench.logprobs.concatenated_forward`'s dict) and the reference
+  values are [B] tensors (None when `needs_reference=False`).
 - `fit_on_demonstrations(ctx, examples)`: SFT and preferred-FT, the mean token negative
   log-likelihood of completions with the prompt masked out (`train_on_demonstrations` is the
   same without a run context, for tasks that fine-tune a starting policy at build time).
@@ -13,15 +13,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
+from bench.contracts import PairLoss
 from bench.logprobs import cached_dataset_logps, collate, collate_pairs, concatenated_forward, encode, token_logps
 from bench.policy import ModelPolicy
 from bench.train import train_loop
-
-PairLoss = Callable[[dict, torch.Tensor | None, torch.Tensor | None], tuple[torch.Tensor, dict]]
 
 
 def mean_token_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -41,7 +38,11 @@ def pad_id(tokenizer) -> int:
 
 
 def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: str = "train") -> ModelPolicy:
-    """Train ctx.policy on ctx.preferences with a pairwise loss; returns the trained policy."""
+    """Train ctx.policy on ctx.preferences with a pairwise loss; returns the trained policy.
+
+    The training loop (optimizer, warmup, clipping, accumulation, checkpoints, log windows, the
+    harness's intermediate evaluations) is bench.train.train_loop with ctx.train's settings.
+    """
     tok, max_length, pad = ctx.tokenizer, ctx.train.max_length, pad_id(ctx.tokenizer)
     pairs = [
         {

@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any, Callable
 from bench import config as cfg
 from bench import data as rows
 from bench import records, registry
-from bench.contracts import Context, Evaluation, Sample
+from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
 
@@ -36,6 +36,17 @@ class RunSpec:
     task: str
     seed: int = 0
     sets: list[str] = field(default_factory=list)
+    command: list[str] | None = None
+    """The command line that asked for the run, recorded in config.json (the CLI passes its own, a sweep the
+    equivalent `bench run`); None records the `bench run` command equivalent to this spec. Not part of the run id."""
+
+
+def run_command(spec: RunSpec, results: Path | str) -> list[str]:
+    """The `bench run` command line that reproduces this one run."""
+    argv = ["bench", "run", "--algo", spec.algo, "--task", spec.task, "--seed", str(spec.seed)]
+    for s in spec.sets:
+        argv += ["--set", s]
+    return argv + ["--results", str(results)]
 
 
 @dataclass
@@ -55,7 +66,8 @@ class Resolved:
     record: dict
     cache_dir: Path
     eval_task: Any = None
-    """The task whose prompts, generation defaults, judge prompt and gold reward evaluate the run (--eval-task), or None."""
+    """The task whose prompts, generation defaults, judge prompt and gold reward evaluate the run (--eval-task), or
+    None."""
 
     @property
     def run_id(self) -> str:
@@ -80,14 +92,14 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     if "algo" in sets and spec.algo in sets:
         raise UserError(f"--set algo.* and --set {spec.algo}.* both given; use one of them")
     algo_sets = sets.pop("algo", None) or sets.pop(spec.algo, {})
-    if getattr(task_cls, "eval_only", False):
+    if optional(task_cls, "task", "eval_only"):
         raise UserError(
             f"task {spec.task} is evaluation-only: train on another task and evaluate here with "
             f"--eval-task {spec.task}, e.g. bench run --algo {spec.algo} --task "
-            f"{getattr(task_cls, 'train_task', 'TASK')} --eval-task {spec.task}"
+            f"{optional(task_cls, 'task', 'train_task') or 'TASK'} --eval-task {spec.task}"
         )
     # The task's own defaults for runs on it (e.g. tldr: dpo.beta=0.5), below the user's --set.
-    task_defaults = cfg.split_sets([f"{k}={v}" for k, v in (getattr(task_cls, "run_defaults", None) or {}).items()])
+    task_defaults = cfg.split_sets([f"{k}={v}" for k, v in optional(task_cls, "task", "run_defaults").items()])
     algo_sets = {**task_defaults.get(spec.algo, {}), **algo_sets}
     for section in ("train", "eval"):
         sets[section] = {**task_defaults.get(section, {}), **sets.get(section, {})}
@@ -99,7 +111,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     evaluators = []
     for name in ev_names:
         ev_cls = registry.load("evaluator", name)
-        ev_config = ev_cls.Config() if hasattr(ev_cls, "Config") else None
+        ev_config = config_cls() if (config_cls := optional(ev_cls, "evaluator", "Config")) else None
         if name in sets:
             if ev_config is None:
                 raise UserError(f"--set {name}.*: the evaluator {name!r} has no options")
@@ -143,7 +155,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     record = {
         "record_version": RECORD_VERSION,
         "seed": spec.seed,
-        "task": {"name": task_cls.name, **cfg.to_jsonable(getattr(task, "config", task_config))},
+        "task": {"name": task_cls.name, **cfg.to_jsonable(optional(task, "task", "config") or task_config)},
         "algo": {"name": algo_cls.name, **cfg.to_jsonable(algo_config)},
         "train": cfg.to_jsonable(train),
         "eval": cfg.to_jsonable(generation),
@@ -154,7 +166,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     if eval_task is not None:
         record["eval_task"] = {
             "name": type(eval_task).name,
-            **cfg.to_jsonable(getattr(eval_task, "config", eval_config)),
+            **cfg.to_jsonable(optional(eval_task, "task", "config") or eval_config),
         }
     return Resolved(
         algo_cls,
@@ -297,8 +309,7 @@ def execute(
     for ev_cls, ev_config in r.evaluators:
         # Evaluators that talk to a service check it now, not after minutes of training.
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
-        if hasattr(evaluator, "preflight"):
-            evaluator.preflight()
+        optional(evaluator, "evaluator", "preflight")()
 
     t0 = time.time()
     r.task.build()
@@ -313,7 +324,7 @@ def execute(
         if records.is_complete(final):  # another process finished it while we waited
             echo(f"{r.name}: complete, skipped ({final})")
             return final
-        metrics = _record(r, data, results, t_build, echo)
+        metrics = _record(r, data, results, t_build, echo, spec.command or run_command(spec, results))
     echo(summary_line(r.name, metrics))
     echo(f"run record: {final}")
     return final
@@ -331,8 +342,11 @@ def check_results_dir(results: Path) -> None:
         raise UserError(f"--results {results}: {existing} is not writable; pass a directory you can write to")
 
 
-def _record(r: Resolved, data: dict, results: Path, t_build: float, echo: Callable[[str], None]) -> dict:
-    """Build the run under .partial/ (resuming from its checkpoint if one is there) and publish it; the caller holds the lock."""
+def _record(
+    r: Resolved, data: dict, results: Path, t_build: float, echo: Callable[[str], None], command: list[str]
+) -> dict:
+    """Build the run under .partial/ (resuming from its checkpoint if one is there) and publish it; the caller holds
+    the lock. `command` is the command line recorded in config.json."""
     import torch
 
     from bench.device import device
@@ -358,11 +372,11 @@ def _record(r: Resolved, data: dict, results: Path, t_build: float, echo: Callab
                 "git_revision": records.git_revision(),
                 "device": str(device()),
                 "torch_threads": torch.get_num_threads(),
-                "command": " ".join(sys.argv),
+                "command": shlex.join(command),
             },
         )
         # Labels are a cost only for algorithms that learn from them (not SFT, not PPO on the gold reward).
-        labels = len(data["preferences"]) if getattr(r.algo_cls, "uses_preferences", True) else 0
+        labels = len(data["preferences"]) if optional(r.algo_cls, "algorithm", "uses_preferences") else 0
         cost = {"wall_time_s": {"build": t_build}, "preference_labels": labels}
         metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
         records.atomic_write_json(partial / "metrics.json", metrics)
@@ -429,6 +443,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         policy = add_lora(policy, r.train)
     reference.requires_grad_(False)
     reference.eval()
+    algorithm = r.algo_cls(config=r.algo_config)
     ctx = Context(
         task=r.task,
         policy=policy.to(dev),
@@ -443,15 +458,18 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         preferences=data["preferences"],
         test_preferences=data["test_preferences"],
         eval_prompts=data["eval_prompts"],
-        reward=getattr(r.task, "gold_reward", None),
+        reward=optional(r.task, "task", "gold_reward"),
         generation=r.generation,
+        implicit_reward=optional(algorithm, "algorithm", "implicit_reward"),
     )
 
     # Evaluators see the evaluation task: its gold reward, judge prompt and prompt rows.
     eval_ctx = (
         (lambda c: c)
         if r.eval_task is None
-        else (lambda c: dataclasses.replace(c, eval_task=r.eval_task, reward=getattr(r.eval_task, "gold_reward", None)))
+        else (
+            lambda c: dataclasses.replace(c, eval_task=r.eval_task, reward=optional(r.eval_task, "task", "gold_reward"))
+        )
     )
     marks: set[int] = set()
 
@@ -471,7 +489,6 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
             model.train()
 
     ctx.on_step = on_step
-    algorithm = r.algo_cls(config=r.algo_config)
     t0 = time.time()
     trained = algorithm.fit(ctx)
     cost["wall_time_s"]["fit"] = time.time() - t0
@@ -487,13 +504,13 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
     metrics.update(_evaluate(r.evaluators, samples, eval_ctx(ctx)))
     # Aggregates the algorithm measured while fitting, e.g. its reward model's held-out accuracy.
-    metrics.update(getattr(trained, "fit_metrics", None) or {})
+    metrics.update(optional(trained, "policy", "fit_metrics"))
     cost["wall_time_s"]["evaluate"] = time.time() - t0
 
     log_rows = records.read_jsonl(log_path) if log_path.exists() else []
     cost["train_tokens"] = sum(row.get("tokens", 0) for row in log_rows)
     cost["sampled_tokens"] = sum(row.get("sampled_tokens", 0) for row in log_rows)
-    model = getattr(trained, "model", None)
+    model = optional(trained, "policy", "model")
     if model is not None:
         n_params = sum(p.numel() for p in model.parameters())
         cost["parameters"] = n_params
@@ -515,8 +532,9 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
             for s in samples
         ),
     )
-    if r.options.save_model and hasattr(trained, "save"):
-        trained.save(run_dir / "model")
+    save = optional(trained, "policy", "save")
+    if r.options.save_model and save is not None:
+        save(run_dir / "model")
     return metrics
 
 
@@ -524,11 +542,10 @@ def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bo
     """Run every applicable evaluator; per-sample values go onto the samples, aggregates are returned."""
     metrics: dict[str, Any] = {}
     for ev_cls, ev_config in evaluators:
-        if at_checkpoint and not getattr(ev_cls, "at_checkpoints", True):
+        if at_checkpoint and not optional(ev_cls, "evaluator", "at_checkpoints"):
             continue  # e.g. a paid judge is run on the final policy only
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
-        applies = getattr(evaluator, "applies", None)
-        if applies is not None and not applies(ctx):
+        if not optional(evaluator, "evaluator", "applies")(ctx):
             continue
         result: Evaluation = evaluator.evaluate(samples, ctx)
         for key, values in result.per_sample.items():
@@ -538,7 +555,7 @@ def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bo
                 s.values[key] = v
         for key, agg in result.aggregates.items():
             metrics[key] = {
-                "higher_is_better": getattr(ev_cls, "higher_is_better", None),
+                "higher_is_better": optional(ev_cls, "evaluator", "higher_is_better"),
                 "evaluator": ev_cls.name,
                 **agg,
             }

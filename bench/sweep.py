@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import itertools
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -239,12 +238,8 @@ def plan(specs: list[runner.RunSpec], results: Path, cache_dir: Path) -> list[Pl
     return planned
 
 
-def run_command(spec: runner.RunSpec, results: Path) -> list[str]:
-    """The `bench run` command line that reproduces this one run."""
-    argv = ["bench", "run", "--algo", spec.algo, "--task", spec.task, "--seed", str(spec.seed)]
-    for s in spec.sets:
-        argv += ["--set", s]
-    return argv + ["--results", str(results)]
+run_command = runner.run_command
+"""The `bench run` command line that reproduces one run of the sweep (written once, in bench.runner)."""
 
 
 def run_one(
@@ -255,12 +250,8 @@ def run_one(
     The run record keeps the command line that produced it; for a sweep's run that is the
     equivalent `bench run` command, whichever process (this one, a subprocess, a Slurm node) ran it.
     """
-    saved = sys.argv
-    sys.argv = run_command(spec, results)
-    try:
-        return execute(spec, Path(results), Path(cache_dir), echo)
-    finally:
-        sys.argv = saved
+    spec = dataclasses.replace(spec, command=run_command(spec, results))
+    return execute(spec, Path(results), Path(cache_dir), echo)
 
 
 def run(

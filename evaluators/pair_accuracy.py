@@ -1,13 +1,16 @@
 """Implicit-reward accuracy on held-out preference pairs.
 
-The share of pairs where log pi(chosen) - log pi_ref(chosen) exceeds the same for rejected,
-i.e. where the policy's implicit reward (up to beta) ranks the pair as the labels do; ties count
-one half. Reference log-probs are computed once per (reference, pairs) and cached.
+The share of pairs whose chosen completion gets a higher implicit reward than the rejected one,
+i.e. where the policy ranks the pair as the labels do; ties count one half. The implicit reward
+is the run's algorithm's (bench.contracts.ImplicitReward, handed over as ctx.implicit_reward):
+DPO's beta * (log pi - log pi_ref) unless the algorithm declares its own, such as SimPO's
+length-normalised beta / |y| * log pi. Reference log-probs are computed once per (reference,
+pairs) and cached, shared with training.
 """
 
 from __future__ import annotations
 
-from bench.contracts import Evaluation
+from bench.contracts import Evaluation, optional
 from bench.stats import mean_se
 
 
@@ -17,20 +20,23 @@ class PairAccuracy:
     higher_is_better = True
 
     def applies(self, ctx) -> bool:
-        return hasattr(ctx.trained, "model") and bool(ctx.test_preferences)
+        return optional(ctx.trained, "policy", "model") is not None and bool(ctx.test_preferences)
 
     def evaluate(self, samples, ctx) -> Evaluation:
+        import torch
+
         from bench.logprobs import cached_dataset_logps, dataset_logps, encode
 
         tok, max_len = ctx.tokenizer, ctx.train.max_length
         pad, bs = tok.pad_token_id, ctx.generation.batch_size
         key = ctx.task.reference_key  # same file name scheme as training: shared across runs
-        margins = []
-        logps = {}
+        rewards = {}
         for side in ("chosen", "rejected"):
             enc = [encode(tok, p["prompt"], p[side], max_len) for p in ctx.test_preferences]
             ref = cached_dataset_logps(ctx.reference, enc, pad, bs, ctx.cache_dir / "ref_logps", key)
-            logps[side] = dataset_logps(ctx.trained.model, enc, pad, bs) - ref
-        margins = (logps["chosen"] - logps["rejected"]).tolist()
+            logps = dataset_logps(optional(ctx.trained, "policy", "model"), enc, pad, bs)
+            n_tokens = torch.tensor([len(ids) - n_prompt for ids, n_prompt in enc])
+            rewards[side] = ctx.implicit_reward(logps, ref, n_tokens)
+        margins = (rewards["chosen"] - rewards["rejected"]).tolist()
         correct = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
         return Evaluation(aggregates={"pair_accuracy": {**mean_se(correct), "unit": "pairs"}})

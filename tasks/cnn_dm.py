@@ -43,14 +43,11 @@ class Config:
     """Hub configuration of the dataset (3.0.0 is the non-anonymised version the paper used); ignored for a local copy."""
     split: str = "test"
     """Split the articles come from."""
-    max_prompts: int = 256
-    """Articles kept, the first ones of the split; 0 keeps all."""
     max_article_chars: int = 2000
     """Articles are cut at the last word boundary within this many characters (about 450 GPT-J tokens); 0 keeps them whole."""
 
     def check(self, section: str = "eval_task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
-        non_negative(self, section, "max_prompts", "0 keeps all")
         non_negative(self, section, "max_article_chars", "0 keeps them whole")
 
 
@@ -101,9 +98,7 @@ class CNNDM:
         if self._prompts is not None:
             return
         cfg = self.config
-        rows = hub.load_rows(
-            cfg.dataset, cfg.split, task=TASK, key="eval_task.dataset", config_name=cfg.subset, max_rows=cfg.max_prompts
-        )
+        rows = hub.load_rows(cfg.dataset, cfg.split, task=TASK, key="eval_task.dataset", config_name=cfg.subset)
         prompts = []
         for i, row in enumerate(rows):
             where = f"task {TASK}: {cfg.dataset} (eval_task.dataset) split {cfg.split!r} row {i} (0-based)"
@@ -122,7 +117,8 @@ class CNNDM:
         self._prompts = prompts
 
     def eval_prompts(self) -> list[dict]:
-        """The first max_prompts articles as TL;DR prompts, each with its highlights as the reference summary."""
+        """The articles as TL;DR prompts, each with its highlights as the reference summary (a run takes the first
+        eval.max_prompts: 256, as TL;DR's)."""
         self.build()
         return list(self._prompts)
 

@@ -15,8 +15,9 @@ the chosen responses of the train pairs ("preferred-FT"). With `reference=prefer
 default) build() does the same, with the paper code's settings (RMSprop, one epoch at lr 5e-7,
 batch 64, 150 warmup steps, gradient norm clipped at 10, 512 tokens), and caches the result
 under `<cache_dir>/hh/<hash of base model, demonstrations and settings>/policy`; `reference=base`
-starts from the base model as it is. Evaluation: the first `max_prompts` single-turn test
-prompts, judged against their chosen response with the paper's "dialogue" judge prompt.
+starts from the base model as it is. Evaluation: the single-turn test prompts (a run takes the
+first eval.max_prompts, 256 by default), judged against their chosen response with the paper's
+"dialogue" judge prompt.
 """
 
 from __future__ import annotations
@@ -81,8 +82,6 @@ class Config:
     """Demonstrations per optimizer step of the preferred-FT build."""
     sft_warmup_steps: int = 150
     """Steps of linear learning-rate warmup of the preferred-FT build."""
-    max_prompts: int = 256
-    """Evaluation prompts kept, the first single-turn ones of the test split (the paper judged 256); 0 keeps all."""
     max_train_pairs: int = 0
     """Training preference pairs kept (also the preferred-FT demonstrations), the first usable ones of the train split; 0 keeps all."""
     max_test_pairs: int = 1000
@@ -92,7 +91,7 @@ class Config:
 
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
-        check_settings(self, ("max_prompts", "max_train_pairs", "max_test_pairs"), section)
+        check_settings(self, ("max_train_pairs", "max_test_pairs"), section)
         one_of(self, section, "reference", REFERENCES)
         non_negative(self, section, "sft_steps", "0 makes one epoch")
         non_negative(self, section, "sft_warmup_steps")
@@ -144,7 +143,10 @@ class HH(PreferenceRows):
         "responses (DPO paper, exp. 3)"
     )
     Config = Config
-    generation = Generation(max_new_tokens=128, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=16)
+    # The paper judged the first 256 test prompts (eval.max_prompts).
+    generation = Generation(
+        max_new_tokens=128, temperature=1.0, top_p=1.0, samples_per_prompt=1, max_prompts=256, batch_size=16
+    )
     judge_prompt = "dialogue"
     gold_reward = None
     run_defaults = {"dpo.beta": 0.1, "train.max_length": 512}
@@ -171,17 +173,16 @@ class HH(PreferenceRows):
         check_context(self._tokenizer, cfg.max_prompt_tokens)
         self.stats = Counter()
         train = self._load("train", cfg.max_train_pairs)
-        # One pass over the test split serves both the held-out pairs and the evaluation prompts.
-        test = self._load(
-            "test", 0 if not cfg.max_test_pairs or not cfg.max_prompts else max(cfg.max_test_pairs, cfg.max_prompts)
-        )
+        # One pass over the whole test split serves both the held-out pairs and the evaluation prompts
+        # (all of them: eval.max_prompts limits what a run evaluates).
+        test = self._load("test", 0)
         self._data = {
             "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in train],
             "train": train,
             "test": test[: cfg.max_test_pairs or None],
             "eval": [
                 {"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": user_query(p["prompt"])}
-                for p in test[: cfg.max_prompts or None]
+                for p in test
             ],
         }
         s = self.stats

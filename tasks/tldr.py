@@ -48,8 +48,6 @@ class Config:
     """Demonstrations (train split) and evaluation prompts with reference summaries (test split): hub id or local copy, columns prompt, label."""
     preference_dataset: str = "CarperAI/openai_summarize_comparisons"
     """Human preference pairs (train and test splits): hub id or local copy, columns prompt, chosen, rejected."""
-    max_prompts: int = 256
-    """Evaluation prompts kept, the first ones of the test split (the paper judged 256); 0 keeps all."""
     max_train_pairs: int = 0
     """Training preference pairs kept, the first ones of the train split; 0 keeps all."""
     max_test_pairs: int = 1000
@@ -63,7 +61,7 @@ class Config:
 
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
-        check_settings(self, ("max_prompts", "max_train_pairs", "max_test_pairs", "max_sft_examples"), section)
+        check_settings(self, ("max_train_pairs", "max_test_pairs", "max_sft_examples"), section)
         one_of(self, section, "long_prompts", LONG_PROMPTS)
 
 
@@ -119,7 +117,10 @@ class TLDR(PreferenceRows):
         "reference summaries (DPO paper, exp. 2)"
     )
     Config = Config
-    generation = Generation(max_new_tokens=64, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=16)
+    # The paper judged the first 256 test prompts (eval.max_prompts).
+    generation = Generation(
+        max_new_tokens=64, temperature=1.0, top_p=1.0, samples_per_prompt=1, max_prompts=256, batch_size=16
+    )
     judge_prompt = "summarization-concise"
     gold_reward = None
     run_defaults = {"dpo.beta": 0.5, "train.max_length": 640}
@@ -152,7 +153,7 @@ class TLDR(PreferenceRows):
         pairs = ("preference_dataset", ("prompt", "chosen", "rejected"))
         data = {
             "sft": self._load(*sft, "train", cfg.max_sft_examples),
-            "eval": self._load(*sft, "test", cfg.max_prompts),
+            "eval": self._load(*sft, "test", 0),  # all of them: eval.max_prompts limits what a run evaluates
             "train": self._load(*pairs, "train", cfg.max_train_pairs),
             "test": self._load(*pairs, "test", cfg.max_test_pairs),
         }

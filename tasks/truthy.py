@@ -54,8 +54,6 @@ class Config:
     """Share of the prompts held out for test pairs and evaluation prompts (by a seeded hash of the prompt text)."""
     split_seed: int = 0
     """Seed of the held-out split's hash; another seed holds out other prompts."""
-    max_prompts: int = 256
-    """Evaluation prompts kept, the first held-out ones; 0 keeps all."""
     max_train_pairs: int = 0
     """Training preference pairs kept (also the SFT demonstrations), the first ones not held out; 0 keeps all."""
     max_test_pairs: int = 0
@@ -65,7 +63,7 @@ class Config:
 
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
-        check_settings(self, ("max_prompts", "max_train_pairs", "max_test_pairs"), section)
+        check_settings(self, ("max_train_pairs", "max_test_pairs"), section)
         between(self, section, "test_fraction", 0, 1, "()", "a share, e.g. 0.1")
 
 
@@ -113,7 +111,9 @@ class Truthy(PreferenceRows):
         "prompt hash, judge win rate vs the chosen answers"
     )
     Config = Config
-    generation = Generation(max_new_tokens=256, temperature=1.0, top_p=1.0, samples_per_prompt=1, batch_size=8)
+    generation = Generation(
+        max_new_tokens=256, temperature=1.0, top_p=1.0, samples_per_prompt=1, max_prompts=256, batch_size=8
+    )
     judge_prompt = "dialogue"
     gold_reward = None
     run_defaults = {
@@ -176,10 +176,7 @@ class Truthy(PreferenceRows):
             "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in splits["train"]],
             "train": splits["train"],
             "test": test[: cfg.max_test_pairs or None],
-            "eval": [
-                {"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": p["query"]}
-                for p in test[: cfg.max_prompts or None]
-            ],
+            "eval": [{"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": p["query"]} for p in test],
         }
         form = "chat template" if getattr(tokenizer, "chat_template", None) else "Instruct/Output"
         print(

@@ -38,7 +38,20 @@ def test_list_shows_every_plugin(cache_dir):
     ):
         assert f"  {name} " in proc.stdout
     verbose = run_cli(["list", "--verbose"], cache_dir)
+    assert verbose.returncode == 0, verbose.stderr
     assert "beta = 0.1" in verbose.stdout
+    # Every option, the harness's sections too, with its default and its field docstring.
+    harness = verbose.stdout.split("Every run")[1]
+    for section, line in (
+        ("train.*", "lr = 0.0001  Peak learning rate"),
+        ("eval.*", "max_prompts = 0  Use only the first N evaluation prompts; 0 uses all."),
+        ("data.*", "preferences = ''  Training pairs"),
+        ("run.*", "eval_checkpoints = 0  Intermediate policies to evaluate"),
+    ):
+        assert f"  {section} " in harness and line in harness, (section, line)
+    assert harness.index("lr = ") < harness.index("eval.*") < harness.index("max_prompts = ") < harness.index("data.*")
+    # Where a plugin moves a harness default, its listing says so.
+    assert "(train.* defaults: lr=0.0003)" in verbose.stdout  # the reward model's
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +70,8 @@ def test_run_writes_a_complete_record(dpo_run):
         assert (run_dir / name).is_file(), name
     assert not (results / ".partial").exists() or not any((results / ".partial").iterdir())
     config = json.loads((run_dir / "config.json").read_text())
+    # The command line as the user typed it (bench/cli.py hands it to the runner).
+    assert config["command"] == f"bench run --algo dpo --task sentiment --set task.scale=tiny --results {results}"
     assert config["config"]["algo"] == {**config["config"]["algo"], "name": "dpo"}
     assert config["config"]["task"]["scale"] == "tiny"
     assert {"torch", "transformers", "python"} <= set(config["versions"])

@@ -99,3 +99,18 @@ def test_unknown_plugins(tmp_path):
         resolve(RunSpec("nope", "sentiment"), tmp_path)
     with pytest.raises(UserError, match="unknown task 'nope'.*sentiment"):
         resolve(RunSpec("dpo", "nope"), tmp_path)
+
+
+def test_task_max_prompts_names_eval_max_prompts(tmp_path):
+    """One knob limits the evaluation prompts: task.max_prompts (or eval_task.max_prompts) says where it went."""
+    with pytest.raises(UserError) as exc:
+        resolve(RunSpec("dpo", "tldr", 0, ["task.max_prompts=4"]), tmp_path)
+    assert (
+        str(exc.value)
+        == "--set task.max_prompts=4: task.max_prompts is now eval.max_prompts; use --set eval.max_prompts=4"
+    )
+    with pytest.raises(UserError, match=r"eval_task.max_prompts=8: .* use --set eval.max_prompts=8$"):
+        resolve(RunSpec("dpo", "tldr", 0, ["run.eval_task=cnn-dm", "eval_task.max_prompts=8"]), tmp_path)
+    # The task's default lives in its generation settings, where eval.max_prompts overrides it.
+    assert resolve(RunSpec("dpo", "tldr", 0, []), tmp_path).generation.max_prompts == 256
+    assert resolve(RunSpec("dpo", "tldr", 0, ["eval.max_prompts=4"]), tmp_path).record["eval"]["max_prompts"] == 4

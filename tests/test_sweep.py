@@ -7,6 +7,8 @@ task registered for the test, so that nothing here trains a model.
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -55,8 +57,11 @@ def fake_execute(spec, results, cache_dir, echo=print, wait=True):
         echo(f"{r.name}: complete, skipped")
         return final
     partial = Path(results) / records.PARTIAL / r.name
+    # The command the spec carries, as runner.execute records it; None if the sweep handed over none.
+    command = shlex.join(spec.command) if spec.command else None
     records.atomic_write_json(
-        partial / "config.json", {"run_id": r.run_id, "name": r.name, "config": r.record, "command": " ".join(sys.argv)}
+        partial / "config.json",
+        {"run_id": r.run_id, "name": r.name, "config": r.record, "command": command},
     )
     records.atomic_write_json(partial / "metrics.json", {"gold_reward": {"mean": 0.5, "se": 0.1, "n": 4}})
     records.publish(partial, final)
@@ -153,7 +158,9 @@ def test_interrupted_sweep_restarts_without_running_a_complete_run_twice(tmp_pat
     assert calls == []
 
 
-def test_cli_sweep(tmp_path, recorder, capsys):
+def test_cli_sweep(tmp_path, recorder, capsys, monkeypatch):
+    argvs, inner = [], runner.execute
+    monkeypatch.setattr(runner, "execute", lambda *a, **kw: argvs.append(list(sys.argv)) or inner(*a, **kw))
     args = [
         "sweep",
         "--task",
@@ -177,9 +184,20 @@ def test_cli_sweep(tmp_path, recorder, capsys):
     assert "6 runs, 0 complete (skipped), 6 to run" in capsys.readouterr().out
     assert main(args) == 0 and len(recorder) == 6
     assert "6 runs, 6 complete (skipped), 0 to run" in capsys.readouterr().out
-    # The record names the `bench run` command that reproduces it.
-    config = (records.complete_runs(tmp_path / "r")[0] / "config.json").read_text()
-    assert '"command": "bench run --algo' in config
+    # Each record names the `bench run` command that reproduces it, handed over in the spec; sys.argv is left alone.
+    planned = {
+        p.name: p.spec
+        for p in sweep.plan(
+            sweep.expand("toy", ["dpo", "sft"], sweep.parse_grid(["algo.beta=0.1,0.5"]), [0, 1]),
+            tmp_path / "r",
+            tmp_path / "c",
+        )
+    }
+    for run in records.complete_runs(tmp_path / "r"):
+        config = json.loads((run / "config.json").read_text())
+        assert config["command"] == shlex.join(sweep.run_command(planned[run.name], tmp_path / "r"))
+        assert config["command"].startswith(f"bench run --algo {planned[run.name].algo} --task toy --seed ")
+    assert len(argvs) == 6 and all(argv == sys.argv for argv in argvs)  # nobody swapped sys.argv
     assert main(["sweep", "--task", "toy", "--results", str(tmp_path)]) == 2
     assert "--algo" in capsys.readouterr().err
     assert main(["sweep", "--task", "toy", "--algo", "dpo", "--executor", "x=1", "--results", str(tmp_path)]) == 2
@@ -298,6 +316,13 @@ def test_real_tiny_sweep_then_report(tmp_path, cache_dir, capsys):
     assert "3 runs, 0 complete (skipped), 3 to run" in capsys.readouterr().out
     runs = records.complete_runs(results)
     assert len(runs) == 3 and all(len(records.read_jsonl(r / "checkpoints.jsonl")) == 2 for r in runs)
+    # The real runner records the equivalent `bench run` command of each run, not the sweep's command line.
+    commands = {json.loads((r / "config.json").read_text())["command"] for r in runs}
+    assert (
+        "bench run --algo dpo --task sentiment --seed 0 --set task.scale=tiny --set train.max_steps=2 "
+        "--set eval.max_prompts=6 --set run.eval_checkpoints=1 --set run.save_model=false --set algo.beta=1 "
+        f"--results {results}"
+    ) in commands and all(c.startswith("bench run --algo ") for c in commands)
     assert main(args) == 0 and "3 runs, 3 complete (skipped), 0 to run" in capsys.readouterr().out
     assert main(["report", "--task", "sentiment", "--results", str(results), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()

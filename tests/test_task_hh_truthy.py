@@ -128,10 +128,10 @@ def test_hh_keeps_single_turn_pairs_and_counts_the_rest(hh, settings, cache):
         assert ids == tok(row["prompt"] + row["chosen"], add_special_tokens=False)["input_ids"]
         assert len(ids[:n_prompt]) <= fixtures_hh.MAX_PROMPT_TOKENS
     # Limits keep the first usable pairs, reading past skipped rows.
-    small = make_task(HH, settings, cache, max_prompts=3, max_test_pairs=2, max_train_pairs=4)
-    assert small.eval_prompts() == evals[:3] and small.preference_data("test") == test[:2]
+    small = make_task(HH, settings, cache, max_test_pairs=2, max_train_pairs=4)
+    assert small.eval_prompts() == evals and small.preference_data("test") == test[:2]
     assert small.preference_data("train") == train[:4]
-    assert HH.Config().max_prompts == 256 and HH.judge_prompt == "dialogue" and HH.gold_reward is None
+    assert HH.generation.max_prompts == 256 and HH.judge_prompt == "dialogue" and HH.gold_reward is None
     assert HH.generation.samples_per_prompt == 1 and HH.generation.max_new_tokens == 128
 
 
@@ -166,7 +166,7 @@ def test_hh_preferred_ft_is_built_once_and_keys_the_reference(settings, tmp_path
     fewer = make_task(HH, settings, tmp_path, max_train_pairs=5)
     assert fewer.reference_key != first.reference_key  # other demonstrations, another policy
     assert calls == [len(fixtures_hh.TRAIN)]  # computing keys trains nothing
-    for bad in ({"reference": "sft"}, {"max_prompts": -1}, {"max_prompt_tokens": 4}, {"sft_steps": -1}):
+    for bad in ({"reference": "sft"}, {"max_test_pairs": -1}, {"max_prompt_tokens": 4}, {"sft_steps": -1}):
         with pytest.raises(UserError, match="task." + next(iter(bad))):
             make_task(HH, settings, tmp_path, **bad)
 
@@ -225,8 +225,8 @@ def test_truthy_held_out_split_is_deterministic_and_disjoint(truthy, settings, c
     tenth = {p for p in prompts if held_out(p, 0.1, 0)}
     assert 0.085 < len(tenth) / len(prompts) < 0.115
     assert tenth < {p for p in prompts if held_out(p, 0.2, 0)}
-    limited = make_task(Truthy, settings, cache, max_prompts=2, max_test_pairs=3, max_train_pairs=5)
-    assert limited.eval_prompts() == truthy.eval_prompts()[:2] and limited.preference_data("test") == test[:3]
+    limited = make_task(Truthy, settings, cache, max_test_pairs=3, max_train_pairs=5)
+    assert limited.eval_prompts() == truthy.eval_prompts() and limited.preference_data("test") == test[:3]
     assert limited.preference_data("train") == train[:5] and limited.sft_data() == truthy.sft_data()[:5]
 
 

@@ -131,20 +131,19 @@ def test_long_posts_are_cut_at_a_word_keeping_the_header(task, settings, cache):
     context = fixtures_tldr.CONTEXT
     with pytest.raises(UserError, match=f"max_prompt_tokens={too_long}: the model's context is {context}"):
         tldr_task(settings, cache, max_prompt_tokens=too_long).build()
-    for bad in ({"long_prompts": "keep"}, {"max_prompt_tokens": 4}, {"max_prompts": -1}):
+    for bad in ({"long_prompts": "keep"}, {"max_prompt_tokens": 4}, {"max_test_pairs": -1}):
         with pytest.raises(UserError, match="task." + next(iter(bad))):
             tldr_task(settings, cache, **bad)
 
 
 def test_limits_keep_the_first_rows(task, settings, cache):
-    small = tldr_task(settings, cache, max_prompts=5, max_train_pairs=3, max_test_pairs=2, max_sft_examples=4)
-    assert small.eval_prompts() == task.eval_prompts()[:5]
+    small = tldr_task(settings, cache, max_train_pairs=3, max_test_pairs=2, max_sft_examples=4)
+    assert small.eval_prompts() == task.eval_prompts()  # every one: a run takes the first eval.max_prompts
     assert small.preference_data("train") == task.preference_data("train")[:3]
     assert small.preference_data("test") == task.preference_data("test")[:2]
     assert small.sft_data() == task.sft_data()[:4]
-    every = tldr_task(settings, cache, max_prompts=0)
-    assert len(every.eval_prompts()) == len(fixtures_tldr.TEST)
-    assert TLDR.Config().max_prompts == 256  # the paper's 256 test prompts
+    assert len(task.eval_prompts()) == len(fixtures_tldr.TEST)
+    assert TLDR.generation.max_prompts == 256  # the paper's 256 test prompts
 
 
 def test_rows_are_loaded_once_per_instance(settings, cache, monkeypatch):
@@ -237,7 +236,7 @@ def test_cnn_dm_prompts_are_articles_in_the_tldr_format(settings, cache, tmp_pat
     assert len(article) > fixtures_cnn_dm.MAX_ARTICLE_CHARS and article[len(long)] == " "
     assert len(long) > fixtures_cnn_dm.MAX_ARTICLE_CHARS - 60  # cut at the last word that fits, not earlier
     assert rows[fixtures_cnn_dm.LONG_INDEX]["id"] == fixtures_cnn_dm.LONG_ID
-    assert cnn_task(settings, cache, max_prompts=4).eval_prompts() == rows[:4]
+    assert CNNDM.generation.max_prompts == 256  # a run evaluates the first 256 articles
     whole = cnn_task(settings, cache, max_article_chars=0).eval_prompts()[fixtures_cnn_dm.LONG_INDEX]["prompt"]
     assert whole == article + "\nTL;DR:"
 
