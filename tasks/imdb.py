@@ -71,8 +71,6 @@ class Config:
     """Seed of the build: review splits, prefix lengths, fine-tuning order, sampling."""
     n_eval_prompts: int = 500
     """Evaluation prompts, prefixes of test reviews."""
-    max_prompts: int = 0
-    """Use only the first N evaluation prompts (0 = all); the build stays the same."""
     n_preference_prefixes: int = 2000
     """Prefixes of train reviews whose sampled completions become the training preference pairs."""
     n_test_preference_prefixes: int = 200
@@ -299,10 +297,8 @@ class IMDb(BuiltTask):
         config.check()
         self.config = config
         self.cache_dir = Path(cache_dir)
-        # What the artifacts depend on: max_prompts only slices what is served; with an SFT
-        # checkpoint the fine-tuning settings play no part.
+        # What the artifacts depend on: with an SFT checkpoint the fine-tuning settings play no part.
         identity = dataclasses.asdict(config)
-        del identity["max_prompts"]
         if config.sft_model:
             for unused in ("model", "lm_steps", "lm_batch_size", "lm_lr"):
                 del identity[unused]
@@ -318,7 +314,7 @@ class IMDb(BuiltTask):
         """Build the artifacts unless this configuration's are already cached."""
         build_once(
             self.artifact_dir,
-            lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir, self.identity),
+            lambda out: _build(self.config, out, self.cache_dir, self.identity),
         )
 
     def load_policy(self):

@@ -58,7 +58,7 @@ def check_counts(cfg, at_least_one: tuple[str, ...], section: str = "task") -> N
     ):
         at_least(cfg, section, name, 1)
     at_least(cfg, section, "lm_window", 2, "a window of one token has no next token to learn")
-    for name in ("n_test_preference_prefixes", "n_lm_reviews", "max_prompts", "max_sft_examples"):
+    for name in ("n_test_preference_prefixes", "n_lm_reviews", "max_sft_examples"):
         non_negative(cfg, section, name)
     at_least(cfg, section, "samples_per_prefix", 2, "two completions form a pair")
     at_least(cfg, section, "min_prefix_tokens", 1)
@@ -498,7 +498,7 @@ class Stages:
 class BuiltTask:
     """The contract methods of a review-prefix task whose build writes the files of these stages into artifact_dir.
 
-    Subclasses set `name`, `config` (with max_prompts), `key` (the build's hash), `artifact_dir`,
+    Subclasses set `name`, `config`, `key` (the build's hash), `artifact_dir`,
     `build()` and `gold_scores()`.
     """
 
@@ -550,11 +550,10 @@ class BuiltTask:
         return read_jsonl(self.artifact_dir / f"preferences_{split}.jsonl")
 
     def eval_prompts(self) -> list[dict]:
-        """Prefixes of reviews nothing was trained on, with the review's real continuation as reference (the first
-        task.max_prompts, if set)."""
+        """Prefixes of reviews nothing was trained on, with the review's real continuation as reference (all of them:
+        a run takes the first eval.max_prompts)."""
         self.build()
-        rows = read_jsonl(self.artifact_dir / "eval_prompts.jsonl")
-        return rows[: self.config.max_prompts] if self.config.max_prompts else rows
+        return read_jsonl(self.artifact_dir / "eval_prompts.jsonl")
 
     def gold_reward(self, prompts: list[str], completions: list[str]) -> list[float]:
         """P(positive) of each prompt + completion under the gold classifier."""

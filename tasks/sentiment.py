@@ -78,8 +78,6 @@ class Config:
     """Seed of the build: review splits, prefix lengths, model initialisation, training order, sampling."""
     n_eval_prompts: int | None = None
     """Evaluation prompts (prefixes of reviews that nothing was trained on)."""
-    max_prompts: int = 0
-    """Use only the first N evaluation prompts (0 = all); the build stays the same."""
     n_preference_prefixes: int | None = None
     """Prefixes whose sampled completions become the training preference pairs (up to 6 pairs each)."""
     n_test_preference_prefixes: int | None = None
@@ -484,9 +482,8 @@ class Sentiment(BuiltTask):
     def __init__(self, config: Config, cache_dir: Path):
         self.config = resolve(config)
         """The resolved configuration (scale presets filled in); the harness records it."""
-        # max_prompts only slices what is served; the GPT-2 settings mean nothing with a pretrained model.
+        # The GPT-2 settings mean nothing with a pretrained model.
         config = dataclasses.asdict(self.config)
-        del config["max_prompts"]
         if config.pop("model"):
             config = {k: v for k, v in config.items() if k not in GPT2_FIELDS}
             config["model"] = model_identity(TASK, self.config.model)
@@ -499,9 +496,7 @@ class Sentiment(BuiltTask):
 
     def build(self) -> None:
         """Build the artifacts unless this configuration's are already cached."""
-        build_once(
-            self.artifact_dir, lambda out: _build(dataclasses.replace(self.config, max_prompts=0), out, self.cache_dir)
-        )
+        build_once(self.artifact_dir, lambda out: _build(self.config, out, self.cache_dir))
         if self._classifier is None:  # loaded now, so a tampered file is refused before any training
             self._classifier = self._load_classifier()
 

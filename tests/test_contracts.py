@@ -105,6 +105,8 @@ def test_task_contract(name, task_settings, cache_dir):
     _check_config(cls)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     assert "model" in fields or optional(cls, "task", "eval_only"), f"{name}: every task takes task.model"
+    # One knob limits the evaluation prompts: eval.max_prompts (a task sets its default in `generation`).
+    assert "max_prompts" not in fields, f"{name}: use generation = Generation(max_prompts=...), not task.max_prompts"
     _check_optional(cls, "task")
     assert isinstance(optional(cls, "task", "generation"), Generation)
     if optional(cls, "task", "eval_only"):

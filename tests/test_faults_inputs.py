@@ -157,7 +157,9 @@ CATALOGUE: dict[str, Case] = {
     "run-save_model-maybe": _setting("run.save_model=maybe", "expected true or false"),
     "unknown-section": _setting("nosuch.key=1", "unknown section", shown="nosuch.*"),
     # task.*
-    "task-max_prompts-neg": _setting("task.max_prompts=-1", "must be >= 0"),
+    "task-max_prompts-moved": _setting(
+        "task.max_prompts=-1", "task.max_prompts is now eval.max_prompts; use --set eval.max_prompts=-1"
+    ),
     "task-lm_lr-inf": _setting("task.lm_lr=inf", "expected a finite number"),
     "task-samples_per_prefix-1": _setting("task.samples_per_prefix=1", "must be at least 2"),
     # the algorithms' main options

@@ -15,8 +15,6 @@ from bench.tasks import review_prefix, sentiment
 from bench.tasks.sentiment import Config, Sentiment
 from conftest import run_cli
 
-from bench.errors import UserError
-
 
 @pytest.fixture(scope="module")
 def task(cache_dir: Path) -> Sentiment:
@@ -231,13 +229,9 @@ def test_load_policy_gives_independent_copies_in_eval_mode(task):
         assert torch.equal(b(ids).logits, c(ids).logits)
 
 
-def test_max_prompts_serves_the_first_prompts_of_the_same_build(task):
-    cache = task.artifact_dir.parent.parent
-    five = Sentiment(Config(scale="tiny", max_prompts=5), cache)
-    assert five.artifact_dir == task.artifact_dir and five.reference_key == task.reference_key
-    assert five.eval_prompts() == task.eval_prompts()[:5] and len(task.eval_prompts()) == task.config.n_eval_prompts
-    with pytest.raises(UserError, match="task.max_prompts=-1"):
-        Sentiment(Config(scale="tiny", max_prompts=-1), cache)
+def test_eval_prompts_are_every_prompt_of_the_build(task):
+    """A run takes the first eval.max_prompts of them; the task itself has no such limit."""
+    assert len(task.eval_prompts()) == task.config.n_eval_prompts
 
 
 def test_max_sft_examples_keeps_the_first_demonstrations(task, tmp_path):
@@ -280,8 +274,8 @@ def test_pretrained_model_is_fine_tuned_with_its_own_tokenizer(task, tmp_path):
     cfg = pretrained.config
     assert {k: getattr(cfg, k) for k in sentiment.MODEL_PRESETS["tiny"]} == sentiment.MODEL_PRESETS["tiny"]
     assert sentiment.PRESETS["tiny"]["lm_lr"] != cfg.lm_lr
-    # The scratch GPT-2's shape plays no part; max_prompts never does; the model's files do.
-    assert Sentiment(Config(scale="tiny", model=str(model_dir), n_layer=5, max_prompts=2), cache).key == pretrained.key
+    # The scratch GPT-2's shape plays no part; the model's files do.
+    assert Sentiment(Config(scale="tiny", model=str(model_dir), n_layer=5), cache).key == pretrained.key
     assert pretrained.key != task.key
     pretrained.build()
     log = pretrained.build_log()
@@ -339,7 +333,7 @@ def test_cli_dpo_on_smollm2(cache_dir, tmp_path):
         "task.n_preference_prefixes=2",
         "task.n_test_preference_prefixes=1",
         "task.max_new_tokens=12",
-        "task.max_prompts=2",
+        "eval.max_prompts=2",
         "train.max_steps=1",
         "train.batch_size=4",
         "eval.samples_per_prompt=1",
