@@ -1,4 +1,4 @@
-"""The DPO paper's out-of-distribution test: summarise CNN/DailyMail news articles with a policy trained on Reddit TL;DR.
+"""The DPO paper's out-of-distribution test: summarise CNN/DailyMail news with a policy trained on Reddit TL;DR.
 
 Evaluation only: the run trains on tldr and takes its evaluation prompts, generation defaults and
 judge prompt from here (`bench run --algo dpo --task tldr --eval-task cnn-dm`). Each prompt is
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tasks.common import model_key, text_field
+from bench.tasks.common import checked_rows, model_key, text_field
 from bench.tasks.tldr import MARKER, TLDR, judge_query
 
 from bench import hub
@@ -40,11 +40,11 @@ class Config:
     dataset: str = "abisee/cnn_dailymail"
     """CNN/DailyMail on the hub (formerly `cnn_dailymail`) or a local copy with columns article, highlights (and id)."""
     subset: str = "3.0.0"
-    """Hub configuration of the dataset (3.0.0 is the non-anonymised version the paper used); ignored for a local copy."""
+    """Hub configuration of the dataset (3.0.0, the non-anonymised version the paper used); ignored for a local copy."""
     split: str = "test"
     """Split the articles come from."""
     max_article_chars: int = 2000
-    """Articles are cut at the last word boundary within this many characters (about 450 GPT-J tokens); 0 keeps them whole."""
+    """Articles are cut at the last word boundary within this many characters (about 450 GPT-J tokens); 0: whole."""
 
     def check(self, section: str = "eval_task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
@@ -100,10 +100,8 @@ class CNNDM:
         cfg = self.config
         rows = hub.load_rows(cfg.dataset, cfg.split, task=TASK, key="eval_task.dataset", config_name=cfg.subset)
         prompts = []
-        for i, row in enumerate(rows):
-            where = f"task {TASK}: {cfg.dataset} (eval_task.dataset) split {cfg.split!r} row {i} (0-based)"
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: not a row of columns {', '.join(COLUMNS)}")
+        checked = checked_rows(rows, COLUMNS, task=TASK, name=cfg.dataset, key="eval_task.dataset", split=cfg.split)
+        for i, (where, row) in enumerate(checked):
             article, highlights = (text_field(row, c, where, COLUMNS) for c in COLUMNS)
             prompt = article_prompt(article, cfg.max_article_chars)
             prompts.append(

@@ -1,17 +1,18 @@
 """Pieces the hub-backed tasks share (tldr, cnn-dm, hh, truthy, imdb): row checks, limits, the data methods.
 
-A task reads the first rows of a split it needs, checks each with `text_field`, skips what it
-cannot use and reads on past the first `limit` rows when it skipped some (`load_usable`); prompts
-longer than the task allows are dropped (`keep_fitting`). Tasks whose build() fills
-`self._data` with "sft", "train", "test" and "eval" rows get the contract's data methods from
-`PreferenceRows`.
+A task reads the first rows of a split it needs, checks each (`checked_rows`, `text_field`),
+skips what it cannot use and reads on past the first `limit` rows when it skipped some
+(`load_usable`); prompts longer than the task allows are dropped (`keep_fitting`). Tasks whose
+build() fills `self._data` with "sft", "train", "test" and "eval" rows (`pair_splits` makes them
+from preference pairs) get the contract's data methods, the reference key and the starting
+policy from `PreferenceRows`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from bench import hub
 from bench.checks import at_least, non_negative
@@ -29,14 +30,20 @@ def load_usable(
     *,
     task: str,
     key: str,
-) -> tuple[list[dict], dict]:
-    """normalise(rows) -> (usable rows, counts) of the first `limit` rows of a split (0: all), reading the
-    whole split when rows were skipped so that `limit` usable ones are kept where the split has them."""
+    stats: dict,
+) -> list[dict]:
+    """The usable rows normalise(rows) -> (usable rows, counts) keeps of the first `limit` rows of a split (0: all),
+    reading the whole split when rows were skipped so that `limit` usable ones are kept where the split has them.
+
+    The counts of the rows kept are added into `stats` (the task's record of what loading did).
+    """
     rows = hub.load_rows(name, split, task=task, key=key, max_rows=limit)
     kept, counts = normalise(rows)
     if limit and len(kept) < limit and len(rows) == limit:
         kept, counts = normalise(hub.load_rows(name, split, task=task, key=key))
-    return kept, counts
+    for what, n in counts.items():
+        stats[what] = stats.get(what, 0) + n
+    return kept
 
 
 def model_key(task: str, model: str) -> str:
@@ -56,61 +63,73 @@ def model_key(task: str, model: str) -> str:
     return f"{task}/{model}@{digest.hexdigest()[:12]}"
 
 
-def text_field(row: dict, column: str, where: str, columns: tuple[str, ...]) -> str:
-    """row[column] as a non-empty string, or a UserError naming the dataset, split and row."""
+# ---------------------------------------------------------------- row checks
+
+
+def checked_rows(
+    rows: list, columns: tuple[str, ...], *, task: str, name: str, key: str, split: str, start: int = 0
+) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each row of a split, `where` naming the dataset, split and row for error messages.
+
+    `start`: the position of rows[0] in the split. A row that is not a mapping of columns is a UserError.
+    """
+    for i, row in enumerate(rows, start):
+        where = f"task {task}: {name} ({key}) split {split!r} row {i} (0-based)"
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: not a row of columns {', '.join(columns)}")
+        yield where, row
+
+
+def require_column(row: dict, column: str, where: str, columns: tuple[str, ...]) -> None:
+    """A UserError naming the dataset, split and row if `column` is not one of the row's columns."""
     if column not in row:
         raise UserError(
             f"{where}: column '{column}' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
             f"this dataset needs columns {', '.join(columns)}"
         )
-    value = row[column]
-    if value is None:  # a table stores a value absent from some rows as null
+
+
+def text_field(row: dict, column: str, where: str, columns: tuple[str, ...]) -> str:
+    """row[column] as a non-empty string, or a UserError naming the dataset, split and row."""
+    require_column(row, column, where, columns)
+    if row[column] is None:  # a table stores a value absent from some rows as null
         raise UserError(f"{where}: '{column}' is missing (null); fix the row or drop it from the dataset")
-    if not isinstance(value, str):
-        raise UserError(
-            f"{where}: '{column}' is not text ({type(value).__name__}); fix the row or drop it from the dataset"
-        )
+    value = optional_text_field(row, column, where)
     if not value.strip():
         raise UserError(f"{where}: '{column}' is empty; fix the row or drop it from the dataset")
     return value
 
 
-class PreferenceRows:
-    """The contract's data methods for a task whose build() fills self._data with "sft", "train", "test" and "eval" rows."""
+def optional_text_field(row: dict, column: str, where: str) -> str:
+    """row[column] as a string, "" when the column is absent, null or empty; a UserError when it holds anything else."""
+    value = row.get(column)
+    if value is not None and not isinstance(value, str):
+        raise UserError(
+            f"{where}: '{column}' is not text ({type(value).__name__}); fix the row or drop it from the dataset"
+        )
+    return value or ""
 
-    _data: dict[str, list[dict]] | None
 
-    def build(self) -> None:
-        raise NotImplementedError
+# ---------------------------------------------------------------- limits
 
-    def sft_data(self) -> list[dict]:
-        """Demonstrations: prompts with human-written (TL;DR) or chosen (preference tasks) completions."""
-        self.build()
-        return list(self._data["sft"])
 
-    def preference_data(self, split: str = "train") -> list[dict]:
-        """Preference pairs: "train", or "test" (held out, for implicit-reward accuracy)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"preference_data: split must be 'train' or 'test', got {split!r}")
-        self.build()
-        return list(self._data[split])
-
-    def eval_prompts(self) -> list[dict]:
-        """Held-out prompts, each with its reference completion (the judge's baseline) and what the judge reads as the prompt."""
-        self.build()
-        return list(self._data["eval"])
+def chunks_until(rows: list, kept: list, limit: int) -> Iterator[tuple[int, list]]:
+    """(start, rows[start : start + size]) in order, CHUNK rows at a time, until the rows end or `kept` holds
+    `limit` (0: no limit); a chunk is never larger than what `kept` still lacks, so no row is read past the limit."""
+    position = 0
+    while position < len(rows) and not (limit and len(kept) == limit):
+        size = min(CHUNK, limit - len(kept)) if limit else CHUNK
+        yield position, rows[position : position + size]
+        position += size
 
 
 def keep_fitting(rows: list[dict], tokenizer, max_tokens: int, limit: int = 0) -> tuple[list[dict], int]:
-    """The first `limit` rows (0: all) whose "prompt" is at most `max_tokens` tokens, and how many longer ones were passed.
+    """The first `limit` rows (0: all) whose "prompt" is at most `max_tokens` tokens, and how many longer were passed.
 
     Rows are tokenized a chunk at a time and never further than needed to keep `limit`.
     """
-    kept, dropped, position = [], 0, 0
-    while position < len(rows) and not (limit and len(kept) == limit):
-        size = min(CHUNK, limit - len(kept)) if limit else CHUNK
-        chunk = rows[position : position + size]
-        position += size
+    kept, dropped = [], 0
+    for _, chunk in chunks_until(rows, kept, limit):
         ids = tokenizer([r["prompt"] for r in chunk], add_special_tokens=False)["input_ids"]
         for row, row_ids in zip(chunk, ids):
             if len(row_ids) > max_tokens:
@@ -135,3 +154,72 @@ def check_context(tokenizer, max_prompt_tokens: int) -> None:
             f"--set task.max_prompt_tokens={max_prompt_tokens}: the model's context is {context} tokens; "
             "leave room for the response"
         )
+
+
+# ---------------------------------------------------------------- the task
+
+
+def pair_splits(
+    train: list[dict], test: list[dict], max_test_pairs: int, query: Callable[[dict], str]
+) -> dict[str, list[dict]]:
+    """The task's rows from preference pairs: SFT demonstrations are the train pairs' chosen completions; every test
+    pair gives an evaluation prompt, its chosen completion the reference and `query(pair)` what the judge reads; the
+    first `max_test_pairs` test pairs (0: all) are the held-out pairs."""
+    return {
+        "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in train],
+        "train": train,
+        "test": test[: max_test_pairs or None],
+        "eval": [{"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": query(p)} for p in test],
+    }
+
+
+class PreferenceRows:
+    """The contract's methods for a hub task whose build() fills self._data with "sft", "train", "test" and "eval"
+    rows, and whose config names its starting policy in `model` (task.model).
+
+    Subclasses set `name` and write build().
+    """
+
+    name: str
+    _data: dict[str, list[dict]] | None
+
+    def __init__(self, config, cache_dir: Path):
+        config.check()
+        self.config = config
+        """The task's settings, checked."""
+        self.cache_dir = Path(cache_dir)
+        self._data = None
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def _tokenizer_for_prompts(self):
+        """The model's tokenizer, checked to leave room for a response after task.max_prompt_tokens."""
+        tokenizer = hub.load_tokenizer(self.config.model, task=self.name, key="task.model", cache_dir=self.cache_dir)
+        check_context(tokenizer, self.config.max_prompt_tokens)
+        return tokenizer
+
+    @property
+    def reference_key(self) -> str:
+        return model_key(self.name, self.config.model)
+
+    def load_policy(self):
+        """A fresh copy of the starting policy (task.model), in eval mode, and its tokenizer."""
+        return hub.load_causal_lm(self.config.model, task=self.name, key="task.model", cache_dir=self.cache_dir)
+
+    def sft_data(self) -> list[dict]:
+        """Demonstrations: prompts with human-written (TL;DR) or chosen (preference tasks) completions."""
+        self.build()
+        return list(self._data["sft"])
+
+    def preference_data(self, split: str = "train") -> list[dict]:
+        """Preference pairs: "train", or "test" (held out, for implicit-reward accuracy)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"preference_data: split must be 'train' or 'test', got {split!r}")
+        self.build()
+        return list(self._data[split])
+
+    def eval_prompts(self) -> list[dict]:
+        """Held-out prompts, each with its reference completion (the judge's baseline) and what the judge reads."""
+        self.build()
+        return list(self._data["eval"])

@@ -32,11 +32,12 @@ from pathlib import Path
 
 from bench.tasks.common import (
     PreferenceRows,
-    check_context,
     check_settings,
+    checked_rows,
     keep_fitting,
     load_usable,
     model_key,
+    pair_splits,
     text_field,
 )
 
@@ -44,7 +45,6 @@ from bench import hub
 from bench.artifacts import build_once, content_key
 from bench.checks import at_least, non_negative, one_of, positive
 from bench.contracts import Generation
-from bench.errors import UserError
 
 TASK = "hh"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -66,14 +66,16 @@ SFT_OPTIMIZER, SFT_MAX_GRAD_NORM, SFT_MAX_LENGTH, SFT_SEED = "rmsprop", 10.0, 51
 
 @dataclass
 class Config:
-    """Where the HH data and the base model come from, how the starting policy is made, how much data is used (`--set task.KEY=VALUE`)."""
+    """Where the HH data and the base model come from, how the starting policy is made, how much data is used
+    (`--set task.KEY=VALUE`)."""
 
     model: str = "EleutherAI/pythia-2.8b"
     """Base model: a hub id or a local directory (the paper's Pythia-2.8B by default)."""
     dataset: str = "Anthropic/hh-rlhf"
     """Preference dialogues (train and test splits): hub id or local copy, columns chosen, rejected."""
     reference: str = "preferred-ft"
-    """Starting policy and reference: "preferred-ft" (the base model fine-tuned on the chosen responses of the train pairs at build time, cached, as in the paper) or "base" (the base model as it is)."""
+    """Starting policy and reference: "preferred-ft" (the base model fine-tuned on the chosen responses of the train
+    pairs at build time, cached, as in the paper) or "base" (the base model as it is)."""
     sft_steps: int = 0
     """Optimizer steps of the preferred-FT build; 0 makes one epoch over the train pairs' chosen responses."""
     sft_lr: float = 5e-7
@@ -83,11 +85,12 @@ class Config:
     sft_warmup_steps: int = 150
     """Steps of linear learning-rate warmup of the preferred-FT build."""
     max_train_pairs: int = 0
-    """Training preference pairs kept (also the preferred-FT demonstrations), the first usable ones of the train split; 0 keeps all."""
+    """Training preference pairs kept (also the preferred-FT demonstrations), the first usable ones; 0 keeps all."""
     max_test_pairs: int = 1000
     """Held-out preference pairs (implicit-reward accuracy), the first usable ones of the test split; 0 keeps all."""
     max_prompt_tokens: int = 256
-    """Longest prompt in tokens of the model's tokenizer (the paper code's 256); longer pairs are dropped. Keep it below train.max_length."""
+    """Longest prompt in tokens of the model's tokenizer (the paper code's 256); longer pairs are dropped. Keep it
+    below train.max_length."""
 
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
@@ -100,7 +103,7 @@ class Config:
 
 
 def split_dialogue(text: str) -> tuple[str, str] | None:
-    """(prompt, response) of a single-turn dialogue, prompt ending in "\\n\\nAssistant:"; None for any other number of turns.
+    """(prompt, response) of a single-turn dialogue, the prompt ending in "\\n\\nAssistant:"; None for other dialogues.
 
     Leading white space is normalised to the dataset's "\\n\\nHuman:" opening; otherwise
     prompt + response is the dialogue to the character.
@@ -121,7 +124,7 @@ def user_query(prompt: str) -> str:
 
 
 def single_turn_pair(chosen: str, rejected: str) -> tuple[dict | None, str | None]:
-    """({"prompt", "chosen", "rejected"}, None) for a usable pair of dialogues, else (None, the SKIPS key saying why)."""
+    """({"prompt", "chosen", "rejected"}, None) for a usable pair of dialogues, else (None, the SKIPS key for why)."""
     first, second = split_dialogue(chosen), split_dialogue(rejected)
     if first is None or second is None:
         return None, "multi_turn"
@@ -150,13 +153,11 @@ class HH(PreferenceRows):
     judge_prompt = "dialogue"
     gold_reward = None
     run_defaults = {"dpo.beta": 0.1, "train.max_length": 512}
-    """The paper's beta; room for a 256-token prompt and its response (the paper code's 512; the harness's 128 would cut them)."""
+    """The paper's beta; room for a 256-token prompt and its response (the paper code's 512; the harness's 128 would
+    cut them)."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        config.check()
-        self.config = config
-        self.cache_dir = Path(cache_dir)
-        self._data: dict[str, list[dict]] | None = None
+        super().__init__(config, cache_dir)
         self._tokenizer = None
         self._artifact_dir: Path | None = None
         self.stats: Counter = Counter()
@@ -169,22 +170,13 @@ class HH(PreferenceRows):
         if self._data is not None:
             return self._data
         cfg = self.config
-        self._tokenizer = hub.load_tokenizer(cfg.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
-        check_context(self._tokenizer, cfg.max_prompt_tokens)
+        self._tokenizer = self._tokenizer_for_prompts()
         self.stats = Counter()
         train = self._load("train", cfg.max_train_pairs)
         # One pass over the whole test split serves both the held-out pairs and the evaluation prompts
         # (all of them: eval.max_prompts limits what a run evaluates).
         test = self._load("test", 0)
-        self._data = {
-            "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in train],
-            "train": train,
-            "test": test[: cfg.max_test_pairs or None],
-            "eval": [
-                {"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": user_query(p["prompt"])}
-                for p in test
-            ],
-        }
+        self._data = pair_splits(train, test, cfg.max_test_pairs, lambda p: user_query(p["prompt"]))
         s = self.stats
         print(
             f"hh: {len(train)} train pairs (of {s['rows_train']} rows read), {len(self._data['test'])} test pairs and "
@@ -196,24 +188,22 @@ class HH(PreferenceRows):
 
     def _load(self, split: str, limit: int) -> list[dict]:
         """The first `limit` usable single-turn pairs of a split (0: all), reading past skipped rows as needed."""
-        kept, counts = load_usable(
+        return load_usable(
             self.config.dataset,
             split,
             limit,
             lambda rows: self._normalise(rows, split, limit),
             task=TASK,
             key="task.dataset",
+            stats=self.stats,
         )
-        self.stats.update(counts)
-        return kept
 
     def _normalise(self, rows: list[dict], split: str, limit: int) -> tuple[list[dict], Counter]:
         """Usable pairs of `rows` in order (at most `limit`), and counts of the rows read and the pairs skipped."""
         counts, pairs = Counter({f"rows_{split}": len(rows)}), []
-        for i, row in enumerate(rows):
-            where = f"task {TASK}: {self.config.dataset} (task.dataset) split {split!r} row {i} (0-based)"
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: not a row of columns {', '.join(COLUMNS)}")
+        for where, row in checked_rows(
+            rows, COLUMNS, task=TASK, name=self.config.dataset, key="task.dataset", split=split
+        ):
             pair, skip = single_turn_pair(*(text_field(row, c, where, COLUMNS) for c in COLUMNS))
             if skip:
                 counts[skip] += 1
@@ -223,7 +213,7 @@ class HH(PreferenceRows):
         return kept, counts
 
     def build(self) -> None:
-        """Load the data and, for reference=preferred-ft, fine-tune and cache the starting policy unless it is cached."""
+        """Load the data and, for reference=preferred-ft, fine-tune and cache the starting policy unless cached."""
         self._load_data()
         if self.config.reference == "preferred-ft":
             build_once(self.artifact_dir, self._build_policy)
@@ -305,6 +295,6 @@ class HH(PreferenceRows):
     def load_policy(self):
         """A fresh copy of the starting policy (preferred-FT or the base model), in eval mode, and its tokenizer."""
         if self.config.reference == "base":
-            return hub.load_causal_lm(self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
+            return super().load_policy()
         self.build()
         return hub.load_causal_lm(str(self.artifact_dir / "policy"), task=TASK, key="task.model")

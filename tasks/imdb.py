@@ -1,4 +1,4 @@
-"""The DPO paper's controlled-sentiment experiment with its own data and models: IMDb, GPT-2-large, a RoBERTa gold reward.
+"""The DPO paper's controlled-sentiment experiment with its data and models: IMDb, GPT-2-large, a RoBERTa gold reward.
 
 x is the first 2-8 tokens of an IMDb review, cut at a word boundary of the policy's tokenizer;
 the policy should continue it with positive sentiment. As in the paper:
@@ -26,7 +26,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tasks.common import text_field
+from bench.tasks.common import checked_rows, require_column, text_field
 from bench.tasks.review_prefix import (
     BuiltTask,
     Stages,
@@ -55,16 +55,19 @@ COLUMNS = ("text", "label")
 
 @dataclass
 class Config:
-    """Where the IMDb data, the policy and the gold reward come from, and how much of them is used (`--set task.KEY=VALUE`)."""
+    """Where the IMDb data, the policy and the gold reward come from, and how much of them is used
+    (`--set task.KEY=VALUE`)."""
 
     model: str = "gpt2-large"
-    """Starting model, fine-tuned on the train reviews at build time (the paper's gpt2-large): hub id, local directory or smollm2-135m."""
+    """Starting model, fine-tuned on the train reviews at build time (the paper's gpt2-large): hub id, local directory
+    or smollm2-135m."""
     sft_model: str = ""
     """An SFT checkpoint (hub id or local directory) to start from as it is, instead of fine-tuning task.model."""
     dataset: str = "stanfordnlp/imdb"
     """The reviews: hub id or local copy with columns text, label (1 = positive) and splits train, test."""
     gold_model: str = "siebert/sentiment-roberta-large-english"
-    """Gold reward: a sequence classifier (hub id or local directory) whose P(task.gold_label) of prompt + completion is the reward."""
+    """Gold reward: a sequence classifier (hub id or local directory) whose P(task.gold_label) of prompt + completion
+    is the reward."""
     gold_label: str = "POSITIVE"
     """The gold classifier's label (a name in its config's id2label) whose probability is the reward."""
     seed: int = 0
@@ -78,11 +81,12 @@ class Config:
     n_lm_valid_reviews: int = 250
     """Test reviews on which the policy's perplexity and the gold reward's accuracy are reported."""
     n_lm_reviews: int = 0
-    """Train reviews the policy is fine-tuned on (and the SFT demonstrations come from); 0 = all but the preference prefixes' reviews."""
+    """Train reviews the policy is fine-tuned on (and the SFT demonstrations come from); 0 = all but the preference
+    prefixes' reviews."""
     max_sft_examples: int = 0
     """SFT demonstrations kept (one per fine-tuning review, the first ones); 0 keeps all."""
     lm_window: int = 64
-    """Tokens per fine-tuning window; every review is cut into consecutive windows, the first at position 0 as prompts are."""
+    """Tokens per fine-tuning window; reviews are cut into consecutive windows, the first at position 0 like prompts."""
     lm_steps: int = 1000
     """Optimizer steps of fine-tuning (batches of lm_batch_size windows); unused with task.sft_model."""
     lm_batch_size: int = 16
@@ -152,11 +156,7 @@ class GoldReward:
 
 
 def _label(row: dict, where: str) -> int:
-    if "label" not in row:
-        raise UserError(
-            f"{where}: column 'label' is missing (the row has {', '.join(sorted(row)) or 'no columns'}); "
-            f"this dataset needs columns {', '.join(COLUMNS)}"
-        )
+    require_column(row, "label", where, COLUMNS)
     label = row["label"]
     if type(label) is not int or label not in (0, 1):
         raise UserError(f"{where}: 'label' is {label!r}; it must be 0 (negative) or 1 (positive)")
@@ -164,13 +164,11 @@ def _label(row: dict, where: str) -> int:
 
 
 def load_split(name: str, split: str, exclude: set[str]) -> list[tuple[str, int]]:
-    """The (cleaned text, label) reviews of one split, checked row by row; repeats and texts in `exclude` are dropped."""
+    """The (cleaned text, label) reviews of a split, checked row by row; repeats and texts in `exclude` are dropped."""
     seen = set(exclude)
     reviews = []
-    for i, row in enumerate(hub.load_rows(name, split, task=TASK, key="task.dataset")):
-        where = f"task {TASK}: {name} (task.dataset) split {split!r} row {i} (0-based)"
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: not a row of columns {', '.join(COLUMNS)}")
+    rows = hub.load_rows(name, split, task=TASK, key="task.dataset")
+    for where, row in checked_rows(rows, COLUMNS, task=TASK, name=name, key="task.dataset", split=split):
         text, label = clean_review(text_field(row, "text", where, COLUMNS)), _label(row, where)
         if text not in seen:
             seen.add(text)
@@ -284,7 +282,7 @@ def _build(cfg: Config, out: Path, cache_dir: Path, identity: dict) -> dict:
 
 
 class IMDb(BuiltTask):
-    """Controlled positive-sentiment continuation of IMDb review prefixes with the paper's models: gold reward = P(POSITIVE)."""
+    """Controlled positive-sentiment continuation of IMDb review prefixes with the paper's models; gold P(POSITIVE)."""
 
     name = TASK
     description = (
@@ -318,7 +316,7 @@ class IMDb(BuiltTask):
         )
 
     def load_policy(self):
-        """A fresh copy of the SFT policy (eval mode) and its tokenizer: task.sft_model, or the model fine-tuned at build time."""
+        """A fresh copy of the SFT policy (eval mode) and its tokenizer: task.sft_model, or the model fine-tuned."""
         if not self.config.sft_model:
             return super().load_policy()
         import torch

@@ -36,7 +36,7 @@ from bench import hub
 from bench.checks import at_least, non_negative, positive, require
 from bench.contracts import Generation
 from bench.errors import UserError
-from bench.records import read_jsonl
+from bench.io import read_jsonl
 
 LM_WARMUP_STEPS = 50
 """Steps of linear learning-rate warmup of policy training (a tenth of lm_steps when that is fewer)."""
@@ -89,7 +89,6 @@ def model_identity(task: str, model: str) -> str:
 def clean_review(text: str) -> str:
     """HTML line breaks as spaces, runs of whitespace collapsed to one space."""
     return " ".join(text.replace("<br />", " ").split())
-
 
 
 def carve(n_items: int, sizes: dict[str, int | None], seed: str) -> dict[str, list[int]]:
@@ -453,7 +452,7 @@ def preference_stage(
 
 
 def _write_jsonl(path: Path, rows) -> None:
-    # Not bench.records.write_jsonl: that sorts keys and escapes non-ASCII, which would change the
+    # Not bench.io.write_jsonl: that sorts keys and escapes non-ASCII, which would change the
     # bytes of every cached build (and so its content), not only how it is written.
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:

@@ -1,4 +1,4 @@
-"""The DPO paper's summarization experiment: Reddit TL;DR posts, human preference pairs, judged against reference summaries.
+"""The DPO paper's summarization experiment: Reddit TL;DR posts, human preference pairs, judged against references.
 
 Data (Hugging Face hub ids, or local copies in the same schema):
 - `CarperAI/openai_summarize_tldr` (prompt, label; splits train / valid / test): the SFT
@@ -25,9 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tasks.common import CHUNK, PreferenceRows, check_context, check_settings, load_usable, model_key, text_field
+from bench.tasks.common import PreferenceRows, check_settings, checked_rows, chunks_until, load_usable, text_field
 
-from bench import hub
 from bench.checks import one_of
 from bench.contracts import Generation
 from bench.errors import UserError
@@ -43,9 +42,10 @@ class Config:
     """Where the TL;DR data and the starting policy come from, and how much of them is used (`--set task.KEY=VALUE`)."""
 
     model: str = "CarperAI/openai_summarize_tldr_sft"
-    """Starting (SFT) policy and reference: a hub id or a local directory (the paper's GPT-J-6B SFT model by default)."""
+    """Starting (SFT) policy and reference: a hub id or a local directory (the paper's GPT-J-6B SFT model, default)."""
     sft_dataset: str = "CarperAI/openai_summarize_tldr"
-    """Demonstrations (train split) and evaluation prompts with reference summaries (test split): hub id or local copy, columns prompt, label."""
+    """Demonstrations (train split) and evaluation prompts with reference summaries (test split): hub id or local
+    copy, columns prompt, label."""
     preference_dataset: str = "CarperAI/openai_summarize_comparisons"
     """Human preference pairs (train and test splits): hub id or local copy, columns prompt, chosen, rejected."""
     max_train_pairs: int = 0
@@ -57,7 +57,8 @@ class Config:
     max_prompt_tokens: int = 512
     """Longest prompt in tokens of the model's tokenizer; keep it below train.max_length minus the summary length."""
     long_prompts: str = "truncate"
-    """Prompts over max_prompt_tokens: "truncate" keeps the subreddit, the title and the beginning of the post, cut at a word, then "\\nTL;DR:"; "drop" skips the row."""
+    """Prompts over max_prompt_tokens: "truncate" keeps the subreddit, the title and the beginning of the post, cut
+    at a word, then "\\nTL;DR:"; "drop" skips the row."""
 
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
@@ -109,7 +110,7 @@ def truncate_post(prompt: str, n_tokens, max_tokens: int) -> str | None:
 
 
 class TLDR(PreferenceRows):
-    """Summarise Reddit posts (TL;DR); GPT-J SFT policy, human preference pairs, judge win rate vs reference summaries."""
+    """Summarise Reddit posts (TL;DR); GPT-J SFT policy, human preference pairs, judge win rate vs the references."""
 
     name = TASK
     description = (
@@ -127,17 +128,10 @@ class TLDR(PreferenceRows):
     """The paper's TL;DR beta; room for a 512-token prompt and its summary (the harness's 128 would cut the posts)."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        config.check()
-        self.config = config
-        self.cache_dir = Path(cache_dir)
-        self._data: dict[str, list[dict]] | None = None
+        super().__init__(config, cache_dir)
         self._tokenizer = None
         self.stats: dict[str, int] = {}
         """What loading did to the rows: prompts truncated or dropped, pairs with identical summaries skipped."""
-
-    @property
-    def reference_key(self) -> str:
-        return model_key(TASK, self.config.model)
 
     # ---------------------------------------------------------------- loading
 
@@ -146,8 +140,7 @@ class TLDR(PreferenceRows):
         if self._data is not None:
             return
         cfg = self.config
-        self._tokenizer = hub.load_tokenizer(cfg.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
-        check_context(self._tokenizer, cfg.max_prompt_tokens)
+        self._tokenizer = self._tokenizer_for_prompts()
         self.stats = {"truncated": 0, "dropped": 0, "identical_pairs": 0}
         sft = ("sft_dataset", ("prompt", "label"))
         pairs = ("preference_dataset", ("prompt", "chosen", "rejected"))
@@ -168,26 +161,25 @@ class TLDR(PreferenceRows):
         }
         s = self.stats
         print(
-            f"tldr: {len(data['sft'])} SFT demonstrations, {len(data['train'])} + {len(data['test'])} preference pairs, "
-            f"{len(data['eval'])} evaluation prompts; prompts over {cfg.max_prompt_tokens} tokens: {s['truncated']} "
-            f"truncated, {s['dropped']} dropped; {s['identical_pairs']} pairs with chosen == rejected skipped",
+            f"tldr: {len(data['sft'])} SFT demonstrations, {len(data['train'])} + {len(data['test'])} preference "
+            f"pairs, {len(data['eval'])} evaluation prompts; prompts over {cfg.max_prompt_tokens} tokens: "
+            f"{s['truncated']} truncated, {s['dropped']} dropped; {s['identical_pairs']} pairs with chosen == rejected "
+            "skipped",
             file=sys.stderr,
         )
 
     def _load(self, setting: str, columns: tuple[str, ...], split: str, limit: int) -> list[dict]:
         """The first `limit` usable rows of a split (0: all), normalised, with prompts that fit."""
         name = str(getattr(self.config, setting))
-        kept, counts = load_usable(
+        return load_usable(
             name,
             split,
             limit,
             lambda rows: self._normalise(rows, name, setting, columns, split, limit),
             task=TASK,
             key=f"task.{setting}",
+            stats=self.stats,
         )
-        for key, n in counts.items():
-            self.stats[key] += n
-        return kept
 
     def _normalise(
         self, rows: list[dict], name: str, setting: str, columns: tuple[str, ...], split: str, limit: int
@@ -198,14 +190,13 @@ class TLDR(PreferenceRows):
         further than the rows needed to keep `limit`.
         """
         out, counts = [], dict.fromkeys(self.stats, 0)
-        position = 0
-        while position < len(rows) and not (limit and len(out) == limit):
-            size = min(CHUNK, limit - len(out)) if limit else CHUNK
+        for start, raw in chunks_until(rows, out, limit):
             chunk = [
-                self._row(row, columns, f"task {TASK}: {name} (task.{setting}) split {split!r} row {i} (0-based)")
-                for i, row in enumerate(rows[position : position + size], position)
+                self._row(row, columns, where)
+                for where, row in checked_rows(
+                    raw, columns, task=TASK, name=name, key=f"task.{setting}", split=split, start=start
+                )
             ]
-            position += size
             pairs = [r for r in chunk if "chosen" not in r or r["chosen"] != r["rejected"]]
             counts["identical_pairs"] += len(chunk) - len(pairs)  # no preference to learn from
             for row, fitted in zip(pairs, self._fit([r["prompt"] for r in pairs])):
@@ -219,8 +210,6 @@ class TLDR(PreferenceRows):
     @staticmethod
     def _row(row: dict, columns: tuple[str, ...], where: str) -> dict:
         """One raw row checked and brought to the prompt/completion boundary."""
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: not a row of columns {', '.join(columns)}")
         prompt = text_field(row, "prompt", where, columns)
         out = {}
         for column in columns[1:]:
@@ -252,9 +241,3 @@ class TLDR(PreferenceRows):
                     truncate_post(prompts[i], self._n_tokens, limit) if self.config.long_prompts == "truncate" else None
                 )
         return out
-
-    # ---------------------------------------------------------------- the contract
-
-    def load_policy(self):
-        """A fresh copy of the starting (SFT) policy, in eval mode, and its tokenizer."""
-        return hub.load_causal_lm(self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir)

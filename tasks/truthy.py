@@ -30,7 +30,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tasks.common import PreferenceRows, check_context, check_settings, keep_fitting, model_key, text_field
+from bench.tasks.common import (
+    PreferenceRows,
+    check_settings,
+    checked_rows,
+    keep_fitting,
+    optional_text_field,
+    pair_splits,
+    text_field,
+)
 
 from bench import hub
 from bench.checks import between
@@ -44,12 +52,14 @@ COLUMNS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class Config:
-    """Where the truthy data and the model come from, how the held-out split is carved, how much is used (`--set task.KEY=VALUE`)."""
+    """Where the truthy data and the model come from, how the held-out split is carved, how much is used
+    (`--set task.KEY=VALUE`)."""
 
     model: str = "microsoft/phi-2"
     """Starting policy and reference: a hub id or a local directory (Phi-2 by default)."""
     dataset: str = "jondurbin/truthy-dpo-v0.1"
-    """Preference pairs (train split only): hub id or local copy, columns id, source, system, prompt, chosen, rejected."""
+    """Preference pairs (train split only): hub id or local copy, columns id, source, system, prompt, chosen,
+    rejected."""
     test_fraction: float = 0.1
     """Share of the prompts held out for test pairs and evaluation prompts (by a seeded hash of the prompt text)."""
     split_seed: int = 0
@@ -59,7 +69,8 @@ class Config:
     max_test_pairs: int = 0
     """Held-out preference pairs (implicit-reward accuracy), the first ones; 0 keeps all."""
     max_prompt_tokens: int = 512
-    """Longest formatted prompt in tokens of the model's tokenizer; longer pairs are dropped. Keep it below train.max_length."""
+    """Longest formatted prompt in tokens of the model's tokenizer; longer pairs are dropped. Keep it below
+    train.max_length."""
 
     def check(self, section: str = "task") -> None:
         """One line naming the first setting out of range (apply_overrides and the task's constructor call it)."""
@@ -74,7 +85,11 @@ def held_out(prompt: str, fraction: float, seed: int) -> bool:
 
 
 def format_dialogue(tokenizer, system: str, prompt: str, answer: str) -> tuple[str, str]:
-    """(prompt text, completion) in the model's format: its chat template if it has one, else "Instruct: ...\\nOutput:"."""
+    """(prompt text, completion) in the model's format: its chat template if it has one, else "Instruct: ...".
+
+    Without a template the prompt is "Instruct: <system>\\n\\n<question>\\nOutput:" and the answer follows after
+    one space.
+    """
     system, prompt, answer = system.strip(), prompt.strip(), answer.strip()
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}]
@@ -90,16 +105,6 @@ def format_dialogue(tokenizer, system: str, prompt: str, answer: str) -> tuple[s
         return text, answer
     instruct = f"{system}\n\n{prompt}" if system else prompt
     return f"Instruct: {instruct}\nOutput:", " " + answer
-
-
-def system_text(row: dict, where: str) -> str:
-    """The row's system message: "" when the column is absent, null or empty; a UserError when it is not text."""
-    value = row.get("system")
-    if value is not None and not isinstance(value, str):
-        raise UserError(
-            f"{where}: 'system' is not text ({type(value).__name__}); fix the row or drop it from the dataset"
-        )
-    return value or ""
 
 
 class Truthy(PreferenceRows):
@@ -129,36 +134,26 @@ class Truthy(PreferenceRows):
     recipe (r = alpha = 16, dropout 0.05, every linear layer); room for a 512-token prompt and a long answer."""
 
     def __init__(self, config: Config, cache_dir: Path):
-        config.check()
-        self.config = config
-        self.cache_dir = Path(cache_dir)
-        self._data: dict[str, list[dict]] | None = None
+        super().__init__(config, cache_dir)
         self.stats: Counter = Counter()
-        """Rows read ("rows"), pairs with identical answers skipped ("identical_pairs"), prompts too long dropped ("long_prompts")."""
-
-    @property
-    def reference_key(self) -> str:
-        return model_key(TASK, self.config.model)
+        """Rows read ("rows"), pairs with identical answers skipped ("identical_pairs"), prompts too long dropped
+        ("long_prompts")."""
 
     def build(self) -> None:
         """Load, split and format every row the task serves, once per instance (nothing is written to disk)."""
         if self._data is not None:
             return
         cfg = self.config
-        tokenizer = hub.load_tokenizer(cfg.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
-        check_context(tokenizer, cfg.max_prompt_tokens)
+        tokenizer = self._tokenizer_for_prompts()
         rows = hub.load_rows(cfg.dataset, "train", task=TASK, key="task.dataset")
         self.stats = Counter(rows=len(rows))
         splits: dict[str, list[dict]] = {"train": [], "test": []}
-        for i, row in enumerate(rows):
-            where = f"task {TASK}: {cfg.dataset} (task.dataset) split 'train' row {i} (0-based)"
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: not a row of columns {', '.join(COLUMNS)}")
+        for where, row in checked_rows(rows, COLUMNS, task=TASK, name=cfg.dataset, key="task.dataset", split="train"):
             prompt, chosen, rejected = (text_field(row, c, where, COLUMNS) for c in COLUMNS)
             if chosen.strip() == rejected.strip():
                 self.stats["identical_pairs"] += 1  # no preference to learn from
                 continue
-            system = system_text(row, where)
+            system = optional_text_field(row, "system", where)
             text, chosen = format_dialogue(tokenizer, system, prompt, chosen)
             rejected = format_dialogue(tokenizer, system, prompt, rejected)[1]
             side = "test" if held_out(prompt, cfg.test_fraction, cfg.split_seed) else "train"
@@ -171,22 +166,12 @@ class Truthy(PreferenceRows):
                     f"task {TASK}: {cfg.dataset} (task.dataset) leaves no usable {side} pairs with "
                     f"task.test_fraction={cfg.test_fraction}; use more rows or another test_fraction"
                 )
-        test = splits["test"]
-        self._data = {
-            "sft": [{"prompt": p["prompt"], "completion": p["chosen"]} for p in splits["train"]],
-            "train": splits["train"],
-            "test": test[: cfg.max_test_pairs or None],
-            "eval": [{"prompt": p["prompt"], "reference": p["chosen"].strip(), "query": p["query"]} for p in test],
-        }
+        self._data = pair_splits(splits["train"], splits["test"], cfg.max_test_pairs, lambda p: p["query"])
         form = "chat template" if getattr(tokenizer, "chat_template", None) else "Instruct/Output"
         print(
-            f"truthy: {len(rows)} rows, {len(splits['train'])} train pairs, {len(self._data['test'])} held-out pairs and "
-            f"{len(self._data['eval'])} evaluation prompts (test_fraction {cfg.test_fraction}, split_seed "
+            f"truthy: {len(rows)} rows, {len(splits['train'])} train pairs, {len(self._data['test'])} held-out pairs "
+            f"and {len(self._data['eval'])} evaluation prompts (test_fraction {cfg.test_fraction}, split_seed "
             f"{cfg.split_seed}); skipped: {self.stats['identical_pairs']} chosen == rejected, "
             f"{self.stats['long_prompts']} prompts over {cfg.max_prompt_tokens} tokens; prompt format: {form}",
             file=sys.stderr,
         )
-
-    def load_policy(self):
-        """A fresh copy of the starting policy, in eval mode, and its tokenizer."""
-        return hub.load_causal_lm(self.config.model, task=TASK, key="task.model", cache_dir=self.cache_dir)
