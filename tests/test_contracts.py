@@ -158,7 +158,8 @@ def test_evaluator_contract(name):
 def _check_policy(policy, name: str) -> None:
     """What the harness reads of a Policy, as OPTIONAL["policy"] declares it."""
     assert callable(getattr(policy, "sample", None)), f"{name}: the Policy cannot sample"
-    assert isinstance(policy, Policy), f"{name}: returns a {type(policy).__name__}, not a bench.contracts.Policy"
+    if type(policy).__module__.startswith("bench."):  # the built-ins implement the base class; others need not
+        assert isinstance(policy, Policy), f"{name}: returns a {type(policy).__name__}, not a bench.contracts.Policy"
     _check_optional(policy, "policy")
     for key, aggregate in optional(policy, "policy", "fit_metrics").items():
         assert {"mean", "se", "n"} <= set(aggregate), f"{name}: fit_metrics[{key!r}] is not an aggregate"
