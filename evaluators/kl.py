@@ -8,7 +8,7 @@ not a model (best-of-N) reports its analytic bound instead, marked as such.
 
 from __future__ import annotations
 
-from bench.contracts import Evaluation
+from bench.contracts import Evaluation, optional
 from bench.stats import by_prompt
 
 
@@ -18,12 +18,16 @@ class KL:
     higher_is_better = False
 
     def applies(self, ctx) -> bool:
-        return ctx.reference is not None and (hasattr(ctx.trained, "model") or hasattr(ctx.trained, "kl_bound"))
+        policy = ctx.trained
+        return ctx.reference is not None and (
+            optional(policy, "policy", "model") is not None or optional(policy, "policy", "kl_bound") is not None
+        )
 
     def evaluate(self, samples, ctx) -> Evaluation:
         from bench.kl import sequence_kl
 
-        if not hasattr(ctx.trained, "model"):
+        model = optional(ctx.trained, "policy", "model")
+        if model is None:
             bound = float(ctx.trained.kl_bound())
             return Evaluation(
                 aggregates={
@@ -36,7 +40,7 @@ class KL:
                 }
             )
         exact, mc = sequence_kl(
-            ctx.trained.model,
+            model,
             ctx.reference,
             [s.prompt_ids for s in samples],
             [s.completion_ids for s in samples],
