@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from bench.errors import UserError
 from bench.io import read_jsonl, write_jsonl
 from bench.logprobs import collate, collate_pairs, encode
-from bench.stats import mean_se
+from bench.stats import mean_se, pairwise_win
 from bench.train import TrainConfig, train_loop
 
 TRAIN_DEFAULTS = {"lr": 3e-4, "epochs": 1.0, "batch_size": 32, "warmup_steps": 10, "max_grad_norm": 1.0}
@@ -133,7 +133,7 @@ def pair_accuracy(model, tokenizer, pairs: list[dict], *, max_length: int, batch
     rejected = score(
         model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length, batch_size=batch_size
     )
-    return {**mean_se([1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]), "unit": "pairs"}
+    return {**mean_se([pairwise_win(c, r) for c, r in zip(chosen, rejected)]), "unit": "pairs"}
 
 
 def train(

@@ -11,7 +11,7 @@ pairs) and cached, shared with training.
 from __future__ import annotations
 
 from bench.contracts import Evaluation, optional
-from bench.stats import mean_se
+from bench.stats import mean_se, pairwise_win
 
 
 class PairAccuracy:
@@ -38,5 +38,5 @@ class PairAccuracy:
             n_tokens = torch.tensor([len(ids) - n_prompt for ids, n_prompt in enc])
             rewards[side] = ctx.implicit_reward(logps, ref, n_tokens)
         margins = (rewards["chosen"] - rewards["rejected"]).tolist()
-        correct = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
+        correct = [pairwise_win(m, 0.0) for m in margins]
         return Evaluation(aggregates={"pair_accuracy": {**mean_se(correct), "unit": "pairs"}})
