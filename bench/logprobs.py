@@ -31,6 +31,11 @@ Encoded = tuple[list[int], int]
 """Token ids of prompt + completion, and how many of them belong to the prompt."""
 
 
+def pad_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its eos (GPT-2 style tokenizers have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bool = False) -> Encoded:
     """Tokenize prompt and completion separately and concatenate them: (ids, n_prompt_tokens).
 

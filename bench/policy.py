@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.contracts import Generation, Policy, Sample
+from bench.logprobs import pad_id
 from bench.sampling import sample
 
 
@@ -27,7 +28,7 @@ class ModelPolicy(Policy):
         # Prompts are tokenized exactly as bench.logprobs.encode does, so evaluators score the same ids.
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         which = [i for i in range(len(prompts)) for _ in range(gen.samples_per_prompt)]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_id(tok)
         completions = sample(
             self.model,
             [prompt_ids[i] for i in which],

@@ -16,7 +16,15 @@ from __future__ import annotations
 import torch
 
 from bench.contracts import PairLoss
-from bench.logprobs import cached_dataset_logps, collate, collate_pairs, concatenated_forward, encode, token_logps
+from bench.logprobs import (
+    cached_dataset_logps,
+    collate,
+    collate_pairs,
+    concatenated_forward,
+    encode,
+    pad_id,
+    token_logps,
+)
 from bench.policy import ModelPolicy
 from bench.train import train_loop
 
@@ -31,10 +39,6 @@ def demonstration_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """The SFT loss of a `collate` batch: mean token negative log-likelihood of the completions."""
     logps, mask = token_logps(model, batch)
     return mean_token_nll(logps, mask), {}
-
-
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: str = "train") -> ModelPolicy:

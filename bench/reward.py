@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from bench.errors import UserError
 from bench.io import read_jsonl, write_jsonl
-from bench.logprobs import collate, collate_pairs, encode
+from bench.logprobs import collate, collate_pairs, encode, pad_id
 from bench.stats import mean_se, pairwise_win
 from bench.train import TrainConfig, train_loop
 
@@ -64,10 +64,6 @@ def default_train_config() -> TrainConfig:
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Mean of -log sigmoid(r_chosen - r_rejected) over the pairs: the negative Bradley-Terry log-likelihood."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
-
-
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def disable_dropout(model) -> None:

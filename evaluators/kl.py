@@ -9,6 +9,7 @@ not a model (best-of-N) reports its analytic bound instead, marked as such.
 from __future__ import annotations
 
 from bench.contracts import Evaluation, optional
+from bench.logprobs import pad_id
 from bench.stats import by_prompt
 
 
@@ -44,7 +45,7 @@ class KL:
             ctx.reference,
             [s.prompt_ids for s in samples],
             [s.completion_ids for s in samples],
-            pad_id=ctx.tokenizer.pad_token_id,
+            pad_id=pad_id(ctx.tokenizer),
             batch_size=ctx.generation.batch_size,
             temperature=ctx.generation.temperature or 1.0,
         )

@@ -11,6 +11,7 @@ pairs) and cached, shared with training.
 from __future__ import annotations
 
 from bench.contracts import Evaluation, optional
+from bench.logprobs import pad_id
 from bench.stats import mean_se, pairwise_win
 
 
@@ -28,7 +29,7 @@ class PairAccuracy:
         from bench.logprobs import cached_dataset_logps, dataset_logps, encode
 
         tok, max_len = ctx.tokenizer, ctx.train.max_length
-        pad, bs = tok.pad_token_id, ctx.generation.batch_size
+        pad, bs = pad_id(tok), ctx.generation.batch_size
         key = ctx.task.reference_key  # same file name scheme as training: shared across runs
         rewards = {}
         for side in ("chosen", "rejected"):
