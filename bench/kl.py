@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from bench.logprobs import collate, scored_logits
+from bench.logprobs import scored_in_length_order, scored_logits
 
 
 def sequence_kl(
@@ -46,23 +46,10 @@ def sequence_kl(
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("sequence_kl: every prompt needs at least one token")
     encoded = [(p + c, len(p)) for p, c in zip(prompt_ids, completion_ids)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    exact, log_ratio = [0.0] * len(encoded), [0.0] * len(encoded)
-    modes = policy.training, reference.training
-    policy.eval()
-    reference.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = collate([encoded[i] for i in rows], pad_id)
-                kl, ratio = _batch_kl(policy, reference, batch, temperature)
-                for i, k, r in zip(rows, kl.tolist(), ratio.tolist()):
-                    exact[i], log_ratio[i] = k, r
-    finally:
-        policy.train(modes[0])
-        reference.train(modes[1])
-    return exact, log_ratio
+    scores = scored_in_length_order(
+        [policy, reference], encoded, pad_id, batch_size, lambda b: _batch_kl(policy, reference, b, temperature)
+    )
+    return [k for k, _ in scores], [r for _, r in scores]
 
 
 def _batch_kl(policy, reference, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import hashlib
 import io
 from array import array
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -149,34 +150,43 @@ def concatenated_forward(model, batch: dict) -> dict[str, torch.Tensor]:
     }
 
 
+def scored_in_length_order(
+    models: list, encoded: list[Encoded], pad_id: int, batch_size: int, score: Callable, *, desc: str | None = None
+) -> list:
+    """`score(batch)` of every encoded sequence, without gradients, one result per sequence in input order.
+
+    Batches are taken in length order so each holds sequences of similar length (little padding);
+    the models are in eval mode meanwhile (their mode is restored after) and the batch is on the first
+    one's device. `score` returns a tensor [B], or a tuple of them (then each result is a tuple).
+    """
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out: list = [None] * len(encoded)
+    device = next(models[0].parameters()).device
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            batches = range(0, len(order), batch_size)
+            for start in tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=desc is None):
+                rows = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
+                result = score(batch)
+                columns = [t.float().cpu().tolist() for t in (result if isinstance(result, tuple) else (result,))]
+                for i, values in zip(rows, zip(*columns)):
+                    out[i] = values if isinstance(result, tuple) else values[0]
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return out
+
+
 def dataset_logps(
     model, encoded: list[Encoded], pad_id: int, batch_size: int, *, desc: str | None = None
 ) -> torch.Tensor:
-    """log pi(y|x) for every encoded sequence [N] (float32, CPU), without gradients, in input order.
-
-    Batches are taken in length order so each holds sequences of similar length (little padding).
-    """
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    out = torch.zeros(len(encoded), dtype=torch.float32)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in tqdm(
-                range(0, len(order), batch_size),
-                desc=desc,
-                unit="batch",
-                leave=False,
-                dynamic_ncols=True,
-                disable=desc is None,
-            ):
-                rows = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
-                out[rows] = sequence_logps(model, batch).float().cpu()
-    finally:
-        model.train(was_training)
-    return out
+    """log pi(y|x) for every encoded sequence [N] (float32, CPU), without gradients, in input order."""
+    logps = scored_in_length_order([model], encoded, pad_id, batch_size, lambda b: sequence_logps(model, b), desc=desc)
+    return torch.tensor(logps, dtype=torch.float32)
 
 
 def cached_dataset_logps(

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from bench.errors import UserError
 from bench.io import read_jsonl, write_jsonl
-from bench.logprobs import collate, collate_pairs, encode, pad_id
+from bench.logprobs import collate_pairs, encode, pad_id, scored_in_length_order
 from bench.stats import mean_se, pairwise_win
 from bench.train import TrainConfig, train_loop
 
@@ -103,21 +103,7 @@ def score(
     if len(prompts) != len(completions):
         raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
     encoded = [encode(tokenizer, p, c, max_length) for p, c in zip(prompts, completions)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths share a batch
-    out = [0.0] * len(encoded)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id(tokenizer)).items()}
-                for i, r in zip(rows, rewards(model, batch).float().tolist()):
-                    out[i] = r
-    finally:
-        model.train(was_training)
-    return out
+    return scored_in_length_order([model], encoded, pad_id(tokenizer), batch_size, lambda b: rewards(model, b))
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict], *, max_length: int, batch_size: int = 64) -> dict:
