@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from bench import seeds
+
 
 def sample(
     model,
@@ -51,7 +53,7 @@ def sample(
             for b, start in enumerate(range(0, len(order), batch_size)):
                 rows = order[start : start + batch_size]
                 # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
-                generator = torch.Generator(device=model.device).manual_seed((seed * 1_000_003 + b) % 2**64)
+                generator = torch.Generator(device=model.device).manual_seed(seeds.stream(seed, b))
                 out = _sample_batch(
                     model,
                     [prompt_ids[i] for i in rows],

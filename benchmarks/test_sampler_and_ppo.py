@@ -184,7 +184,6 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
     from pathlib import Path
 
     from bench.algorithms.ppo import PPOGT, Config
-
     from bench.contracts import Context, Generation
     from bench.reward import score
     from bench.train import TrainConfig

@@ -34,10 +34,10 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.evaluators.judge_client import ChatJudge, VerdictCache, load_template, public_url
-
+from bench import seeds
 from bench.contracts import Evaluation
 from bench.errors import UserError
+from bench.evaluators.judge_client import ChatJudge, VerdictCache, load_template, public_url
 from bench.stats import bootstrap_mean_ci, by_prompt, pairwise_win, per_prompt_means
 
 DEFAULT_TEMPLATE = "continuation-positive"
@@ -407,6 +407,6 @@ def _sft_baseline(ctx, samples, chosen) -> list[str]:
     gen = replace(ctx.generation or Generation(), samples_per_prompt=per_prompt)
     prompt_text = {samples[i].prompt_index: samples[i].prompt for i, _ in chosen}
     drawn = ModelPolicy(ctx.reference, ctx.tokenizer).sample(
-        [prompt_text[p] for p in order], gen, seed=ctx.seed + 2_000_003
+        [prompt_text[p] for p in order], gen, seed=ctx.seed + seeds.JUDGE_SFT_BASELINE
     )
     return [drawn[where[samples[i].prompt_index] * per_prompt + slot].completion for i, slot in chosen]

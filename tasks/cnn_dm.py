@@ -18,12 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tasks.common import checked_rows, model_key, text_field
-from bench.tasks.tldr import MARKER, TLDR, judge_query
-
 from bench import hub
 from bench.checks import non_negative
 from bench.errors import UserError
+from bench.tasks.common import checked_rows, model_key, text_field
+from bench.tasks.tldr import MARKER, TLDR, judge_query
 
 TASK = "cnn-dm"
 COLUMNS = ("article", "highlights")

@@ -30,6 +30,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import hub
+from bench.artifacts import build_once, content_key
+from bench.checks import at_least, non_negative, one_of, positive
+from bench.contracts import Generation
 from bench.tasks.common import (
     PreferenceRows,
     check_settings,
@@ -40,11 +44,6 @@ from bench.tasks.common import (
     pair_splits,
     text_field,
 )
-
-from bench import hub
-from bench.artifacts import build_once, content_key
-from bench.checks import at_least, non_negative, one_of, positive
-from bench.contracts import Generation
 
 TASK = "hh"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"

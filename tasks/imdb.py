@@ -26,6 +26,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import hub
+from bench.artifacts import build_once, content_key
+from bench.checks import require
+from bench.errors import UserError
 from bench.tasks.common import checked_rows, require_column, text_field
 from bench.tasks.review_prefix import (
     BuiltTask,
@@ -40,11 +44,6 @@ from bench.tasks.review_prefix import (
     preference_stage,
     prompt_stage,
 )
-
-from bench import hub
-from bench.artifacts import build_once, content_key
-from bench.checks import require
-from bench.errors import UserError
 
 TASK = "imdb"
 BUILD_VERSION = 1

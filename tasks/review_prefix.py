@@ -30,13 +30,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
-from bench.tasks.common import model_key
-
 from bench import hub
 from bench.checks import at_least, non_negative, positive, require
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.io import read_jsonl
+from bench.tasks.common import model_key
 
 LM_WARMUP_STEPS = 50
 """Steps of linear learning-rate warmup of policy training (a tenth of lm_steps when that is fewer)."""

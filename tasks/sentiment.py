@@ -35,6 +35,11 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from bench import hub
+from bench.artifacts import build_once, content_key
+from bench.checks import at_least, require
+from bench.config import file_sha256
+from bench.errors import UserError
 from bench.tasks.review_prefix import (
     BuiltTask,
     Stages,
@@ -48,12 +53,6 @@ from bench.tasks.review_prefix import (
     preference_stage,
     prompt_stage,
 )
-
-from bench import hub
-from bench.artifacts import build_once, content_key
-from bench.checks import at_least, require
-from bench.config import file_sha256
-from bench.errors import UserError
 
 TASK = "sentiment"
 BUILD_VERSION = 2

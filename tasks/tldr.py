@@ -25,11 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tasks.common import PreferenceRows, check_settings, checked_rows, chunks_until, load_usable, text_field
-
 from bench.checks import one_of
 from bench.contracts import Generation
 from bench.errors import UserError
+from bench.tasks.common import PreferenceRows, check_settings, checked_rows, chunks_until, load_usable, text_field
 
 TASK = "tldr"
 MARKER = "TL;DR:"

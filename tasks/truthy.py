@@ -30,6 +30,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import hub
+from bench.checks import between
+from bench.contracts import Generation
+from bench.errors import UserError
 from bench.tasks.common import (
     PreferenceRows,
     check_settings,
@@ -39,11 +43,6 @@ from bench.tasks.common import (
     pair_splits,
     text_field,
 )
-
-from bench import hub
-from bench.checks import between
-from bench.contracts import Generation
-from bench.errors import UserError
 
 TASK = "truthy"
 COLUMNS = ("prompt", "chosen", "rejected")

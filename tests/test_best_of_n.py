@@ -7,9 +7,9 @@ import math
 from types import SimpleNamespace
 
 import pytest
-from bench.algorithms.best_of_n import BestOfN, BestOfNPolicy, Config
 from tiny import tiny_gpt2, tiny_tokenizer
 
+from bench.algorithms.best_of_n import BestOfN, BestOfNPolicy, Config
 from bench.contracts import Generation
 from bench.errors import UserError
 from bench.kl import best_of_n_kl_bound

@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
-from bench.evaluators.judge import load_template
 
 from bench import contracts, registry, runner
 from bench.config import apply_overrides, field_docs
 from bench.contracts import OPTIONAL, Generation, PairForward, Policy, optional
 from bench.data import PREFERENCE_KEYS, PROMPT_KEYS, SFT_KEYS, validate
 from bench.errors import UserError
+from bench.evaluators.judge import load_template
 from bench.runner import RunSpec, execute
 from bench.train import TrainConfig
 
@@ -214,8 +214,9 @@ def test_every_trained_algorithm_with_lora(name, cache_dir, tmp_path):
     assert config["train"]["lora_r"] == 4
     if name == "reward-model":
         return  # returns the untouched starting policy; its own model is the reward model
-    from bench.tasks.sentiment import Sentiment
     from peft import AutoPeftModelForCausalLM
+
+    from bench.tasks.sentiment import Sentiment
 
     assert (run_dir / "model" / "adapter_config.json").exists() and not (
         run_dir / "model" / "model.safetensors"

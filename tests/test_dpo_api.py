@@ -7,11 +7,11 @@ import types
 
 import pytest
 import torch
+from tiny import tiny_gpt2, tiny_tokenizer
+
 from bench.algorithms.dpo import DPO, dpo_loss
 from bench.algorithms.sft import SFT
 from bench.algorithms.unlikelihood import Unlikelihood
-from tiny import tiny_gpt2, tiny_tokenizer
-
 from bench.contracts import Context, Generation
 from bench.logprobs import dataset_logps, encode
 from bench.policy import ModelPolicy

@@ -15,13 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from bench.evaluators import judge_client
-from bench.evaluators.judge import Config, Judge
-from bench.evaluators.judge_client import load_template, parse_verdict
 from openai_stub import Sleep, Status, StubServer, answer, prefer, shown
 
 from bench.contracts import Generation, Sample
 from bench.errors import UserError
+from bench.evaluators import judge_client
+from bench.evaluators.judge import Config, Judge
+from bench.evaluators.judge_client import load_template, parse_verdict
 
 SECRET = "sk-test-never-store-me-1234"
 

@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import pytest
 import torch
-from bench.algorithms.dpo import DPO, dpo_loss
-from bench.algorithms.unlikelihood import Unlikelihood, unlikelihood_loss
 from tiny import tiny_gpt2
 
+from bench.algorithms.dpo import DPO, dpo_loss
+from bench.algorithms.unlikelihood import Unlikelihood, unlikelihood_loss
 from bench.logprobs import collate
 from bench.preference import demonstration_loss
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import hub_fixtures
 import pytest
+from conftest import run_cli
+
 from bench.tasks import review_prefix, sentiment
 from bench.tasks.sentiment import Config, Sentiment
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

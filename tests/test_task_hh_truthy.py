@@ -17,9 +17,6 @@ import fixtures_truthy
 import hub_fixtures
 import pytest
 import torch
-from bench.tasks.common import model_key
-from bench.tasks.hh import HH, single_turn_pair, split_dialogue, user_query
-from bench.tasks.truthy import Truthy, format_dialogue, held_out
 from conftest import run_cli
 from openai_stub import StubServer, answer, shown
 from test_task_tldr import API_KEY, UNREACHABLE, check_judged, judge_sets, read_run
@@ -29,6 +26,9 @@ from bench.config import apply_overrides
 from bench.errors import UserError
 from bench.logprobs import encode
 from bench.runner import RunSpec, resolve
+from bench.tasks.common import model_key
+from bench.tasks.hh import HH, single_turn_pair, split_dialogue, user_query
+from bench.tasks.truthy import Truthy, format_dialogue, held_out
 
 
 @pytest.fixture(scope="module")

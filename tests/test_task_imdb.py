@@ -16,8 +16,6 @@ import fixtures_imdb
 import hub_fixtures
 import pytest
 import torch
-from bench.tasks.imdb import IMDb
-from bench.tasks.review_prefix import clean_review, preference_pairs
 from conftest import run_cli
 from openai_stub import StubServer, answer
 
@@ -25,6 +23,8 @@ from bench import hub
 from bench.config import apply_overrides
 from bench.errors import UserError
 from bench.logprobs import encode
+from bench.tasks.imdb import IMDb
+from bench.tasks.review_prefix import clean_review, preference_pairs
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: bench.hub's probe is refused at once
 OFFLINE_ENV = {"HF_ENDPOINT": UNREACHABLE, "HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}

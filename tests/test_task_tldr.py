@@ -16,18 +16,18 @@ import fixtures_cnn_dm
 import fixtures_tldr
 import hub_fixtures
 import pytest
-from bench.evaluators.judge import load_template
-from bench.tasks.cnn_dm import CNNDM, EVAL_ONLY
-from bench.tasks.common import model_key
-from bench.tasks.tldr import TLDR, judge_query
 from conftest import run_cli
 from openai_stub import StubServer, answer, shown
 
 from bench import hub
 from bench.config import apply_overrides
 from bench.errors import UserError
+from bench.evaluators.judge import load_template
 from bench.logprobs import encode
 from bench.runner import RunSpec, resolve
+from bench.tasks.cnn_dm import CNNDM, EVAL_ONLY
+from bench.tasks.common import model_key
+from bench.tasks.tldr import TLDR, judge_query
 
 POSTS = fixtures_tldr.POSTS
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: bench.hub's probe is refused at once
