@@ -12,8 +12,8 @@ reward; everything else is one algorithm. Each update:
 4. GAE       advantages from a value head on the policy's last hidden state, A_t by GAE(gamma,
              lam), returns = A + V; advantages whitened over the rollout;
 5. optimise  clipped policy loss + vf_coef * clipped value loss, `ppo_epochs` passes over the
-             rollout in minibatches of train.batch_size (bench.train.train_loop, one Adam
-             state throughout);
+             rollout in minibatches of train.batch_size (bench.train.Loop.minibatch_epochs, the
+             run's one optimizer and Adam state throughout);
 6. control   kl_coef *= 1 + clip(KL / target_kl - 1, -0.2, 0.2) * rollout_batch_size / kl_horizon
              (Ziegler et al.'s adaptive controller).
 
@@ -22,20 +22,18 @@ of the preference pairs); train.batch_size is the minibatch and train.lr the lea
 policy and value head. The training log uses TRL's names: objective/kl (the rollout's sequence
 KL, summed sampled log-ratios), objective/scores (raw reward), objective/rlhf_reward (the
 per-sequence sum of the rewards PPO maximises), objective/kl_coef, policy/entropy,
-policy/clipfrac, policy/approxkl, loss/policy, loss/value, val/clipfrac. Every
-`train.checkpoint_every` updates the whole state (weights, value head, Adam, kl_coef, score
-statistics) goes to the run's checkpoint directory; the same command resumes from it and ends
-exactly where an uninterrupted run ends.
+policy/clipfrac, policy/approxkl, loss/policy, loss/value, val/clipfrac.
+
+This module is the step (`PPOStep`) and its math; the shared loop (bench.train.train_online) owns
+the update count, log windows and on_step, and every `train.checkpoint_every` updates checkpoints
+the whole state (weights, value head, Adam, and the step's kl_coef and score statistics); the
+same command resumes from it and ends exactly where an uninterrupted run ends.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -45,22 +43,22 @@ from bench.logprobs import collate, token_logps
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
-from bench.train import example_order, load_checkpoint, make_optimizer, train_loop
-
-CHECKPOINT = "ppo_state.pt"
+from bench.train import example_order, train_online
 
 
 @dataclass
 class Config:
     target_kl: float = 6.0
-    """KL(pi || pi_ref) per completion, in nats, that the adaptive controller steers toward (the paper sweeps 3, 6, 9, 12)."""
+    """KL(pi || pi_ref) per completion, in nats, that the adaptive controller steers toward (the paper sweeps 3, 6,
+    9, 12)."""
     init_kl_coef: float = 0.1
     """Starting weight of the per-token KL penalty."""
     adaptive_kl: bool = True
     """Adapt the KL weight toward target_kl; false keeps init_kl_coef throughout."""
     kl_horizon: int = 256
-    """Controller horizon in episodes: an update moves kl_coef by at most a factor 1 +- 0.2 * rollout_batch_size / kl_horizon
-    (Ziegler et al. use 10000 over far longer runs; a few thousand episodes here need a faster controller)."""
+    """Controller horizon in episodes: an update moves kl_coef by at most a factor 1 +- 0.2 * rollout_batch_size /
+    kl_horizon (Ziegler et al. use 10000 over far longer runs; a few thousand episodes here need a faster
+    controller)."""
     rollout_batch_size: int = 64
     """Prompts per rollout, one completion each (TRL's batch_size); minibatches are train.batch_size."""
     ppo_epochs: int = 4
@@ -76,13 +74,15 @@ class Config:
     lam: float = 0.95
     """GAE lambda."""
     whiten_rewards: bool = True
-    """Whiten scores with the mean and std of the first rollout's (the SFT policy's), kept fixed, so kl_coef keeps one scale."""
+    """Whiten scores with the mean and std of the first rollout's (the SFT policy's), kept fixed, so kl_coef keeps one
+    scale."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts (log-probs use the same one)."""
     max_new_tokens: int = 0
     """Completion length of the rollouts; 0 uses the task's evaluation length."""
     reward_model: str = ""
-    """ppo only: a saved reward model directory; empty trains one (or reuses the cached one) with the reward-model defaults."""
+    """ppo only: a saved reward model directory; empty trains one (or reuses the cached one) with the reward-model
+    defaults."""
 
     def check(self, section: str = "ppo") -> None:
         """One line naming the first option out of range (apply_overrides and the constructor call it)."""
@@ -153,7 +153,7 @@ class PolicyWithValue(torch.nn.Module):
         self.temperature = temperature
 
     def forward(self, batch: dict):
-        """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts token t+1)."""
+        """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts t+1)."""
         out = self.policy(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -198,7 +198,8 @@ class PPO:
         c, tok = self.config, ctx.tokenizer
         if ctx.train.warmup_steps:
             raise UserError(
-                f"{self.name}: train.warmup_steps={ctx.train.warmup_steps} is not used (PPO keeps its learning rate constant); leave it at 0"
+                f"{self.name}: train.warmup_steps={ctx.train.warmup_steps} is not used (PPO keeps its learning rate "
+                "constant); leave it at 0"
             )
         if ctx.train.batch_size > c.rollout_batch_size:
             raise UserError(
@@ -209,129 +210,30 @@ class PPO:
         prompts = list(dict.fromkeys(p["prompt"] for p in ctx.preferences)) or list(
             dict.fromkeys(e["prompt"] for e in ctx.sft_examples)
         )
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        max_new_tokens = c.max_new_tokens or ctx.generation.max_new_tokens
-        total = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.rollout_batch_size)
-        # Minibatch epochs over one rollout, through the shared loop (clipping, accumulation, NaN checks).
-        inner = dataclasses.replace(
-            ctx.train, epochs=c.ppo_epochs, max_steps=0, warmup_steps=0, log_every=10**9, checkpoint_every=0
-        )
+        updates = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.rollout_batch_size)
 
         policy = ctx.policy
         disable_dropout(policy)  # else pi / pi_old would differ from 1 before any update
         torch.manual_seed(ctx.seed)
         model = PolicyWithValue(policy, c.temperature).to(next(policy.parameters()).device)
-        optimizer = make_optimizer(model.parameters(), ctx.train)
-        kl_ctl = AdaptiveKLController(c.init_kl_coef, c.target_kl, c.kl_horizon)
-        state = {"update": 0, "score_mean": None, "score_std": None, "window": []}
-
-        ckpt = Path(ctx.checkpoint_dir) / CHECKPOINT
-        if ckpt.exists():
-            saved = load_checkpoint(ckpt)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            kl_ctl.value = saved["kl_coef"]
-            state = saved["state"]
-
-        while state["update"] < total:
-            update = state["update"]
-            # 1. Rollout: the same prompts and draws for a given (seed, update), so a resumed run repeats them.
-            rows = example_order(len(prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
-            queries = [prompt_ids[i] for i in rows]
-            completions = sample(
-                policy,
-                queries,
-                max_new_tokens=max_new_tokens,
-                temperature=c.temperature,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=pad,
-                seed=ctx.seed * 1_000_003 + update,
-                batch_size=len(queries),
-            )
-            # 2. Score the full completions.
-            texts = tok.batch_decode(completions, skip_special_tokens=True)
-            scores = torch.tensor(reward([prompts[i] for i in rows], texts), dtype=torch.float32)
-            if state["score_mean"] is None:
-                std = scores.std().item() if len(scores) > 1 else 0.0
-                state["score_mean"], state["score_std"] = scores.mean().item(), std if std > 1e-6 else 1.0
-            whitened = (scores - state["score_mean"]) / state["score_std"] if c.whiten_rewards else scores
-
-            batch = {
-                k: v.to(next(policy.parameters()).device)
-                for k, v in collate([(q + y, len(q)) for q, y in zip(queries, completions)], pad).items()
-            }
-            mask = batch["completion_mask"][:, 1:].float()
-            with torch.no_grad():
-                old_logps, _, old_values = model(batch)
-                ref_logps, _ = token_logps(ctx.reference, batch, c.temperature)
-            # 3. Per-token rewards: the KL penalty everywhere, the score on each completion's last token.
-            kl = (old_logps - ref_logps) * mask
-            rewards = -kl_ctl.value * kl
-            last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
-            rewards[torch.arange(len(rows)), last] += whitened.to(rewards.device)
-            # 4. Advantages and value targets.
-            advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
-            advantages = whiten(advantages, mask) * mask
-            rollout = {
-                **batch,
-                "old_logps": old_logps,
-                "old_values": old_values * mask,
-                "advantages": advantages,
-                "returns": returns,
-                "mask": mask,
-            }
-
-            # 5. Optimise: ppo_epochs over the rollout in minibatches.
-            stats: list[dict] = []
-            train_loop(
-                model,
-                list(range(len(rows))),
-                lambda idx: _minibatch(rollout, idx),
-                self._loss,
-                inner,
-                seed=ctx.seed * 1_000_003 + update,
-                log=stats.append,
-                desc=f"{self.name} update {update + 1}",
-                optimizer=optimizer,
-            )
-
-            # 6. Steer the KL weight toward the target.
-            sequence_kl = kl.sum(-1).mean().item()
-            kl_coef = kl_ctl.value
-            if c.adaptive_kl:
-                kl_ctl.update(sequence_kl, len(rows))
-            state["update"] = update + 1
-            row = {k: v for k, v in stats[-1].items() if k not in ("step", "epoch")}
-            row.update(
-                {
-                    "objective/kl": sequence_kl,
-                    "objective/scores": scores.mean().item(),
-                    "objective/rlhf_reward": rewards.sum(-1).mean().item(),
-                    "objective/kl_coef": kl_coef,
-                    "objective/entropy": -(old_logps * mask).sum(-1).mean().item(),
-                    "sampled_tokens": sum(len(y) for y in completions),
-                    "episodes": len(rows),
-                }
-            )
-            state["window"].append(row)
-            if state["update"] % ctx.train.log_every == 0 or state["update"] == total:
-                ctx.log({"step": state["update"], **_window_average(state["window"])})
-                state["window"] = []
-            if (
-                ctx.train.checkpoint_every
-                and state["update"] % ctx.train.checkpoint_every == 0
-                and state["update"] < total
-            ):
-                _save_checkpoint(Path(ctx.checkpoint_dir), model, optimizer, kl_ctl.value, state)
-            if ctx.on_step is not None:
-                ctx.on_step(state["update"], total, policy)
-
+        # The harness evaluates the policy itself, not its value-head wrapper.
+        on_step = None if ctx.on_step is None else lambda update, total, model: ctx.on_step(update, total, model.policy)
+        train_online(
+            model,
+            PPOStep(self, ctx, reward, prompts),
+            ctx.train,
+            updates=updates,
+            seed=ctx.seed,
+            log=ctx.log,
+            checkpoint_dir=ctx.checkpoint_dir,
+            desc=self.name,
+            on_step=on_step,
+        )
         policy.eval()
-        trained = ModelPolicy(policy, tok)
-        if hasattr(reward, "accuracy"):
-            trained.fit_metrics = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
-        return trained
+        fit_metrics = None
+        if hasattr(reward, "accuracy"):  # the learned reward model's held-out accuracy (the gold reward has none)
+            fit_metrics = {"reward_model_accuracy": {**reward.accuracy, "path": str(reward.path)}}
+        return ModelPolicy(policy, tok, fit_metrics)
 
     def _loss(self, model, batch):
         """Clipped surrogate policy loss + vf_coef * clipped value loss, over the minibatch's completion tokens."""
@@ -369,11 +271,108 @@ class PPOGT(PPO):
     def reward(self, ctx):
         if ctx.reward is None:
             raise UserError(
-                f"ppo-gt needs a gold reward and the task {ctx.task.name!r} has none; use --algo ppo (learned reward model)"
+                f"ppo-gt needs a gold reward and the task {ctx.task.name!r} has none; use --algo ppo (learned "
+                "reward model)"
             )
         if self.config.reward_model:
             raise UserError("ppo-gt scores with the task's gold reward; drop ppo-gt.reward_model (or use --algo ppo)")
         return ctx.reward
+
+
+class PPOStep:
+    """One PPO update for bench.train.train_online: rollout, score, rewards, GAE, minibatch epochs, KL control.
+
+    Its extra state, checkpointed with the loop's, is the KL weight and the score statistics.
+    """
+
+    def __init__(self, algo: PPO, ctx, reward, prompts: list[str]):
+        self.config, self.ctx, self.reward, self.prompts, self.loss = algo.config, ctx, reward, prompts, algo._loss
+        tok = ctx.tokenizer
+        self.prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.max_new_tokens = self.config.max_new_tokens or ctx.generation.max_new_tokens
+        self.kl_ctl = AdaptiveKLController(self.config.init_kl_coef, self.config.target_kl, self.config.kl_horizon)
+        self.score_mean: float | None = None
+        self.score_std: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_ctl.value, "score_mean": self.score_mean, "score_std": self.score_std}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_ctl.value, self.score_mean, self.score_std = state["kl_coef"], state["score_mean"], state["score_std"]
+
+    def __call__(self, update: int, loop) -> dict:
+        c, ctx, tok, model = self.config, self.ctx, self.ctx.tokenizer, loop.model
+        policy = ctx.policy
+        device = next(policy.parameters()).device
+        # 1. Rollout: the same prompts and draws for a given (seed, update), so a resumed run repeats them.
+        rows = example_order(len(self.prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
+        queries = [self.prompt_ids[i] for i in rows]
+        completions = sample(
+            policy,
+            queries,
+            max_new_tokens=self.max_new_tokens,
+            temperature=c.temperature,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=self.pad,
+            seed=ctx.seed * 1_000_003 + update,
+            batch_size=len(queries),
+        )
+        # 2. Score the full completions.
+        texts = tok.batch_decode(completions, skip_special_tokens=True)
+        scores = torch.tensor(self.reward([self.prompts[i] for i in rows], texts), dtype=torch.float32)
+        if self.score_mean is None:
+            std = scores.std().item() if len(scores) > 1 else 0.0
+            self.score_mean, self.score_std = scores.mean().item(), std if std > 1e-6 else 1.0
+        whitened = (scores - self.score_mean) / self.score_std if c.whiten_rewards else scores
+
+        encoded = [(q + y, len(q)) for q, y in zip(queries, completions)]
+        batch = {k: v.to(device) for k, v in collate(encoded, self.pad).items()}
+        mask = batch["completion_mask"][:, 1:].float()
+        with torch.no_grad():
+            old_logps, _, old_values = model(batch)
+            ref_logps, _ = token_logps(ctx.reference, batch, c.temperature)
+        # 3. Per-token rewards: the KL penalty everywhere, the score on each completion's last token.
+        kl = (old_logps - ref_logps) * mask
+        rewards = -self.kl_ctl.value * kl
+        last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
+        rewards[torch.arange(len(rows)), last] += whitened.to(rewards.device)
+        # 4. Advantages and value targets.
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
+        advantages = whiten(advantages, mask) * mask
+        rollout = {
+            **batch,
+            "old_logps": old_logps,
+            "old_values": old_values * mask,
+            "advantages": advantages,
+            "returns": returns,
+            "mask": mask,
+        }
+
+        # 5. Optimise: ppo_epochs over the rollout in minibatches, on the run's one optimizer.
+        metrics = loop.minibatch_epochs(
+            list(range(len(rows))),
+            lambda idx: _minibatch(rollout, idx),
+            self.loss,
+            epochs=c.ppo_epochs,
+            seed=ctx.seed * 1_000_003 + update,
+        )
+
+        # 6. Steer the KL weight toward the target.
+        sequence_kl = kl.sum(-1).mean().item()
+        kl_coef = self.kl_ctl.value
+        if c.adaptive_kl:
+            self.kl_ctl.update(sequence_kl, len(rows))
+        return {
+            **metrics,
+            "objective/kl": sequence_kl,
+            "objective/scores": scores.mean().item(),
+            "objective/rlhf_reward": rewards.sum(-1).mean().item(),
+            "objective/kl_coef": kl_coef,
+            "objective/entropy": -(old_logps * mask).sum(-1).mean().item(),
+            "sampled_tokens": sum(len(y) for y in completions),
+            "episodes": len(rows),
+        }
 
 
 def _minibatch(rollout: dict, idx: list[int]) -> dict:
@@ -384,25 +383,3 @@ def _minibatch(rollout: dict, idx: list[int]) -> dict:
         k: v[idx_t, :width] if v.shape[1] == rollout["input_ids"].shape[1] else v[idx_t, : width - 1]
         for k, v in rollout.items()
     }
-
-
-def _window_average(rows: list[dict]) -> dict:
-    """One log row per window: counts are summed, everything else averaged."""
-    out = {}
-    for key in dict.fromkeys(k for r in rows for k in r):
-        values = [r[key] for r in rows if key in r]
-        out[key] = sum(values) if key in ("tokens", "sampled_tokens", "episodes") else sum(values) / len(values)
-    return out
-
-
-def _save_checkpoint(directory: Path, model, optimizer, kl_coef: float, state: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"{CHECKPOINT}.tmp{os.getpid()}"
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "kl_coef": kl_coef, "state": state}, tmp
-    )
-    os.replace(tmp, directory / CHECKPOINT)
-    # The runner reads the resume step from this sidecar without loading the weights.
-    sidecar = directory / f"train_state.json.tmp{os.getpid()}"
-    sidecar.write_text(json.dumps({"step": state["update"]}))
-    os.replace(sidecar, directory / "train_state.json")

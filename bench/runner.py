@@ -21,6 +21,7 @@ from bench import records, registry
 from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
+from bench.train import STATE_FILE
 
 RECORD_VERSION = 1
 """Bumped when the meaning of a run record changes, so old and new runs never share an id."""
@@ -353,7 +354,7 @@ def _record(
 
     partial = results / records.PARTIAL / r.name
     checkpoint_dir = partial / "checkpoints"
-    step = _resume_step(checkpoint_dir / "train_state.json", echo)
+    step = _resume_step(checkpoint_dir / STATE_FILE, echo)
     if step is not None:
         echo(f"{r.name}: resuming from step {step}")
         for name in ("train_log.jsonl", "checkpoints.jsonl"):

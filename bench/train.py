@@ -1,13 +1,17 @@
-"""The one training loop. Algorithms hand it their examples, a collate function and their loss.
+"""The one training loop: every trained algorithm runs on it, offline and online alike.
 
-Optimizer, linear warmup, gradient-norm clipping, gradient accumulation, mixed precision on GPU
-(through accelerate), a tqdm progress bar, step logs and checkpoint/resume all live here, once.
+An offline algorithm hands `train_loop` its examples, a collate function and its loss. An online one
+(PPO, RLOO, ...) hands `train_online` a step, `step(update, loop) -> metrics`: rollout, score, then
+an update through `loop.minibatch_epochs`. Both run in `_run`, the one outer loop: step count, tqdm
+progress bar, log windows, checkpoint/resume (with a step's own extra state) and on_step. `Loop`
+holds what a run builds once: the accelerator (mixed precision on GPU), the optimizer with linear
+warmup, and the optimizer step (gradient accumulation, NaN check, gradient-norm clipping).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,11 +19,20 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bench import records
 from bench.checks import at_least, between, non_negative, one_of, positive, require
 from bench.device import mixed_precision
 from bench.errors import UserError
 
 CHECKPOINT = "train_state.pt"
+"""A run's resume checkpoint: weights, optimizer, schedule, RNG, step, open log window and a step's extra state."""
+_KEYS = {"model", "optimizer", "scheduler", "rng", "step", "window", "extra"}  # what every CHECKPOINT holds
+STATE_FILE = "train_state.json"
+"""The sidecar beside CHECKPOINT that names its step, so the harness reads the resume step without loading weights."""
+COUNTS = ("tokens", "sampled_tokens", "episodes")
+"""Log keys summed over a window (the costs that bench.runner adds up); the others are averaged."""
+LAST = ("epoch", "lr")
+"""Log keys that say where a window ends: its last value, not an average."""
 
 
 @dataclass
@@ -37,7 +50,7 @@ class TrainConfig:
     epochs: float = 1.0
     """Passes over the training examples (fractions allowed); ignored when max_steps > 0."""
     max_steps: int = 0
-    """Optimizer steps; 0 derives them from `epochs`."""
+    """Optimizer steps (an online algorithm's updates); 0 derives them from `epochs`."""
     warmup_steps: int = 10
     """Steps of linear learning-rate warmup from 0."""
     max_grad_norm: float = 1.0
@@ -47,17 +60,20 @@ class TrainConfig:
     max_length: int = 128
     """Longest prompt + completion in tokens; longer completions are truncated."""
     log_every: int = 10
-    """Optimizer steps between rows of train_log.jsonl (metrics averaged over the window)."""
+    """Steps (optimizer steps; updates online) between rows of train_log.jsonl (counts summed over the window,
+    metrics averaged)."""
     checkpoint_every: int = 0
-    """Optimizer steps between resumable checkpoints; 0 disables them."""
+    """Steps (optimizer steps; updates online) between resumable checkpoints; 0 disables them."""
     lora_r: int = 0
-    """LoRA rank: > 0 trains a low-rank adapter (peft) on the policy instead of all its weights; 0 trains every weight."""
+    """LoRA rank: > 0 trains a low-rank adapter (peft) on the policy instead of all its weights; 0 trains every
+    weight."""
     lora_alpha: int = 16
     """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch during training."""
     lora_targets: str = "all-linear"
-    """Modules that get adapters: "all-linear" (every linear layer but the output head) or comma-separated module names."""
+    """Modules that get adapters: "all-linear" (every linear layer but the output head) or comma-separated module
+    names."""
 
     def check(self, section: str = "train") -> None:
         """One line naming the first setting out of range (bench.config.apply_overrides calls it for every run).
@@ -100,7 +116,7 @@ OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    cfg.check()  # direct callers (PPO, the Python API) get the same checks as --set
+    cfg.check()  # settings built in code (tasks, tests, the Python API) meet the same ranges as --set
     return OPTIMIZERS[cfg.optimizer]([p for p in params if p.requires_grad], cfg)
 
 
@@ -126,6 +142,83 @@ def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
     return out
 
 
+class Loop:
+    """What a run builds once and every step shares: the accelerator, the prepared model, its optimizer and schedule.
+
+    The learning rate warms up linearly from 0 over train.warmup_steps optimizer steps, then holds.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, desc: str):
+        from accelerate import Accelerator  # imported here: keeps `bench --help` fast
+
+        self.cfg, self.desc = cfg, desc
+        self.current_step = 0  # the outer step under way (an online algorithm's update), for error messages
+        self.accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
+        optimizer = make_optimizer(model.parameters(), cfg)
+        warmup = cfg.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def optimizer_step(self, examples: Sequence[Any], order: list[int], collate, loss_fn) -> dict[str, float]:
+        """One optimizer step on `examples[i] for i in order`, in micro-batches of batch_size / grad_accum.
+
+        Gradients accumulate over the micro-batches, a non-finite loss stops the run with one line, the
+        gradient norm is clipped and the schedule advances. Returns the loss and `loss_fn`'s metrics
+        (each micro-batch weighted by its share of the examples), grad_norm and the non-padding tokens.
+        """
+        cfg, accelerator = self.cfg, self.accelerator
+        micro = cfg.batch_size // cfg.grad_accum
+        # Each process takes its share of the step's examples (one process on CPU).
+        order = order[accelerator.process_index :: accelerator.num_processes]
+        metrics: dict[str, float] = {}
+        tokens = 0  # non-padding tokens trained on (cost accounting)
+        for start in range(0, len(order), micro):
+            batch = collate([examples[i] for i in order[start : start + micro]])
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if "attention_mask" in batch:
+                tokens += int(batch["attention_mask"].sum())
+            with accelerator.autocast():
+                loss, batch_metrics = loss_fn(self.model, batch)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"{self.desc}: the loss became {loss.item()} at step {self.current_step + 1}; lower train.lr "
+                    f"(now {cfg.lr}) or check the data for empty completions"
+                )
+            accelerator.backward(loss / math.ceil(len(order) / micro))
+            share = len(order[start : start + micro]) / len(order)
+            for k, v in {"loss": loss, **batch_metrics}.items():
+                metrics[k] = metrics.get(k, 0.0) + share * float(v.detach() if torch.is_tensor(v) else v)
+        if cfg.max_grad_norm > 0:
+            metrics["grad_norm"] = float(accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**metrics, "tokens": tokens}
+
+    def minibatch_epochs(
+        self, examples: Sequence[Any], collate, loss_fn, *, epochs: float, seed: int
+    ) -> dict[str, float]:
+        """`epochs` passes over `examples` in minibatches of train.batch_size, one optimizer step each.
+
+        An online step's update (PPO's epochs over its rollout). The minibatches are seeded
+        permutations (`example_order`); returns the steps' metrics averaged and their tokens summed.
+        """
+        n, size = len(examples), self.cfg.batch_size
+        steps = max(1, math.ceil(epochs * n / size))
+        orders = (example_order(n, seed, k * size, size) for k in range(steps))
+        return window_row([self.optimizer_step(examples, order, collate, loss_fn) for order in orders])
+
+
+Step = Callable[[int, Loop], dict]
+"""An online algorithm's step: `step(update, loop)` runs update number `update` (0-based) and returns its
+log metrics. A step object with `state_dict()` and `load_state_dict(state)` has that extra state (plain
+data and tensors only: checkpoints load with weights_only=True) checkpointed and restored with the loop's."""
+
+
 def train_loop(
     model: torch.nn.Module,
     examples: Sequence[Any],
@@ -138,94 +231,100 @@ def train_loop(
     checkpoint_dir: Path | None = None,
     desc: str = "train",
     on_step: Callable[[int, int, torch.nn.Module], None] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
 ) -> torch.nn.Module:
     """Minimise `loss_fn(model, batch)` over `examples`; returns the trained (unwrapped) model.
 
     `loss_fn` returns the scalar loss and a dict of metrics (floats or 0-d tensors) that are
     averaged over each logging window and written through `log`. `on_step(step, total, model)`
     runs after every optimizer step (the harness evaluates intermediate checkpoints with it).
-    `optimizer`, when given, is used instead of a new one, so its state (e.g. Adam's moments)
-    carries over between calls: PPO calls this once per rollout for its minibatch epochs.
     """
-    from accelerate import Accelerator  # imported here: keeps `bench --help` fast
-
     if len(examples) == 0:
         raise UserError(f"{desc}: no training examples; check the task's data or the data.* files you passed")
-    cfg.check()  # settings built in code (task builds, PPO's inner loop, tests) meet the same ranges as --set
+    cfg.check()  # settings built in code (task builds, tests) meet the same ranges as --set
     steps = total_steps(len(examples), cfg)
-    micro = cfg.batch_size // cfg.grad_accum
-
     torch.manual_seed(seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
-    if optimizer is None:
-        optimizer = make_optimizer(model.parameters(), cfg)
-    warmup = max(0, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    loop = Loop(model, cfg, desc)
 
-    step = 0
+    def step(k: int, loop: Loop) -> dict:
+        order = example_order(len(examples), seed, k * cfg.batch_size, cfg.batch_size)
+        epoch = (k + 1) * cfg.batch_size / len(examples)
+        return {**loop.optimizer_step(examples, order, collate, loss_fn), "epoch": epoch}
+
+    return _run(loop, step, steps, log=log, checkpoint_dir=checkpoint_dir, on_step=on_step)
+
+
+def train_online(
+    model: torch.nn.Module,
+    step: Step,
+    cfg: TrainConfig,
+    *,
+    updates: int,
+    seed: int,
+    log: Callable[[dict], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    desc: str = "train",
+    on_step: Callable[[int, int, torch.nn.Module], None] | None = None,
+) -> torch.nn.Module:
+    """Run `step(update, loop)` for `updates` updates, training `model`; returns it trained (unwrapped).
+
+    The step samples from the policy, scores the samples and updates through
+    `loop.minibatch_epochs(...)` (or `loop.optimizer_step`) on `loop.model`, the run's one
+    optimizer and accelerator. Its metrics go to `log` once per window: counts (COUNTS) summed,
+    the rest averaged. train.log_every and train.checkpoint_every count updates; warmup_steps
+    counts optimizer steps. `on_step(update, total, model)` runs after every update.
+    """
+    cfg.check()  # settings built in code meet the same ranges as --set
+    torch.manual_seed(seed)
+    loop = Loop(model, cfg, desc)
+    return _run(loop, step, updates, log=log, checkpoint_dir=checkpoint_dir, on_step=on_step)
+
+
+def window_row(rows: list[dict]) -> dict:
+    """One log row for a window of step rows: COUNTS summed, LAST the window's last value, the rest averaged."""
+    out = {}
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [r[key] for r in rows if key in r]
+        out[key] = sum(values) if key in COUNTS else values[-1] if key in LAST else sum(values) / len(values)
+    return out
+
+
+def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) -> torch.nn.Module:
+    """The one outer loop: resume, `total` steps, progress bar, log windows, checkpoints and on_step."""
+    cfg, unwrap = loop.cfg, loop.accelerator.unwrap_model
+    done, window = 0, []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt)
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        unwrap(loop.model).load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        step = state["step"]
+        done, window = state["step"], state["window"]
+        if hasattr(step, "load_state_dict"):
+            step.load_state_dict(state["extra"])
 
-    window: dict[str, list[float]] = {}
-    tokens = 0  # non-padding tokens trained on in the current logging window (cost accounting)
-    model.train()
-    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False, disable=None)
-    while step < steps:
-        order = example_order(len(examples), seed, step * cfg.batch_size, cfg.batch_size)
-        # Each process takes its share of the step's examples (one process on CPU).
-        order = order[accelerator.process_index :: accelerator.num_processes]
-        step_metrics: dict[str, float] = {}
-        for start in range(0, len(order), micro):
-            batch = collate([examples[i] for i in order[start : start + micro]])
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            if "attention_mask" in batch:
-                tokens += int(batch["attention_mask"].sum())
-            with accelerator.autocast():
-                loss, metrics = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"{desc}: the loss became {loss.item()} at step {step + 1}; lower train.lr "
-                    f"(now {cfg.lr}) or check the data for empty completions"
-                )
-            accelerator.backward(loss / math.ceil(len(order) / micro))
-            share = len(order[start : start + micro]) / len(order)
-            for k, v in {"loss": loss, **metrics}.items():
-                step_metrics[k] = step_metrics.get(k, 0.0) + share * float(v.detach() if torch.is_tensor(v) else v)
-        if cfg.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            step_metrics["grad_norm"] = float(grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    loop.model.train()
+    bar = tqdm(total=total, initial=done, desc=loop.desc, unit="step", dynamic_ncols=True, leave=False, disable=None)
+    while done < total:
+        loop.current_step = done
+        row = step(done, loop)
+        row["lr"] = loop.scheduler.get_last_lr()[0]  # after this step's advance, as the log has always shown
+        done += 1
+        window.append(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_metrics['loss']:.4f}")
-        for k, v in step_metrics.items():
-            window.setdefault(k, []).append(v)
-        if log is not None and (step % cfg.log_every == 0 or step == steps):
-            row = {
-                "step": step,
-                "epoch": step * cfg.batch_size / len(examples),
-                "lr": scheduler.get_last_lr()[0],
-                "tokens": tokens,
-            }
-            row.update({k: sum(v) / len(v) for k, v in window.items()})
-            log(row)
-            window, tokens = {}, 0
-        if ckpt is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
-            _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step)
+        if "loss" in row:
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if done % cfg.log_every == 0 or done == total:
+            if log is not None:
+                log({"step": done, **window_row(window)})
+            window = []
+        # on_step before the checkpoint: a run resumed from step k has had its evaluation at step k.
         if on_step is not None:
-            on_step(step, steps, accelerator.unwrap_model(model))
+            on_step(done, total, unwrap(loop.model))
+        if ckpt is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            _save_checkpoint(ckpt, loop, done, window, step)
     bar.close()
-    model = accelerator.unwrap_model(model)
+    model = unwrap(loop.model)
     model.eval()
     return model
 
@@ -252,24 +351,25 @@ def load_checkpoint(path: Path) -> dict:
             f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
             "the partial run is discarded, run the same command again to start it over"
         ) from None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not _KEYS <= state.keys():
         raise UserError(f"{path}: not a checkpoint of this suite; the partial run is discarded, run the command again")
     return state
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int) -> None:
+def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extra) -> None:
+    """Everything a resumed run needs to end exactly where an uninterrupted one ends, replaced atomically."""
+    state = {
+        "model": loop.accelerator.unwrap_model(loop.model).state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "step": step,
+        "window": window,  # rows logged since the last log row: a resumed window averages the same rows
+        "extra": extra.state_dict() if hasattr(extra, "state_dict") else {},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "step": step,
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
     # A small sidecar so the harness can tell the resume step without loading the weights.
-    (path.parent / "train_state.json").write_text(json.dumps({"step": step}))
+    records.atomic_write_json(path.parent / STATE_FILE, {"step": step})

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from bench.algorithms import ppo
 
+from bench.algorithms import ppo
 from bench.errors import UserError
 from bench.runner import RunSpec, execute
+from bench.train import CHECKPOINT, STATE_FILE, load_checkpoint
 
 TINY = ["task.scale=tiny"]
 
@@ -139,7 +140,10 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir
     with pytest.raises(KeyboardInterrupt):
         execute(spec, results=tmp_path / "resumed", cache_dir=cache_dir, echo=lambda _: None)
     partial = next((tmp_path / "resumed" / ".partial").iterdir())
-    assert json.loads((partial / "checkpoints" / "train_state.json").read_text()) == {"step": 2}
+    assert json.loads((partial / "checkpoints" / STATE_FILE).read_text()) == {"step": 2}
+    # PPO's own state (the KL weight, the score statistics) is in the shared loop's checkpoint, as plain data.
+    extra = load_checkpoint(partial / "checkpoints" / CHECKPOINT)["extra"]
+    assert set(extra) == {"kl_coef", "score_mean", "score_std"} and extra["kl_coef"] != 0.1
     monkeypatch.setattr(ppo, "sample", sample)
     messages = []
     resumed = execute(spec, results=tmp_path / "resumed", cache_dir=cache_dir, echo=messages.append)
@@ -160,5 +164,6 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir
         "loss/value",
         "loss",
     } <= set(log[0])
+    assert log[2]["objective/kl_coef"] == extra["kl_coef"]  # the weight update 3 used, restored on resume
     cost = json.loads((whole / "cost.json").read_text())
     assert cost["sampled_tokens"] == sum(row["sampled_tokens"] for row in log) > 0

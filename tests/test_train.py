@@ -1,4 +1,5 @@
-"""The shared training loop: determinism, resume, accumulation, warmup, failure paths."""
+"""The shared training loop, offline and online: determinism, resume, log windows, extra state, accumulation,
+warmup, failure paths."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import pytest
 import torch
 
 from bench.errors import UserError
-from bench.train import TrainConfig, example_order, make_optimizer, train_loop
+from bench.train import (
+    CHECKPOINT,
+    STATE_FILE,
+    TrainConfig,
+    example_order,
+    load_checkpoint,
+    train_loop,
+    train_online,
+    window_row,
+)
 
 X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
 Y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
@@ -76,26 +86,11 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
             checkpoint_dir=tmp_path,
             on_step=stop_at_7,
         )
-    assert json.loads((tmp_path / "train_state.json").read_text()) == {"step": 6}
+    assert json.loads((tmp_path / STATE_FILE).read_text()) == {"step": 6}
     resumed = train_loop(
         _model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, checkpoint_dir=tmp_path
     )
     torch.testing.assert_close(resumed.weight, full.weight, rtol=0, atol=0)
-
-
-def test_a_shared_optimizer_carries_its_state_across_calls():
-    # Full batches, so the two calls see the same data as the one long call.
-    cfg = dict(batch_size=len(X), warmup_steps=0, max_grad_norm=0)
-    one = train_loop(_model(), _examples(), _collate, _loss, _cfg(max_steps=6, **cfg), seed=0)
-    model = _model()
-    optimizer = make_optimizer(model.parameters(), _cfg(**cfg))
-    for _ in range(2):
-        model = train_loop(model, _examples(), _collate, _loss, _cfg(max_steps=3, **cfg), seed=0, optimizer=optimizer)
-    torch.testing.assert_close(model.weight, one.weight, rtol=1e-5, atol=1e-6)
-    fresh = _model()
-    for _ in range(2):  # a new optimizer per call restarts Adam's moments: a different trajectory
-        fresh = train_loop(fresh, _examples(), _collate, _loss, _cfg(max_steps=3, **cfg), seed=0)
-    assert not torch.allclose(fresh.weight, one.weight, rtol=1e-4, atol=1e-5)
 
 
 def test_warmup_is_linear_then_constant():
@@ -128,3 +123,119 @@ def test_bad_settings_are_user_errors():
         train_loop(_model(), _examples(), _collate, _loss, _cfg(batch_size=6, grad_accum=4), seed=0)
     with pytest.raises(UserError, match="adamw or rmsprop"):
         train_loop(_model(), _examples(), _collate, _loss, _cfg(optimizer="sgd"), seed=0)
+
+
+def test_a_resumed_window_logs_the_rows_of_an_uninterrupted_one(tmp_path):
+    # Checkpoints every 3 steps, logs every 4: the checkpoint at step 6 falls inside the window 5..8.
+    full = []
+    train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, log=full.append)
+
+    def stop_at_7(step, total, model):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    resumed = []
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(
+            _model(),
+            _examples(),
+            _collate,
+            _loss,
+            _cfg(checkpoint_every=3),
+            seed=0,
+            log=resumed.append,
+            checkpoint_dir=tmp_path,
+            on_step=stop_at_7,
+        )
+    train_loop(
+        _model(),
+        _examples(),
+        _collate,
+        _loss,
+        _cfg(checkpoint_every=3),
+        seed=0,
+        log=resumed.append,
+        checkpoint_dir=tmp_path,
+    )
+    assert resumed == full and [r["step"] for r in full] == [4, 8, 12]
+
+
+def test_window_rows_sum_counts_average_metrics_and_keep_the_last_position():
+    rows = [
+        {"loss": 1.0, "tokens": 10, "episodes": 4, "sampled_tokens": 7, "lr": 0.1, "epoch": 0.5},
+        {"loss": 2.0, "tokens": 5, "episodes": 4, "sampled_tokens": 3, "lr": 0.2, "epoch": 1.0, "kl": 6.0},
+    ]
+    assert window_row(rows) == {
+        "loss": 1.5,
+        "tokens": 15,
+        "episodes": 8,
+        "sampled_tokens": 10,
+        "lr": 0.2,
+        "epoch": 1.0,
+        "kl": 6.0,  # averaged over the rows that have it
+    }
+
+
+class Counting:
+    """An online step with extra state: each update is one minibatch epoch on the data, scaled by its own counter."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.scale, self.stop_at = 1.0, stop_at
+
+    def __call__(self, update, loop):
+        if update == self.stop_at:
+            raise KeyboardInterrupt
+        self.scale *= 1.5  # state the step carries from update to update, which a resume must restore
+
+        def loss(model, batch):
+            value, metrics = _loss(model, batch)
+            return self.scale * value, metrics
+
+        metrics = loop.minibatch_epochs(_examples(), _collate, loss, epochs=1, seed=update)
+        return {**metrics, "scale": self.scale, "episodes": len(X)}
+
+    def state_dict(self):
+        return {"scale": self.scale, "tensor": torch.tensor([self.scale])}
+
+    def load_state_dict(self, state):
+        assert torch.equal(state["tensor"], torch.tensor([state["scale"]]))
+        self.scale = state["scale"]
+
+
+def _online(step, tmp_path=None, rows=None):
+    cfg = _cfg(max_steps=0, log_every=2, checkpoint_every=3, warmup_steps=0, batch_size=16)
+    return train_online(
+        _model(), step, cfg, updates=7, seed=0, log=None if rows is None else rows.append, checkpoint_dir=tmp_path
+    )
+
+
+def test_an_online_step_resumes_with_its_extra_state_to_the_same_weights_and_log(tmp_path):
+    full_rows = []
+    full = _online(Counting(), rows=full_rows)
+    assert [r["step"] for r in full_rows] == [2, 4, 6, 7]
+    assert full_rows[0]["episodes"] == 2 * len(X)  # counts summed over the window
+    assert full_rows[0]["scale"] == (1.5 + 1.5**2) / 2  # the rest averaged
+    # Three minibatch steps of 16, 16 and 8 examples per update, all non-padding tokens counted: none here.
+    assert full_rows[0]["tokens"] == 0 and "grad_norm" in full_rows[0]
+
+    rows = []
+    with pytest.raises(KeyboardInterrupt):
+        _online(Counting(stop_at=3), tmp_path, rows)
+    assert json.loads((tmp_path / STATE_FILE).read_text()) == {"step": 3}
+    state = load_checkpoint(tmp_path / CHECKPOINT)  # tensors and plain data only: loads with weights_only=True
+    assert state["extra"]["scale"] == 1.5**3 and [row["scale"] for row in state["window"]] == [1.5**3]
+    resumed = _online(Counting(), tmp_path, rows)
+    torch.testing.assert_close(resumed.weight, full.weight, rtol=0, atol=0)
+    assert rows == full_rows
+
+
+def test_a_nan_loss_in_an_online_update_names_the_update():
+    def step(update, loop):
+        def loss(model, batch):
+            value, metrics = _loss(model, batch)
+            return value * (float("nan") if update == 2 else 1.0), metrics
+
+        return loop.minibatch_epochs(_examples(), _collate, loss, epochs=1, seed=update)
+
+    with pytest.raises(UserError, match="online: the loss became nan at step 3; lower train.lr"):
+        train_online(_model(), step, _cfg(warmup_steps=0), updates=5, seed=0, desc="online")
