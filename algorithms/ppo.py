@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench import seeds
 from bench.checks import at_least, between, non_negative, positive
 from bench.errors import UserError
 from bench.logprobs import collate, token_logps
@@ -315,7 +316,7 @@ class PPOStep:
             temperature=c.temperature,
             eos_token_id=tok.eos_token_id,
             pad_token_id=self.pad,
-            seed=ctx.seed * 1_000_003 + update,
+            seed=seeds.stream(ctx.seed, update),
             batch_size=len(queries),
         )
         # 2. Score the full completions.
@@ -355,7 +356,7 @@ class PPOStep:
             lambda idx: _minibatch(rollout, idx),
             self.loss,
             epochs=c.ppo_epochs,
-            seed=ctx.seed * 1_000_003 + update,
+            seed=seeds.stream(ctx.seed, update),
         )
 
         # 6. Steer the KL weight toward the target.

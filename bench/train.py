@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bench import records
+from bench import records, seeds
 from bench.checks import at_least, between, non_negative, one_of, positive, require
 from bench.device import mixed_precision
 from bench.errors import UserError
@@ -134,8 +134,7 @@ def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
     out: list[int] = []
     epoch, offset = divmod(start, n)
     while len(out) < count:
-        # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
-        generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
+        generator = torch.Generator().manual_seed(seeds.stream(seed, epoch))
         perm = torch.randperm(n, generator=generator).tolist()
         out.extend(perm[offset : offset + count - len(out)])
         epoch, offset = epoch + 1, 0
