@@ -40,7 +40,7 @@ import torch
 from bench import seeds
 from bench.checks import at_least, between, non_negative, positive
 from bench.errors import UserError
-from bench.logprobs import collate, token_logps
+from bench.logprobs import collate, pad_id, token_logps
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
@@ -290,7 +290,7 @@ class PPOStep:
         self.config, self.ctx, self.reward, self.prompts, self.loss = algo.config, ctx, reward, prompts, algo._loss
         tok = ctx.tokenizer
         self.prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.pad = pad_id(tok)
         self.max_new_tokens = self.config.max_new_tokens or ctx.generation.max_new_tokens
         self.kl_ctl = AdaptiveKLController(self.config.init_kl_coef, self.config.target_kl, self.config.kl_horizon)
         self.score_mean: float | None = None

@@ -303,7 +303,7 @@ class Context:
     """The Policy that fit() returned (set before evaluators run)."""
     generation: Generation | None = None
     on_step: Callable[[int, int, Any], None] | None = None
-    """Pass to bench.train.train_loop(on_step=...): the harness evaluates intermediate checkpoints."""
+    """Pass to bench.train.train_loop or train_online (on_step=...): the harness evaluates intermediate checkpoints."""
     eval_task: Any = None
     """The task whose prompts are evaluated when it is not `task` (--eval-task): judges take its prompt and rows."""
     implicit_reward: ImplicitReward = dpo_implicit_reward

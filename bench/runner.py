@@ -21,7 +21,7 @@ from bench import records, registry
 from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
-from bench.train import STATE_FILE
+from bench.train import CHECKPOINT, STATE_FILE
 
 RECORD_VERSION = 1
 """Bumped when the meaning of a run record changes, so old and new runs never share an id."""
@@ -354,7 +354,7 @@ def _record(
 
     partial = results / records.PARTIAL / r.name
     checkpoint_dir = partial / "checkpoints"
-    step = _resume_step(checkpoint_dir / STATE_FILE, echo)
+    step = _resume_step(checkpoint_dir, echo)
     if step is not None:
         echo(f"{r.name}: resuming from step {step}")
         for name in ("train_log.jsonl", "checkpoints.jsonl"):
@@ -395,9 +395,17 @@ def _record(
     return metrics
 
 
-def _resume_step(state: Path, echo: Callable[[str], None]) -> int | None:
-    """The step a partial run's checkpoint was taken at, or None (no checkpoint, or an unreadable one)."""
+def _resume_step(checkpoint_dir: Path, echo: Callable[[str], None]) -> int | None:
+    """The step a partial run's checkpoint was taken at, or None (no checkpoint, or an unusable one).
+
+    Both files must be there: a state file without the checkpoint it describes (e.g. left by an
+    older layout) would truncate the logs to a step that training then does not resume from.
+    """
+    state = checkpoint_dir / STATE_FILE
     if not state.exists():
+        return None
+    if not (checkpoint_dir / CHECKPOINT).exists():
+        echo(f"{state}: its checkpoint {CHECKPOINT} is missing; starting the run again")
         return None
     try:
         step = json.loads(state.read_text(encoding="utf-8"))["step"]

@@ -185,3 +185,14 @@ def test_a_tampered_gold_classifier_is_refused(cache_dir, tmp_path, good_record)
     before = seed_results(results, [good_record])
     code, _, err = bench_main([*DPO, "--results", results], cache)
     assert_user_error(code, err, "is not the file the task build wrote", results, before)
+
+
+def test_a_checkpoint_state_without_its_checkpoint_starts_the_run_again(cache_dir, tmp_path):
+    checkpoints = _partial_with_checkpoint(tmp_path, _name(DPO, cache_dir), {"step": 2})
+    (checkpoints / "train_state.pt").unlink()  # e.g. an older layout's checkpoint under another name
+    code, out, err = bench_main([*DPO, "--results", tmp_path], cache_dir)
+    assert code == 0, err
+    assert "is missing; starting the run again" in out
+    (record,) = [tmp_path / p for p in entries(tmp_path) if "/" not in p and not p.startswith(".")]
+    steps = [json.loads(line)["step"] for line in (record / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step logged twice
