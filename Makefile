@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 RESULTS ?= results
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ demo: setup
 	$(BENCH) table --task sentiment --results $(RESULTS)
 	$(BENCH) report --task sentiment --results $(RESULTS) --out reports/sentiment
 
-test: setup
+# Lint and format check (ruff, configured in pyproject.toml), then the suite.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(VENV)/bin/pytest -q tests
 
 # Speed comparisons against peers (TRL, transformers); ratios, never CI gates.
