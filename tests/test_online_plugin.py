@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY, run_cli
+from plugins import install
 
-HERE = Path(__file__).resolve().parent
 RLOO = [
     "run",
     "--algo",
@@ -51,26 +51,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> dict:
     """Both outside plugins pip-installed into their own directory, put on the path of the CLI only."""
-    site = tmp_path_factory.mktemp("plugin_site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(HERE / "plugin_online"),
-            str(HERE / "plugin_example"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return {"PYTHONPATH": str(site)}
+    return install(tmp_path_factory.mktemp("plugin_site"), "plugin_online", "plugin_example")
 
 
 @pytest.fixture(scope="module")

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import TINY, run_cli
-
-PLUGIN = Path(__file__).resolve().parent / "plugin_example"
+from plugins import install
 
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> dict:
     """The example plugin pip-installed into its own directory, put on the path of the CLI only."""
-    site = tmp_path_factory.mktemp("plugin_site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(PLUGIN),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return {"PYTHONPATH": str(site)}
+    return install(tmp_path_factory.mktemp("plugin_site"), "plugin_example")
 
 
 def test_plugin_is_listed(plugin_site, cache_dir):
