@@ -36,7 +36,8 @@ the default written in OPTIONAL when the plugin leaves the attribute out (or set
 
 Helpers a plugin may call, importable from here: `fit_on_pairs(ctx, loss)` trains ctx.policy
 on ctx.preferences with a pairwise loss (`PairLoss`, which receives a `PairForward`) and
-returns a Policy; `fit_on_demonstrations(ctx, examples)` is maximum likelihood on
+returns a Policy; an online algorithm hands its step (rollout -> score -> update) to
+`bench.train.train_online`; `fit_on_demonstrations(ctx, examples)` is maximum likelihood on
 {"prompt", "completion"} rows; `UserError` is the error a user can fix: the CLI prints its
 message as one line and exits with status 2, with no traceback and nothing half-written.
 """
