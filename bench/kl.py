@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from bench.logprobs import MAX_TOKENS, chunk_logits, chunked_map, scored_in_length_order, scored_states
+from bench.logprobs import AUTO, chunk_logits, chunked_map, scored_in_length_order, scored_states, vocab_size
 
 
 def sequence_kl(
@@ -31,7 +31,7 @@ def sequence_kl(
     pad_id: int,
     batch_size: int = 32,
     temperature: float = 1.0,
-    max_tokens: int | None = MAX_TOKENS,
+    max_tokens: int | None = AUTO,
 ) -> tuple[list[float], list[float]]:
     """Per-sequence (exact KL summed over generated tokens, Monte-Carlo log-ratio sum).
 
@@ -60,7 +60,7 @@ def sequence_kl(
 
 
 def _batch_kl(
-    policy, reference, batch: dict, temperature: float, max_tokens: int | None = MAX_TOKENS
+    policy, reference, batch: dict, temperature: float, max_tokens: int | None = AUTO
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (exact KL, log-ratio) sums [B] over completion tokens, `max_tokens` positions at a time."""
     device = next(policy.parameters()).device
@@ -85,7 +85,8 @@ def _batch_kl(
         ratio = (policy_logps.gather(-1, picked) - reference_logps.gather(-1, picked)).squeeze(-1)
         return kl, ratio
 
-    kl, ratio = chunked_map(per_token, (policy_states[rows, cols], reference_rows, labels), max_tokens)
+    scored = policy_states[rows, cols]
+    kl, ratio = chunked_map(per_token, (scored, reference_rows, labels), max_tokens, vocab_size(policy_head, scored))
     mask = completion.to(kl.dtype)
     per_token_kl = torch.zeros(completion.shape, dtype=kl.dtype, device=device).index_put((rows, cols), kl)
     per_token_ratio = torch.zeros(completion.shape, dtype=ratio.dtype, device=device).index_put((rows, cols), ratio)

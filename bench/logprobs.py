@@ -76,13 +76,15 @@ def collate(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
-MAX_TOKENS = 1024
-"""Default number of scored positions whose vocabulary-wide logits exist at once.
+MAX_LOGITS = 2**26
+"""Elements (positions x vocabulary) of the vocabulary-wide tensors one chunk may hold: 256 MB in float32.
 
-At a 49,152-token vocabulary one such float32 tensor is 1024 x 49152 x 4 bytes (about 200 MB); the
-exact KL holds a handful of them per chunk. Whole batches (batch x length x vocabulary) would grow
-without bound instead.
+That is 1,365 positions at a 49,152-token vocabulary and 16,384 at 4,096; the exact KL holds a handful
+of such tensors per chunk. Whole batches (batch x length x vocabulary) would grow without bound instead.
 """
+AUTO = 0
+"""`max_tokens=AUTO`: as many positions per chunk as MAX_LOGITS allows at the model's vocabulary size."""
+
 
 # Architectures whose logits are exactly `get_output_embeddings()(base_model(...).last_hidden_state)`: no
 # soft-capping (Gemma 2), logit scale (Cohere) or logit divide (Granite) after the head. Others fall back to
@@ -171,29 +173,41 @@ def chunked_logps_entropy(
     head: Callable[[torch.Tensor], torch.Tensor] | None,
     labels: torch.Tensor,
     temperature: float = 1.0,
-    max_tokens: int | None = MAX_TOKENS,
+    max_tokens: int | None = AUTO,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each label, entropy without gradient) [N] of `head(states) / temperature`, per chunk of positions.
 
     states [N, D] are hidden states for `head`, or logits already when head is None; labels [N].
     """
-    fn = partial(_picked_logps_entropy, head or _identity, temperature)
-    return chunked_map(fn, (states, labels), max_tokens)
+    head = head or _identity
+    fn = partial(_picked_logps_entropy, head, temperature)
+    return chunked_map(fn, (states, labels), max_tokens, vocab_size(head, states))
 
 
-def chunked_map(fn: Callable, tensors: tuple[torch.Tensor, ...], max_tokens: int | None) -> tuple:
+def vocab_size(head, states: torch.Tensor) -> int:
+    """The width of `head(states)`: the output projection's rows, or the states' own width when they are logits."""
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(states.shape[-1])
+
+
+def chunked_map(fn: Callable, tensors: tuple[torch.Tensor, ...], max_tokens: int | None, vocab: int = 1) -> tuple:
     """`fn(*(t[i:j] for t in tensors))` over chunks of at most `max_tokens` rows, concatenated row-wise.
 
     The tensors share their first dimension (one row per scored position); fn returns a tensor or a
-    tuple of tensors with one value per row. With gradients on, each chunk runs under activation
+    tuple of tensors with one value per row. max_tokens AUTO takes MAX_LOGITS // vocab rows a chunk,
+    None all rows at once. With gradients on and more than one chunk, each chunk runs under activation
     checkpointing: the forward keeps none of a chunk's vocabulary-wide tensors (only its inputs) and
-    the backward recomputes them one chunk at a time, so memory does not grow with the number of chunks.
+    the backward recomputes them one chunk at a time, so memory does not grow with the number of chunks;
+    a batch that fits one chunk is not recomputed (no memory to save, only time to lose).
     """
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1 (or None for one chunk), got {max_tokens}")
+    if max_tokens is not None and max_tokens < 0:
+        raise ValueError(f"max_tokens must be at least 1 (0: by MAX_LOGITS, None: one chunk), got {max_tokens}")
     n = tensors[0].shape[0]
-    size = max(n, 1) if max_tokens is None else max_tokens
-    checkpointed = torch.is_grad_enabled()
+    if max_tokens is None:
+        size = max(n, 1)
+    else:
+        size = max_tokens or max(1, MAX_LOGITS // max(vocab, 1))
+    checkpointed = torch.is_grad_enabled() and n > size
     parts = []
     for i in range(0, max(n, 1), size):  # no rows: one empty chunk still gives the right dtypes and device
         args = tuple(t[i : i + size] for t in tensors)
@@ -216,7 +230,7 @@ def scored_logits(model, batch: dict, temperature: float = 1.0) -> tuple[torch.T
 
 
 def token_logps(
-    model, batch: dict, temperature: float = 1.0, max_tokens: int | None = MAX_TOKENS
+    model, batch: dict, temperature: float = 1.0, max_tokens: int | None = AUTO
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of each realised next token and the completion mask, both [B, T-1].
 
@@ -228,13 +242,15 @@ def token_logps(
     states, head, start = scored_states(model, batch)
     rows, cols = mask[:, start:].nonzero(as_tuple=True)
     labels = batch["input_ids"][:, start + 1 :][rows, cols]
-    (picked,) = chunked_map(partial(_picked_logps, head, temperature), (states[rows, cols], labels), max_tokens)
+    scored = states[rows, cols]
+    fn = partial(_picked_logps, head, temperature)
+    (picked,) = chunked_map(fn, (scored, labels), max_tokens, vocab_size(head, scored))
     logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
     logps = logps.index_put((rows, cols + start), picked)
     return logps, mask
 
 
-def sequence_logps(model, batch: dict, max_tokens: int | None = MAX_TOKENS) -> torch.Tensor:
+def sequence_logps(model, batch: dict, max_tokens: int | None = AUTO) -> torch.Tensor:
     """log pi(y|x) per row [B]: the sum of completion-token log-probs (the DPO paper's quantity)."""
     logps, _ = token_logps(model, batch, max_tokens=max_tokens)
     return logps.sum(-1)
@@ -251,7 +267,7 @@ def collate_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def concatenated_forward(model, batch: dict, max_tokens: int | None = MAX_TOKENS) -> dict[str, torch.Tensor]:
+def concatenated_forward(model, batch: dict, max_tokens: int | None = AUTO) -> dict[str, torch.Tensor]:
     """Score chosen and rejected rows of a `collate_pairs` batch in one forward pass.
 
     Returns chosen_logps and rejected_logps [B] (sums over completion tokens) and the per-token

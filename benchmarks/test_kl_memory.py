@@ -4,7 +4,7 @@ Each measurement runs in a fresh interpreter and reports its peak resident set s
 (resource.getrusage), so one setting's allocations cannot hide another's. The model is a 2-layer
 Llama of width 64 built from a config, so the vocabulary-wide tensors dominate: with whole-batch
 logits the policy's and the reference's [B, T, V] float32 logits, log-softmaxes and their product
-all exist together; chunked, only `MAX_TOKENS` positions' worth at a time, whatever the batch. The ratio
+all exist together; chunked (max_tokens=AUTO), only MAX_LOGITS elements' worth at a time, whatever the batch. The ratio
 printed (whole-batch / chunked growth) rises with rows x length; nothing asserts a size or a time. Run with
 `make bench` or
     pytest benchmarks/test_kl_memory.py --benchmark-enable -s
@@ -55,10 +55,11 @@ def _measure(max_tokens) -> dict:
 
 
 def test_sequence_kl_peak_rss_chunked_vs_whole_batch(benchmark):
-    from bench.logprobs import MAX_TOKENS
+    from bench.logprobs import AUTO, MAX_LOGITS
 
+    positions = MAX_LOGITS // VOCAB
     whole = _measure(None)
-    chunked = benchmark.pedantic(_measure, args=(MAX_TOKENS,), rounds=1, iterations=1)
+    chunked = benchmark.pedantic(_measure, args=(AUTO,), rounds=1, iterations=1)
     # Growth over what the interpreter, torch and both models already held before scoring.
     grown = {name: r["peak_mib"] - r["baseline_mib"] for name, r in (("whole", whole), ("chunked", chunked))}
     benchmark.extra_info.update(
@@ -67,12 +68,12 @@ def test_sequence_kl_peak_rss_chunked_vs_whole_batch(benchmark):
             "chunked_peak_mib": chunked["peak_mib"],
             "whole_batch_growth_mib": grown["whole"],
             "chunked_growth_mib": grown["chunked"],
-            "max_tokens": MAX_TOKENS,
+            "positions_per_chunk": positions,
         }
     )
     print(
         f"\nsequence_kl, vocab {VOCAB}, {ROWS} x {PROMPT_TOKENS + COMPLETION_TOKENS} tokens: peak RSS whole-batch "
-        f"{whole['peak_mib']:.0f} MiB (+{grown['whole']:.0f} while scoring), chunked by {MAX_TOKENS} "
+        f"{whole['peak_mib']:.0f} MiB (+{grown['whole']:.0f} while scoring), chunked by {positions} positions "
         f"{chunked['peak_mib']:.0f} MiB (+{grown['chunked']:.0f}); growth ratio whole / chunked "
         f"{grown['whole'] / max(grown['chunked'], 1.0):.1f}"
     )

@@ -206,8 +206,9 @@ def test_saved_activations_do_not_grow_with_the_number_of_chunks():
     chunked = saved_elements(lambda: token_logps(model, batch, max_tokens=2))
     # Checkpointed chunks keep only their inputs: the same whatever the chunk size, and no logits.
     assert chunked == saved_elements(lambda: token_logps(model, batch, max_tokens=7))
-    assert chunked == saved_elements(lambda: token_logps(model, batch, max_tokens=None))
     assert saved_elements(lambda: _full_token_logps(model, batch)) - chunked >= n_scored * 2048
+    # A batch that fits one chunk is not recomputed: it keeps its logits for backward, as before chunking.
+    assert saved_elements(lambda: token_logps(model, batch, max_tokens=None)) - chunked >= n_scored * 2048
 
 
 @pytest.mark.parametrize("arch", MODELS)
@@ -224,3 +225,15 @@ def test_lora_wrapped_models_split_and_match_their_own_forward(arch):
         with wrapped.disable_adapter():
             assert not torch.allclose(_full_token_logps(wrapped, batch), want, atol=1e-3)  # the adapter matters
     torch.testing.assert_close(token_logps(wrapped, batch, max_tokens=3)[0].detach(), want, atol=1e-5, rtol=0)
+
+
+def test_auto_chunks_hold_at_most_max_logits_elements(monkeypatch):
+    from bench import logprobs
+
+    monkeypatch.setattr(logprobs, "MAX_LOGITS", 10 * 64)
+    sizes = []
+    (out,) = logprobs.chunked_map(lambda x: (sizes.append(len(x)), x * 2)[1], (torch.arange(25.0),), logprobs.AUTO, 64)
+    assert sizes == [10, 10, 5] and torch.equal(out, torch.arange(25.0) * 2)
+    sizes.clear()
+    logprobs.chunked_map(lambda x: (sizes.append(len(x)), x)[1], (torch.arange(25.0),), None, 64)
+    assert sizes == [25]
