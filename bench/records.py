@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.errors import UserError
-from bench.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl  # noqa: F401  (moving to bench.io)
+from bench.io import atomic_write_text
 
 COMPLETE = "COMPLETE"
 PARTIAL = ".partial"

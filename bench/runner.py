@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from bench import config as cfg
 from bench import data as rows
-from bench import records, registry
+from bench import io as bench_io
+from bench import records, registry, seeds
 from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
@@ -363,7 +364,7 @@ def _record(
         records.discard(partial)
     try:
         partial.mkdir(parents=True, exist_ok=True)
-        records.atomic_write_json(
+        bench_io.atomic_write_json(
             partial / "config.json",
             {
                 "run_id": r.run_id,
@@ -380,8 +381,8 @@ def _record(
         labels = len(data["preferences"]) if optional(r.algo_cls, "algorithm", "uses_preferences") else 0
         cost = {"wall_time_s": {"build": t_build}, "preference_labels": labels}
         metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
-        records.atomic_write_json(partial / "metrics.json", metrics)
-        records.atomic_write_json(partial / "cost.json", cost)
+        bench_io.atomic_write_json(partial / "metrics.json", metrics)
+        bench_io.atomic_write_json(partial / "cost.json", cost)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         records.publish(partial, results / r.name)
     except UserError:
@@ -420,8 +421,8 @@ def _resume_step(checkpoint_dir: Path, echo: Callable[[str], None]) -> int | Non
 def _truncate_log(path: Path, step: int) -> None:
     """On resume, drop log rows written after the checkpoint we restart from."""
     if path.exists():
-        keep = [row for row in records.read_jsonl(path) if row.get("step", 0) <= step]
-        records.write_jsonl(path, keep)
+        keep = [row for row in bench_io.read_jsonl(path) if row.get("step", 0) <= step]
+        bench_io.write_jsonl(path, keep)
 
 
 def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Path, cost: dict) -> dict:
@@ -435,11 +436,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     points_path = run_dir / "checkpoints.jsonl"
     prompts = [row["prompt"] for row in data["eval_prompts"]]
     # Evaluation sampling gets its own seed stream, independent of training's.
-    eval_seed = r.seed + 1_000_003
-
-    def append(path: Path, row: dict) -> None:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+    eval_seed = r.seed + seeds.EVALUATION
 
     torch.manual_seed(r.seed)
     policy, tokenizer = r.task.load_policy()
@@ -460,7 +457,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         reference=reference.to(dev),
         train=r.train,
         seed=r.seed,
-        log=lambda row: append(log_path, row),
+        log=lambda row: bench_io.append_jsonl(log_path, row),
         checkpoint_dir=checkpoint_dir,
         cache_dir=r.cache_dir,
         sft_examples=data["sft"],
@@ -494,7 +491,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
             point = eval_ctx(dataclasses.replace(ctx, trained=ModelPolicy(model, tokenizer)))
             samples = point.trained.sample(prompts, r.generation, seed=eval_seed)
             metrics = _evaluate(r.evaluators, samples, point, at_checkpoint=True)
-            append(points_path, {"step": step, "total_steps": total, "metrics": metrics})
+            bench_io.append_jsonl(points_path, {"step": step, "total_steps": total, "metrics": metrics})
             model.train()
 
     ctx.on_step = on_step
@@ -516,7 +513,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     metrics.update(optional(trained, "policy", "fit_metrics"))
     cost["wall_time_s"]["evaluate"] = time.time() - t0
 
-    log_rows = records.read_jsonl(log_path) if log_path.exists() else []
+    log_rows = bench_io.read_jsonl(log_path) if log_path.exists() else []
     cost["train_tokens"] = sum(row.get("tokens", 0) for row in log_rows)
     cost["sampled_tokens"] = sum(row.get("sampled_tokens", 0) for row in log_rows)
     model = optional(trained, "policy", "model")
@@ -526,9 +523,9 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         # The usual estimate: forward + backward ~ 6 FLOPs per parameter per trained token.
         cost["train_flops"] = 6 * n_params * cost["train_tokens"]
     final = {"step": max([row.get("step", 0) for row in log_rows] or [0]), "metrics": metrics, "final": True}
-    append(points_path, {**final, "total_steps": final["step"]})
+    bench_io.append_jsonl(points_path, {**final, "total_steps": final["step"]})
 
-    records.write_jsonl(
+    bench_io.write_jsonl(
         run_dir / "samples.jsonl",
         (
             {

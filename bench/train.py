@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bench import records, seeds
+from bench import io as bench_io
+from bench import seeds
 from bench.checks import at_least, between, non_negative, one_of, positive, require
 from bench.device import mixed_precision
 from bench.errors import UserError
@@ -371,4 +372,4 @@ def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extr
     torch.save(state, tmp)
     os.replace(tmp, path)
     # A small sidecar so the harness can tell the resume step without loading the weights.
-    records.atomic_write_json(path.parent / STATE_FILE, {"step": step})
+    bench_io.atomic_write_json(path.parent / STATE_FILE, {"step": step})

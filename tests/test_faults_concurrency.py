@@ -53,7 +53,7 @@ RECORD_FILES = ("metrics.json", "train_log.jsonl", "samples.jsonl", "checkpoints
 KILL_AT = r"""
 import os, signal, sys
 moment = sys.argv[1]
-from bench import records, runner, train
+from bench import io, runner, train
 
 def kill():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -77,9 +77,9 @@ elif moment == "evaluate":  # the final policy sampled, its evaluation under way
         return evaluate(*a, **k)
     runner._evaluate = killed
 elif moment == "samples":  # samples.jsonl written, the record not yet published
-    after(records, "write_jsonl", lambda path, rows: path.name == "samples.jsonl")
+    after(io, "write_jsonl", lambda path, rows: path.name == "samples.jsonl")
 elif moment == "metrics":  # metrics.json written, cost.json and COMPLETE not
-    after(records, "atomic_write_json", lambda path, obj: path.name == "metrics.json")
+    after(io, "atomic_write_json", lambda path, obj: path.name == "metrics.json")
 from bench.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from faults import assert_user_error, bench_main, seed_results
 
+from bench import io as bench_io
 from bench import records
 
 BAD = "sentiment-sft-000000000bad"
@@ -381,9 +382,9 @@ def test_load_record_returns_every_file_of_a_valid_record(good_record):
     written = json.loads((good_record / "config.json").read_text())
     assert record.dir == good_record and record.record == written and record.config == written["config"]
     assert record.metrics == json.loads((good_record / "metrics.json").read_text())
-    assert record.samples == records.read_jsonl(good_record / "samples.jsonl") and record.samples
-    assert record.checkpoints == records.read_jsonl(good_record / "checkpoints.jsonl")
-    assert record.train_log == records.read_jsonl(good_record / "train_log.jsonl")
+    assert record.samples == bench_io.read_jsonl(good_record / "samples.jsonl") and record.samples
+    assert record.checkpoints == bench_io.read_jsonl(good_record / "checkpoints.jsonl")
+    assert record.train_log == bench_io.read_jsonl(good_record / "train_log.jsonl")
     assert record.cost == json.loads((good_record / "cost.json").read_text())
     # Checked but not kept, for readers of aggregates only.
     assert records.load_record(good_record, keep_samples=False).samples is None

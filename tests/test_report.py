@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from bench import io as bench_io
 from bench import records
 from bench.cli import main
 from bench.report import build, write_report
@@ -52,7 +53,7 @@ def fake_run(
     }
     name = records.run_name(task, algo, hashlib.sha256(json.dumps([algo, seed, setting]).encode()).hexdigest()[:12])
     d = results / name
-    records.atomic_write_json(
+    bench_io.atomic_write_json(
         d / "config.json",
         {"run_id": name[-12:], "name": name, "config": config, "git_revision": "0123abc", "versions": {}},
     )
@@ -77,14 +78,14 @@ def fake_run(
             "higher_is_better": True,
             "evaluator": "judge",
         }
-    records.write_jsonl(d / "samples.jsonl", samples)
+    bench_io.write_jsonl(d / "samples.jsonl", samples)
     for key in ("gold_reward", "kl", "length"):
         metrics[key] = {
             **mean_se([s[key] for s in samples]),
             "higher_is_better": key == "gold_reward",
             "evaluator": key,
         }
-    records.atomic_write_json(d / "metrics.json", metrics)
+    bench_io.atomic_write_json(d / "metrics.json", metrics)
     rows = [
         {
             "step": 10 * (j + 1),
@@ -101,13 +102,13 @@ def fake_run(
             "metrics": metrics,
         }
     )
-    records.write_jsonl(d / "checkpoints.jsonl", rows)
-    records.write_jsonl(
+    bench_io.write_jsonl(d / "checkpoints.jsonl", rows)
+    bench_io.write_jsonl(
         d / "train_log.jsonl",
         log
         or [{"step": s, "epoch": s / 10, "lr": 1e-4, "loss": 1.0 / s, "rewards/margins": 0.1 * s} for s in (1, 2, 3)],
     )
-    records.atomic_write_json(
+    bench_io.atomic_write_json(
         d / "cost.json", cost or {"wall_time_s": {"build": 1.0, "fit": 2.0}, "preference_labels": 100}
     )
     if complete:
@@ -225,7 +226,7 @@ def test_pairwise_decisions_match_a_direct_paired_test(tmp_path):
     # The same numbers as a paired test on per-prompt values averaged over the two seeds.
     runs = {}
     for d in records.complete_runs(tmp_path):
-        rows = records.read_jsonl(d / "samples.jsonl")
+        rows = bench_io.read_jsonl(d / "samples.jsonl")
         algo = d.name.split("-")[1] if not d.name.startswith("sentiment-preferred") else "preferred-ft"
         runs.setdefault(algo, []).append(np.array([r["gold_reward"] for r in rows]))
     direct = paired_difference(np.mean(runs["dpo"], axis=0), np.mean(runs["sft"], axis=0), seed=0)

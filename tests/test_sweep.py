@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import io as bench_io
 from bench import records, registry, runner, sweep
 from bench.cli import main
 from bench.errors import UserError
@@ -59,11 +60,11 @@ def fake_execute(spec, results, cache_dir, echo=print, wait=True):
     partial = Path(results) / records.PARTIAL / r.name
     # The command the spec carries, as runner.execute records it; None if the sweep handed over none.
     command = shlex.join(spec.command) if spec.command else None
-    records.atomic_write_json(
+    bench_io.atomic_write_json(
         partial / "config.json",
         {"run_id": r.run_id, "name": r.name, "config": r.record, "command": command},
     )
-    records.atomic_write_json(partial / "metrics.json", {"gold_reward": {"mean": 0.5, "se": 0.1, "n": 4}})
+    bench_io.atomic_write_json(partial / "metrics.json", {"gold_reward": {"mean": 0.5, "se": 0.1, "n": 4}})
     records.publish(partial, final)
     echo(f"{r.name}: done")
     return final
@@ -315,7 +316,7 @@ def test_real_tiny_sweep_then_report(tmp_path, cache_dir, capsys):
     assert main(args) == 0
     assert "3 runs, 0 complete (skipped), 3 to run" in capsys.readouterr().out
     runs = records.complete_runs(results)
-    assert len(runs) == 3 and all(len(records.read_jsonl(r / "checkpoints.jsonl")) == 2 for r in runs)
+    assert len(runs) == 3 and all(len(bench_io.read_jsonl(r / "checkpoints.jsonl")) == 2 for r in runs)
     # The real runner records the equivalent `bench run` command of each run, not the sweep's command line.
     commands = {json.loads((r / "config.json").read_text())["command"] for r in runs}
     assert (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import records
+from bench import io as bench_io
 from bench.stats import ci95_halfwidth
 from bench.table import groups, load_runs, markdown, metric_names
 
@@ -21,8 +21,8 @@ def _record(results, name, algo, seed, metrics, beta=0.1, complete=True):
         "data": {},
         "seed": seed,
     }
-    records.atomic_write_json(d / "config.json", {"config": config})
-    records.atomic_write_json(d / "metrics.json", metrics)
+    bench_io.atomic_write_json(d / "config.json", {"config": config})
+    bench_io.atomic_write_json(d / "metrics.json", metrics)
     if complete:
         (d / "COMPLETE").write_text("")
 
