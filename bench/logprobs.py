@@ -37,6 +37,13 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def context_length(model) -> int | None:
+    """The model's context window in tokens (Llama-style max_position_embeddings or GPT-2's n_positions), or None."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return context if isinstance(context, int) else None
+
+
 def encode(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bool = False) -> Encoded:
     """Tokenize prompt and completion separately and concatenate them: (ids, n_prompt_tokens).
 

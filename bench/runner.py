@@ -22,6 +22,7 @@ from bench import records, registry, seeds
 from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
+from bench.logprobs import context_length
 from bench.train import CHECKPOINT, STATE_FILE
 
 RECORD_VERSION = 1
@@ -191,9 +192,8 @@ def check_context(model, tokenizer, train, generation, prompts: list[str]) -> No
     """Lengths that must fit the policy's context window, known once it is loaded: train.max_length and the
     longest evaluation prompt plus eval.max_new_tokens. Past the window a model indexes beyond its position
     table (an IndexError, or a device assert on GPU), so this is one line naming the setting instead."""
-    config = getattr(model, "config", None)
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(context, int) or context < 2:
+    context = context_length(model)
+    if context is None or context < 2:
         return  # no fixed window to fit
     if train.max_length > context:
         raise UserError(

@@ -316,8 +316,10 @@ def policy_stage(
     fine-tune) or, with train=False, to take as it is; `name` describes it in the summary.
     Returns (model in eval mode, summary line).
     """
+    from bench.logprobs import context_length
+
     eos = tokenizer.eos_token_id
-    context = getattr(model.config, "max_position_embeddings", None) or 10**9
+    context = context_length(model) or 10**9
     if max(cfg.lm_window, cfg.max_prefix_tokens + cfg.max_new_tokens) > context:
         raise UserError(
             f"task {task}: the model's context is {context} tokens; lower task.lm_window, "
