@@ -40,7 +40,7 @@ import torch
 from bench import seeds
 from bench.checks import at_least, between, non_negative, positive
 from bench.errors import UserError
-from bench.logprobs import collate, pad_id, token_logps
+from bench.logprobs import chunked_logps_entropy, collate, pad_id, split_head, token_logps
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
@@ -154,19 +154,31 @@ class PolicyWithValue(torch.nn.Module):
         self.temperature = temperature
 
     def forward(self, batch: dict):
-        """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts t+1)."""
-        out = self.policy(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            use_cache=False,
-            output_hidden_states=True,
-        )
-        logits = out.logits[:, :-1].float() / self.temperature
-        log_z = torch.logsumexp(logits, dim=-1)
-        logps = logits.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) - log_z
-        with torch.no_grad():  # a logged metric, not part of the loss: no graph for a [B, T, V] product
-            entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-        values = self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1)
+        """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts t+1).
+
+        The output projection runs on a bounded number of positions at a time (bench.logprobs.chunked_map), so no
+        [B, T, V] logits tensor exists for models that `split_head` splits; others fall back to their full logits.
+        """
+        split = split_head(self.policy)
+        if split is None:
+            out = self.policy(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+                output_hidden_states=True,
+            )
+            hidden, states, head = out.hidden_states[-1][:, :-1], out.logits[:, :-1], None
+        else:
+            backbone, head = split
+            hidden = backbone(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).last_hidden_state[:, :-1]
+            states = hidden
+        B, T = states.shape[:2]
+        labels = batch["input_ids"][:, 1:].reshape(B * T)
+        logps, entropy = chunked_logps_entropy(states.reshape(B * T, -1), head, labels, self.temperature)
+        logps, entropy = logps.view(B, T), entropy.view(B, T)
+        values = self.value_head(hidden.float()).squeeze(-1)
         return logps, entropy, values
 
 

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from bench.logprobs import scored_in_length_order, scored_logits
+from bench.logprobs import AUTO, chunk_logits, chunked_map, scored_in_length_order, scored_states, vocab_size
 
 
 def sequence_kl(
@@ -31,11 +31,14 @@ def sequence_kl(
     pad_id: int,
     batch_size: int = 32,
     temperature: float = 1.0,
+    max_tokens: int | None = AUTO,
 ) -> tuple[list[float], list[float]]:
     """Per-sequence (exact KL summed over generated tokens, Monte-Carlo log-ratio sum).
 
     Both models score `logits / temperature`: the distribution the completions were sampled
-    from. An empty completion has KL 0. Sequences are batched in length order with right padding.
+    from. An empty completion has KL 0. Sequences are batched in length order with right padding;
+    both models' vocabulary-wide logits exist for at most `max_tokens` positions at a time (None: a
+    whole batch at once).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"sequence_kl: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -47,22 +50,46 @@ def sequence_kl(
         raise ValueError("sequence_kl: every prompt needs at least one token")
     encoded = [(p + c, len(p)) for p, c in zip(prompt_ids, completion_ids)]
     scores = scored_in_length_order(
-        [policy, reference], encoded, pad_id, batch_size, lambda b: _batch_kl(policy, reference, b, temperature)
+        [policy, reference],
+        encoded,
+        pad_id,
+        batch_size,
+        lambda b: _batch_kl(policy, reference, b, temperature, max_tokens),
     )
     return [k for k, _ in scores], [r for _, r in scores]
 
 
-def _batch_kl(policy, reference, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_kl(
+    policy, reference, batch: dict, temperature: float, max_tokens: int | None = AUTO
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (exact KL, log-ratio) sums [B] over completion tokens, `max_tokens` positions at a time."""
     device = next(policy.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    policy_logits, start = scored_logits(policy, batch, temperature)
-    policy_logps = torch.log_softmax(policy_logits, dim=-1)
-    reference_batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
-    reference_logps = torch.log_softmax(scored_logits(reference, reference_batch, temperature)[0], dim=-1).to(device)
-    mask = batch["completion_mask"][:, start + 1 :].to(policy_logps.dtype)
-    per_token_kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
-    labels = batch["input_ids"][:, start + 1 :].unsqueeze(-1)
-    per_token_ratio = (policy_logps.gather(-1, labels) - reference_logps.gather(-1, labels)).squeeze(-1)
+    policy_states, policy_head, start = scored_states(policy, batch)
+    reference_device = next(reference.parameters()).device
+    reference_states, reference_head, _ = scored_states(
+        reference, {k: v.to(reference_device) for k, v in batch.items()}
+    )
+    completion = batch["completion_mask"][:, start + 1 :]
+    rows, cols = completion.nonzero(as_tuple=True)
+    labels = batch["input_ids"][:, start + 1 :][rows, cols]
+    # The reference's states stay on its device; each chunk's logits come back to the policy's.
+    reference_rows = reference_states[rows.to(reference_device), cols.to(reference_device)]
+
+    def per_token(states: torch.Tensor, reference_states: torch.Tensor, labels: torch.Tensor) -> tuple:
+        policy_logps = torch.log_softmax(chunk_logits(policy_head, states, temperature), dim=-1)
+        reference_logits = chunk_logits(reference_head, reference_states, temperature)
+        reference_logps = torch.log_softmax(reference_logits, dim=-1).to(device)
+        kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
+        picked = labels.unsqueeze(-1)
+        ratio = (policy_logps.gather(-1, picked) - reference_logps.gather(-1, picked)).squeeze(-1)
+        return kl, ratio
+
+    scored = policy_states[rows, cols]
+    kl, ratio = chunked_map(per_token, (scored, reference_rows, labels), max_tokens, vocab_size(policy_head, scored))
+    mask = completion.to(kl.dtype)
+    per_token_kl = torch.zeros(completion.shape, dtype=kl.dtype, device=device).index_put((rows, cols), kl)
+    per_token_ratio = torch.zeros(completion.shape, dtype=ratio.dtype, device=device).index_put((rows, cols), ratio)
     return (per_token_kl * mask).sum(-1).cpu(), (per_token_ratio * mask).sum(-1).cpu()
 
 

@@ -6,9 +6,9 @@ out. This module computes it once for everybody:
 
 - `encode` tokenizes prompt and completion separately, so the prompt/completion boundary is
   exact, and truncates to a length budget.
-- `collate` right-pads to the longest row of the batch only; `scored_logits` (under
-  `token_logps` and the KL estimators) skips the output projection for the leading prompt
-  columns no row scores.
+- `collate` right-pads to the longest row of the batch only; `token_logps` applies the output
+  projection only at completion positions, at most `max_tokens` of them at a time, so memory stays
+  flat in batch size, length and vocabulary (the KL estimators in bench.kl do the same).
 - `collate_pairs` / `concatenated_forward` score chosen and rejected in ONE forward pass.
 - `dataset_logps` / `cached_dataset_logps` score a whole data set without gradients, in
   length-sorted batches, and store the reference model's result on disk so it is computed once
@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from array import array
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from bench.io import atomic_write_bytes
@@ -80,51 +83,183 @@ def collate(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
+MAX_LOGITS = 2**26
+"""Elements (positions x vocabulary) of the vocabulary-wide tensors one chunk may hold: 256 MB in float32.
+
+That is 1,365 positions at a 49,152-token vocabulary and 16,384 at 4,096; the exact KL holds a handful
+of such tensors per chunk. Whole batches (batch x length x vocabulary) would grow without bound instead.
+"""
+AUTO = 0
+"""`max_tokens=AUTO`: as many positions per chunk as MAX_LOGITS allows at the model's vocabulary size."""
+
+
+# Architectures whose logits are exactly `get_output_embeddings()(base_model(...).last_hidden_state)`: no
+# soft-capping (Gemma 2), logit scale (Cohere) or logit divide (Granite) after the head. Others fall back to
+# the model's own full logits, still reduced one chunk at a time.
+_PLAIN_HEAD = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"})
+
+
+def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(backbone, head) with `logits == head(backbone(...).last_hidden_state)`, or None where that is not known.
+
+    A LoRA-wrapped (peft) model splits like the model it wraps: its adapters sit inside those modules. Prompt
+    learning adapters (prefix or prompt tuning) change the inputs instead, so those models do not split.
+    """
+    peft = sys.modules.get("peft")  # never imported here: a model that is peft-wrapped has imported it already
+    if peft is not None and isinstance(model, peft.PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None
+        model = model.get_base_model()
+    transformers = sys.modules.get("transformers")  # likewise: a Hugging Face model has imported it
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return None
+    if getattr(model.config, "model_type", None) not in _PLAIN_HEAD:
+        return None
+    backbone, head = model.base_model, model.get_output_embeddings()
+    if backbone is model or head is None:
+        return None
+    return backbone, head
+
+
+def scored_states(model, batch: dict) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], int]:
+    """What the scored columns' next-token logits are computed from, without materialising them all.
+
+    Returns (states [B, T-1-start, D], head, start): `head(states[:, j])` is the logits predicting token
+    start + j + 1 (in the model's dtype). For models that `split_head` splits, states are the final hidden
+    states and head the output projection; otherwise states are the model's logits and head the identity.
+    """
+    input_ids = batch["input_ids"]
+    start = _first_scored(batch)
+    split = split_head(model)
+    if split is None:
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+            logits_to_keep=input_ids.shape[1] - start,
+        ).logits
+        return logits[:, :-1], _identity, start
+    backbone, head = split
+    hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    return hidden[:, start:-1], head, start
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _first_scored(batch: dict) -> int:
+    """The first column whose next token any row scores: leading all-prompt columns need no logits."""
+    scored = batch["completion_mask"][:, 1:].any(0)
+    return int(scored.int().argmax()) if scored.any() else max(scored.shape[0] - 1, 0)
+
+
+def chunk_logits(head, states: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 logits / temperature of one chunk of states [N, D] -> [N, V]."""
+    logits = head(states).float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _picked_logps(head, temperature: float, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = chunk_logits(head, states, temperature)
+    # gather - logsumexp instead of log_softmax(...).gather: never holds a second [N, V] tensor.
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _picked_logps_entropy(head, temperature: float, states: torch.Tensor, labels: torch.Tensor):
+    logits = chunk_logits(head, states, temperature)
+    log_z = torch.logsumexp(logits, dim=-1)
+    logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_z
+    with torch.no_grad():  # a logged metric, not part of any loss: no graph for a second [N, V] product
+        entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logps, entropy
+
+
+def chunked_logps_entropy(
+    states: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor] | None,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    max_tokens: int | None = AUTO,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each label, entropy without gradient) [N] of `head(states) / temperature`, per chunk of positions.
+
+    states [N, D] are hidden states for `head`, or logits already when head is None; labels [N].
+    """
+    head = head or _identity
+    fn = partial(_picked_logps_entropy, head, temperature)
+    return chunked_map(fn, (states, labels), max_tokens, vocab_size(head, states))
+
+
+def vocab_size(head, states: torch.Tensor) -> int:
+    """The width of `head(states)`: the output projection's rows, or the states' own width when they are logits."""
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(states.shape[-1])
+
+
+def chunked_map(fn: Callable, tensors: tuple[torch.Tensor, ...], max_tokens: int | None, vocab: int = 1) -> tuple:
+    """`fn(*(t[i:j] for t in tensors))` over chunks of at most `max_tokens` rows, concatenated row-wise.
+
+    The tensors share their first dimension (one row per scored position); fn returns a tensor or a
+    tuple of tensors with one value per row. max_tokens AUTO takes MAX_LOGITS // vocab rows a chunk,
+    None all rows at once. With gradients on and more than one chunk, each chunk runs under activation
+    checkpointing: the forward keeps none of a chunk's vocabulary-wide tensors (only its inputs) and
+    the backward recomputes them one chunk at a time, so memory does not grow with the number of chunks;
+    a batch that fits one chunk is not recomputed (no memory to save, only time to lose).
+    """
+    if max_tokens is not None and max_tokens < 0:
+        raise ValueError(f"max_tokens must be at least 1 (0: by MAX_LOGITS, None: one chunk), got {max_tokens}")
+    n = tensors[0].shape[0]
+    if max_tokens is None:
+        size = max(n, 1)
+    else:
+        size = max_tokens or max(1, MAX_LOGITS // max(vocab, 1))
+    checkpointed = torch.is_grad_enabled() and n > size
+    parts = []
+    for i in range(0, max(n, 1), size):  # no rows: one empty chunk still gives the right dtypes and device
+        args = tuple(t[i : i + size] for t in tensors)
+        out = checkpoint(fn, *args, use_reentrant=False) if checkpointed and n else fn(*args)
+        parts.append(out if isinstance(out, tuple) else (out,))
+    return tuple(torch.cat(column) if len(column) > 1 else column[0] for column in zip(*parts))
+
+
 def scored_logits(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
     """Next-token logits / temperature (float32) for the columns of the batch that any row scores.
 
     Returns (logits [B, T-1-start, V], start): logits[:, j] predicts token start + j + 1.
     Leading columns that are prompt in every row are never scored, so their output projection
     (batch x vocab per position, a large share of a small model's compute and its biggest
-    activation) is skipped.
+    activation) is skipped. This holds the whole batch's logits at once; `token_logps` and the KL
+    estimators work one chunk of positions at a time instead.
     """
-    input_ids = batch["input_ids"]
-    scored = batch["completion_mask"][:, 1:].any(0)
-    start = int(scored.int().argmax()) if scored.any() else max(scored.shape[0] - 1, 0)
-    logits = (
-        model(
-            input_ids=input_ids,
-            attention_mask=batch["attention_mask"],
-            use_cache=False,
-            logits_to_keep=input_ids.shape[1] - start,
-        )
-        .logits[:, :-1]
-        .float()
-    )
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logits, start
+    states, head, start = scored_states(model, batch)
+    return chunk_logits(head, states, temperature), start
 
 
-def token_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps(
+    model, batch: dict, temperature: float = 1.0, max_tokens: int | None = AUTO
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of each realised next token and the completion mask, both [B, T-1].
 
     Column t holds log pi(token t+1 | tokens <= t) of `logits / temperature`; the mask is 1 where
-    token t+1 is a completion token, and log-probs are 0 elsewhere.
+    token t+1 is a completion token, and log-probs are 0 elsewhere. Only completion positions get
+    logits, at most `max_tokens` of them at a time (None: all at once).
     """
     mask = batch["completion_mask"][:, 1:]
-    logits, start = scored_logits(model, batch, temperature)
-    labels = batch["input_ids"][:, start + 1 :]
-    # gather - logsumexp instead of log_softmax(...).gather: never holds a second [B, T, V] tensor.
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    skipped = torch.zeros((mask.shape[0], start), dtype=picked.dtype, device=picked.device)
-    logps = torch.cat([skipped, picked], dim=1).masked_fill(mask == 0, 0.0)
+    states, head, start = scored_states(model, batch)
+    rows, cols = mask[:, start:].nonzero(as_tuple=True)
+    labels = batch["input_ids"][:, start + 1 :][rows, cols]
+    scored = states[rows, cols]
+    fn = partial(_picked_logps, head, temperature)
+    (picked,) = chunked_map(fn, (scored, labels), max_tokens, vocab_size(head, scored))
+    logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
+    logps = logps.index_put((rows, cols + start), picked)
     return logps, mask
 
 
-def sequence_logps(model, batch: dict) -> torch.Tensor:
+def sequence_logps(model, batch: dict, max_tokens: int | None = AUTO) -> torch.Tensor:
     """log pi(y|x) per row [B]: the sum of completion-token log-probs (the DPO paper's quantity)."""
-    logps, _ = token_logps(model, batch)
+    logps, _ = token_logps(model, batch, max_tokens=max_tokens)
     return logps.sum(-1)
 
 
@@ -139,13 +274,13 @@ def collate_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def concatenated_forward(model, batch: dict) -> dict[str, torch.Tensor]:
+def concatenated_forward(model, batch: dict, max_tokens: int | None = AUTO) -> dict[str, torch.Tensor]:
     """Score chosen and rejected rows of a `collate_pairs` batch in one forward pass.
 
     Returns chosen_logps and rejected_logps [B] (sums over completion tokens) and the per-token
     chosen_token_logps / chosen_mask / rejected_token_logps / rejected_mask [B, T-1].
     """
-    logps, mask = token_logps(model, batch)
+    logps, mask = token_logps(model, batch, max_tokens=max_tokens)
     n = logps.shape[0] // 2
     return {
         "chosen_logps": logps[:n].sum(-1),

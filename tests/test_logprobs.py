@@ -142,7 +142,8 @@ def test_concatenated_forward_equals_separate_forwards_and_has_gradients():
 def test_concatenated_forward_makes_one_forward_pass():
     model = tiny_gpt2(vocab_size=VOCAB, seed=5)
     calls = []
-    model.register_forward_hook(
+    # The backbone: the output projection is applied outside the model's forward, one chunk at a time.
+    model.base_model.register_forward_hook(
         lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape), with_kwargs=True
     )
     pairs = [{"chosen": c, "rejected": r, "index": 0} for c, r in zip(_encoded(3, 6), _encoded(3, 7))]
@@ -158,7 +159,7 @@ def test_dataset_logps_restores_order_and_batches_by_length():
     encoded = _encoded(11, seed=8)
     expected = torch.stack([_plain_token_logps(model, ids, n).sum() for ids, n in encoded])
     shapes = []
-    model.register_forward_hook(
+    model.base_model.register_forward_hook(
         lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     got = dataset_logps(model, encoded, PAD, batch_size=4)
@@ -178,7 +179,7 @@ def test_cache_hit_does_not_call_the_model(tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was called despite a cached result")
 
-    model.forward = refuse
+    model.forward = model.base_model.forward = refuse
     torch.testing.assert_close(cached_dataset_logps(model, encoded, PAD, 2, tmp_path, key="reference-a"), first)
     # Another model key or other data is a miss.
     with pytest.raises(AssertionError, match="despite a cached"):
