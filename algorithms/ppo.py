@@ -40,7 +40,15 @@ import torch
 from bench import seeds
 from bench.checks import at_least, between, non_negative, positive
 from bench.errors import UserError
-from bench.logprobs import chunked_logps_entropy, collate, pad_id, split_head, token_logps
+from bench.logprobs import (
+    MAX_LOGITS,
+    chunked_logps_entropy,
+    collate,
+    output_vocab,
+    pad_id,
+    split_head,
+    token_logps,
+)
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
@@ -156,10 +164,12 @@ class PolicyWithValue(torch.nn.Module):
     def forward(self, batch: dict):
         """Per-token log-prob of the realised next token, entropy and value, each [B, T-1] (column t predicts t+1).
 
-        The output projection runs on a bounded number of positions at a time (bench.logprobs.chunked_map), so no
-        [B, T, V] logits tensor exists for models that `split_head` splits; others fall back to their full logits.
+        A batch whose [B, T, V] logits fit bench.logprobs.MAX_LOGITS is scored whole. A larger one runs the output
+        projection on a bounded number of positions at a time (bench.logprobs.chunked_map), so no [B, T, V] logits
+        tensor exists for models that `split_head` splits; others fall back to their full logits.
         """
-        split = split_head(self.policy)
+        fits = batch["input_ids"].numel() * output_vocab(self.policy) <= MAX_LOGITS
+        split = None if fits else split_head(self.policy)
         if split is None:
             out = self.policy(
                 input_ids=batch["input_ids"],
@@ -174,12 +184,18 @@ class PolicyWithValue(torch.nn.Module):
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
             ).last_hidden_state[:, :-1]
             states = hidden
+        values = self.value_head(hidden.float()).squeeze(-1)
+        if fits:
+            logits = states.float() / self.temperature
+            log_z = torch.logsumexp(logits, dim=-1)
+            logps = logits.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) - log_z
+            with torch.no_grad():  # a logged metric, not part of the loss: no graph for a [B, T, V] product
+                entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+            return logps, entropy, values
         B, T = states.shape[:2]
         labels = batch["input_ids"][:, 1:].reshape(B * T)
         logps, entropy = chunked_logps_entropy(states.reshape(B * T, -1), head, labels, self.temperature)
-        logps, entropy = logps.view(B, T), entropy.view(B, T)
-        values = self.value_head(hidden.float()).squeeze(-1)
-        return logps, entropy, values
+        return logps.view(B, T), entropy.view(B, T), values
 
 
 class PPO:

@@ -19,7 +19,16 @@ import math
 
 import torch
 
-from bench.logprobs import AUTO, chunk_logits, chunked_map, scored_in_length_order, scored_states, vocab_size
+from bench.logprobs import (
+    AUTO,
+    chunk_logits,
+    chunked_map,
+    one_chunk,
+    scored_in_length_order,
+    scored_logits,
+    scored_states,
+    vocab_size,
+)
 
 
 def sequence_kl(
@@ -65,6 +74,8 @@ def _batch_kl(
     """Per-row (exact KL, log-ratio) sums [B] over completion tokens, `max_tokens` positions at a time."""
     device = next(policy.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
+    if one_chunk(policy, batch, max_tokens):
+        return _whole_batch_kl(policy, reference, batch, temperature)
     policy_states, policy_head, start = scored_states(policy, batch)
     reference_device = next(reference.parameters()).device
     reference_states, reference_head, _ = scored_states(
@@ -90,6 +101,20 @@ def _batch_kl(
     mask = completion.to(kl.dtype)
     per_token_kl = torch.zeros(completion.shape, dtype=kl.dtype, device=device).index_put((rows, cols), kl)
     per_token_ratio = torch.zeros(completion.shape, dtype=ratio.dtype, device=device).index_put((rows, cols), ratio)
+    return (per_token_kl * mask).sum(-1).cpu(), (per_token_ratio * mask).sum(-1).cpu()
+
+
+def _whole_batch_kl(policy, reference, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_batch_kl` for a batch whose logits fit one chunk: both models' [B, T, V] log-probs at once."""
+    device = next(policy.parameters()).device
+    policy_logits, start = scored_logits(policy, batch, temperature)
+    policy_logps = torch.log_softmax(policy_logits, dim=-1)
+    reference_batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
+    reference_logps = torch.log_softmax(scored_logits(reference, reference_batch, temperature)[0], dim=-1).to(device)
+    mask = batch["completion_mask"][:, start + 1 :].to(policy_logps.dtype)
+    per_token_kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
+    labels = batch["input_ids"][:, start + 1 :].unsqueeze(-1)
+    per_token_ratio = (policy_logps.gather(-1, labels) - reference_logps.gather(-1, labels)).squeeze(-1)
     return (per_token_kl * mask).sum(-1).cpu(), (per_token_ratio * mask).sum(-1).cpu()
 
 

@@ -223,6 +223,29 @@ def chunked_map(fn: Callable, tensors: tuple[torch.Tensor, ...], max_tokens: int
     return tuple(torch.cat(column) if len(column) > 1 else column[0] for column in zip(*parts))
 
 
+def one_chunk(model, batch: dict, max_tokens: int | None = AUTO) -> bool:
+    """Whether every scored column's logits fit one chunk: then the model's own forward scores the batch whole.
+
+    That path is the one the project has always taken, so results that fit (every default of the embedded
+    task) stay bitwise what they were: the chunked path's matmuls run on other shapes and round differently
+    in the last bits, which is harmless per call but compounds over PPO's updates into a different run.
+    """
+    if max_tokens is None:
+        return True
+    rows, width = batch["input_ids"].shape
+    positions = rows * max(width - _first_scored(batch), 1)
+    if max_tokens:
+        return positions <= max_tokens
+    return positions * output_vocab(model) <= MAX_LOGITS
+
+
+def output_vocab(model) -> int:
+    """The model's output width (its logits' last dimension)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+
+
 def scored_logits(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
     """Next-token logits / temperature (float32) for the columns of the batch that any row scores.
 
@@ -230,10 +253,17 @@ def scored_logits(model, batch: dict, temperature: float = 1.0) -> tuple[torch.T
     Leading columns that are prompt in every row are never scored, so their output projection
     (batch x vocab per position, a large share of a small model's compute and its biggest
     activation) is skipped. This holds the whole batch's logits at once; `token_logps` and the KL
-    estimators work one chunk of positions at a time instead.
+    estimators call it only when `one_chunk` says they fit, and work one chunk of positions at a time otherwise.
     """
-    states, head, start = scored_states(model, batch)
-    return chunk_logits(head, states, temperature), start
+    input_ids = batch["input_ids"]
+    start = _first_scored(batch)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        logits_to_keep=input_ids.shape[1] - start,
+    ).logits[:, :-1]
+    return chunk_logits(_identity, logits, temperature), start
 
 
 def token_logps(
@@ -242,10 +272,18 @@ def token_logps(
     """Log-probs of each realised next token and the completion mask, both [B, T-1].
 
     Column t holds log pi(token t+1 | tokens <= t) of `logits / temperature`; the mask is 1 where
-    token t+1 is a completion token, and log-probs are 0 elsewhere. Only completion positions get
-    logits, at most `max_tokens` of them at a time (None: all at once).
+    token t+1 is a completion token, and log-probs are 0 elsewhere. A batch that fits one chunk
+    (`one_chunk`) is scored whole; otherwise only completion positions get logits, at most
+    `max_tokens` of them at a time (None: all at once).
     """
     mask = batch["completion_mask"][:, 1:]
+    if one_chunk(model, batch, max_tokens):
+        logits, start = scored_logits(model, batch, temperature)
+        labels = batch["input_ids"][:, start + 1 :]
+        # gather - logsumexp instead of log_softmax(...).gather: never holds a second [B, T, V] tensor.
+        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        skipped = torch.zeros((mask.shape[0], start), dtype=picked.dtype, device=picked.device)
+        return torch.cat([skipped, picked], dim=1).masked_fill(mask == 0, 0.0), mask
     states, head, start = scored_states(model, batch)
     rows, cols = mask[:, start:].nonzero(as_tuple=True)
     labels = batch["input_ids"][:, start + 1 :][rows, cols]

@@ -132,13 +132,22 @@ def test_sequence_kl_equals_the_whole_batch(arch, max_tokens):
     assert max(want_exact) > 0.01  # a KL worth comparing
 
 
+@pytest.mark.parametrize("max_logits", [None, 5 * VOCAB])
 @pytest.mark.parametrize("arch", MODELS)
-def test_ppo_forward_equals_the_whole_batch(arch):
+def test_ppo_forward_equals_the_whole_batch(arch, max_logits, monkeypatch):
+    """Whole batch (fits MAX_LOGITS) and in chunks of 5 positions (the test's MAX_LOGITS) alike."""
+    from bench.algorithms import ppo
+
+    if max_logits:
+        monkeypatch.setattr(ppo, "MAX_LOGITS", max_logits)
+        monkeypatch.setattr("bench.logprobs.MAX_LOGITS", max_logits)
     policy = MODELS[arch](vocab_size=VOCAB, seed=5)
     torch.manual_seed(0)
     model = PolicyWithValue(policy, temperature=0.7)
     batch = collate(_encoded(4, seed=5), PAD)
+    heads = _HeadShapes(policy)
     logps, entropy, values = model(batch)
+    assert heads.largest() <= 5 if max_logits else heads.largest() > 5
     out = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     logits = out.logits[:, :-1].float() / 0.7
     log_z = torch.logsumexp(logits, -1)
@@ -183,7 +192,35 @@ def test_no_vocabulary_wide_tensor_spans_more_than_one_chunk(arch):
 
     heads.shapes.clear()
     token_logps(policy, batch, max_tokens=None)
-    assert heads.largest() == n_scored  # all at once: completion positions only, never padding or prompt
+    rows, width = batch["input_ids"].shape
+    start = int(batch["completion_mask"][:, 1:].any(0).int().argmax())
+    assert heads.largest() == rows * (
+        width - start
+    )  # all at once: the model's own forward from the first scored column
+
+
+def test_auto_scores_a_batch_whole_when_it_fits_and_in_chunks_when_it_does_not(monkeypatch):
+    """AUTO: the whole-batch path (bitwise today's results) while logits fit MAX_LOGITS, bounded chunks beyond."""
+    from bench import logprobs
+
+    policy, reference = tiny_gpt2(vocab_size=VOCAB, seed=10), tiny_gpt2(vocab_size=VOCAB, seed=11)
+    encoded = _encoded(8, seed=10)
+    batch = collate(encoded, PAD)
+    prompts, completions = [ids[:n] for ids, n in encoded], [ids[n:] for ids, n in encoded]
+    rows, width = batch["input_ids"].shape
+    heads = _HeadShapes(policy, reference)
+    whole = token_logps(policy, batch)[0]
+    kl_whole = sequence_kl(policy, reference, prompts, completions, pad_id=PAD, batch_size=8)
+    assert logprobs.one_chunk(policy, batch) and heads.largest() > 8
+    assert torch.equal(whole, token_logps(policy, batch, max_tokens=None)[0])
+
+    monkeypatch.setattr(logprobs, "MAX_LOGITS", 8 * VOCAB)
+    heads.shapes.clear()
+    chunked = token_logps(policy, batch)[0]
+    kl_chunked = sequence_kl(policy, reference, prompts, completions, pad_id=PAD, batch_size=8)
+    assert not logprobs.one_chunk(policy, batch) and heads.largest() <= 8
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(kl_chunked), torch.tensor(kl_whole), atol=1e-5, rtol=0)
 
 
 def test_saved_activations_do_not_grow_with_the_number_of_chunks():

@@ -139,12 +139,17 @@ def test_concatenated_forward_equals_separate_forwards_and_has_gradients():
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
+def _input_ids(args, kwargs) -> torch.Tensor:
+    return kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+
+
 def test_concatenated_forward_makes_one_forward_pass():
     model = tiny_gpt2(vocab_size=VOCAB, seed=5)
     calls = []
-    # The backbone: the output projection is applied outside the model's forward, one chunk at a time.
+    # The backbone runs once per forward, whether the model's own forward calls it (a batch that fits
+    # one chunk) or the chunked path calls it and applies the output projection itself.
     model.base_model.register_forward_hook(
-        lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+        lambda module, args, kwargs, output: calls.append(_input_ids(args, kwargs).shape), with_kwargs=True
     )
     pairs = [{"chosen": c, "rejected": r, "index": 0} for c, r in zip(_encoded(3, 6), _encoded(3, 7))]
     concatenated_forward(model, collate_pairs(pairs, PAD))
@@ -160,7 +165,8 @@ def test_dataset_logps_restores_order_and_batches_by_length():
     expected = torch.stack([_plain_token_logps(model, ids, n).sum() for ids, n in encoded])
     shapes = []
     model.base_model.register_forward_hook(
-        lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+        lambda module, args, kwargs, output: shapes.append(tuple(_input_ids(args, kwargs).shape)),
+        with_kwargs=True,
     )
     got = dataset_logps(model, encoded, PAD, batch_size=4)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
