@@ -61,6 +61,9 @@ class RunOptions:
     """Comma-separated evaluator names; empty runs every installed evaluator that applies."""
     eval_checkpoints: int = 0
     """Intermediate policies to evaluate during training (evenly spaced); each adds a point to checkpoints.jsonl."""
+    profile: bool = False
+    """Profile the run (torch.profiler): a trace of a few training steps and per-operator tables of the fit,
+    sampling and evaluation under profile/ in the run directory (bench.profiling)."""
     eval_task: str = ""
     """Evaluate on another task's prompts (e.g. cnn-dm for a policy trained on tldr); `--eval-task NAME` sets it,
     `--set eval_task.KEY=VALUE` its options."""

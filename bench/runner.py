@@ -430,6 +430,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
 
     from bench.device import device
     from bench.policy import ModelPolicy
+    from bench.profiling import Profiler
 
     dev = device()
     log_path = run_dir / "train_log.jsonl"
@@ -478,9 +479,11 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         )
     )
     marks: set[int] = set()
+    profiler = Profiler(run_dir / "profile" if r.options.profile else None)
 
     def on_step(step: int, total: int, model) -> None:
         """Evaluate evenly spaced intermediate policies: each adds a (KL, reward) point to the frontier."""
+        profiler.step()
         k = r.options.eval_checkpoints
         if k <= 0 or step >= total:
             return
@@ -496,19 +499,22 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
 
     ctx.on_step = on_step
     t0 = time.time()
-    trained = algorithm.fit(ctx)
+    with profiler.fit():
+        trained = algorithm.fit(ctx)
     cost["wall_time_s"]["fit"] = time.time() - t0
     ctx.trained = trained
 
     t0 = time.time()
-    samples: list[Sample] = trained.sample(prompts, r.generation, seed=eval_seed)
+    with profiler.phase("sample"):
+        samples: list[Sample] = trained.sample(prompts, r.generation, seed=eval_seed)
     if not samples:
         raise UserError("the policy produced no samples; check eval.samples_per_prompt and the evaluation prompts")
     cost["wall_time_s"]["sample"] = time.time() - t0
 
     t0 = time.time()
     metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
-    metrics.update(_evaluate(r.evaluators, samples, eval_ctx(ctx)))
+    with profiler.phase("evaluate"):
+        metrics.update(_evaluate(r.evaluators, samples, eval_ctx(ctx)))
     # Aggregates the algorithm measured while fitting, e.g. its reward model's held-out accuracy.
     metrics.update(optional(trained, "policy", "fit_metrics"))
     cost["wall_time_s"]["evaluate"] = time.time() - t0

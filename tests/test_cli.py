@@ -125,6 +125,26 @@ def test_same_config_and_seed_reproduce_the_metrics(dpo_run, cache_dir, tmp_path
     assert (again / "samples.jsonl").read_text() == (run_dir / "samples.jsonl").read_text()
 
 
+def test_profiled_run_with_activation_checkpointing_writes_profiles_and_the_same_metrics(dpo_run, cache_dir, tmp_path):
+    """run.profile writes a trace and per-operator tables; neither it nor recomputing activations changes a metric."""
+    _, run_dir, _ = dpo_run
+    sets = ["--set", "run.profile=true", "--set", "train.activation_checkpointing=true"]
+    proc = run_cli(["run", "--algo", "dpo", "--task", "sentiment", *TINY, *sets, "--results", str(tmp_path)], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    (profiled,) = _run_dirs(tmp_path)
+    trace = json.loads((profiled / "profile" / "fit_trace.json").read_text())
+    assert any("addmm" in event.get("name", "") for event in trace["traceEvents"])
+    for name in ("fit", "sample", "evaluate"):
+        assert "Self CPU" in (profiled / "profile" / f"{name}.txt").read_text(), name
+    want = json.loads((run_dir / "metrics.json").read_text())
+    got = json.loads((profiled / "metrics.json").read_text())
+    assert got.keys() == want.keys() and "gold_reward" in want
+    for key, value in want.items():
+        assert (got[key]["mean"] if isinstance(value, dict) else got[key]) == pytest.approx(
+            value["mean"] if isinstance(value, dict) else value, abs=1e-6
+        ), key
+
+
 def test_table_lists_the_run(dpo_run, cache_dir):
     results, _, _ = dpo_run
     proc = run_cli(["table", "--task", "sentiment", "--results", str(results)], cache_dir)

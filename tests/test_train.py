@@ -239,3 +239,32 @@ def test_a_nan_loss_in_an_online_update_names_the_update():
 
     with pytest.raises(UserError, match="online: the loss became nan at step 3; lower train.lr"):
         train_online(_model(), step, _cfg(warmup_steps=0), updates=5, seed=0, desc="online")
+
+
+def test_activation_checkpointing_recomputes_layers_and_trains_to_the_same_weights():
+    from tiny import tiny_gpt2
+
+    ids = torch.randint(0, 64, (16, 12), generator=torch.Generator().manual_seed(3))
+
+    def lm_loss(model, batch):
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss, {}
+
+    def fit(checkpointing: bool):
+        model = tiny_gpt2(seed=4)
+        calls, forward = [], model.transformer.h[0].mlp.forward
+        model.transformer.h[0].mlp.forward = lambda *args, **kwargs: (calls.append(1), forward(*args, **kwargs))[1]
+        cfg = _cfg(activation_checkpointing=checkpointing, max_steps=3, batch_size=4)
+        trained = train_loop(model, list(range(16)), lambda idx: {"input_ids": ids[idx]}, lm_loss, cfg, seed=0)
+        return trained, len(calls)
+
+    plain, plain_calls = fit(False)
+    recomputed, recomputed_calls = fit(True)
+    assert plain_calls == 3 and recomputed_calls == 6  # each step's layer forward runs again in backward
+    assert not recomputed.transformer.h[0].gradient_checkpointing  # switched off again for evaluation
+    for a, b in zip(plain.parameters(), recomputed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_activation_checkpointing_on_a_model_without_it_is_a_user_error():
+    with pytest.raises(UserError, match="train.activation_checkpointing=false"):
+        train_loop(_model(), _examples(), _collate, _loss, _cfg(activation_checkpointing=True), seed=0)
