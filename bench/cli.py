@@ -96,8 +96,10 @@ def _sets(args) -> list[str]:
 
 
 def cmd_run(args) -> None:
+    from bench.device import threads_from_environment
     from bench.runner import RunSpec, execute
 
+    threads_from_environment()
     execute(
         RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args), command=args.command_line),
         results=Path(args.results),
@@ -111,10 +113,16 @@ def cmd_table(args) -> None:
     print(markdown(Path(args.results), args.task))
 
 
-def cmd_sweep(args) -> None:
+def cmd_sweep(args) -> int:
     from bench import sweep
 
     results, cache = Path(args.results), Path(args.cache)
+    if args.jobs is not None and args.dispatch == "submitit":
+        raise UserError(
+            "--jobs applies to --dispatch local; submitit runs its jobs in parallel itself "
+            "(limit them with --executor slurm_array_parallelism=N)"
+        )
+    jobs = sweep.parse_jobs(args.jobs) if args.jobs is not None else 1
     grid = sweep.parse_grid(args.grid or [])
     algos = sweep.split_algos(args.algo)
     seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
@@ -129,14 +137,26 @@ def cmd_sweep(args) -> None:
     planned = sweep.plan(specs, results, cache)
     if args.dry_run:
         print("\n".join(sweep.describe(planned, results)))
-        return
-    sweep.run(
-        planned,
-        results,
-        cache,
-        dispatch=args.dispatch,
-        executor_options=sweep.parse_executor_options(args.executor or []),
-    )
+        return 0
+    try:
+        sweep.run(
+            planned,
+            results,
+            cache,
+            dispatch=args.dispatch,
+            executor_options=sweep.parse_executor_options(args.executor or []),
+            jobs=jobs,
+        )
+    except sweep.RunsFailed as failed:
+        for line in failed.lines:
+            print(line, file=sys.stderr)
+        print(
+            f"error: {len(failed.lines)} of {failed.total} runs failed (above); fix what their lines say and run "
+            "the same sweep again (complete runs are skipped)",
+            file=sys.stderr,
+        )
+        return failed.status
+    return 0
 
 
 def cmd_report(args) -> None:
@@ -222,8 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dispatch",
         choices=("local", "submitit"),
         default="local",
-        help="local: one run after another here (default); submitit: one job per run on Slurm, "
-        "or local subprocesses where there is no Slurm (pip install alignment-bench[cluster])",
+        help="local: one run after another here (default), or --jobs at once; submitit: one job per run on "
+        "Slurm, or local subprocesses where there is no Slurm (pip install alignment-bench[cluster])",
+    )
+    p.add_argument(
+        "--jobs",
+        metavar="N",
+        help="local dispatch: run up to N runs at once, each in a process of its own with 1/N of the torch "
+        "threads (default 1: one after another in this process)",
     )
     p.add_argument(
         "--executor",
@@ -257,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.command_line = ["bench", *argv]  # what the run record keeps as the command that made it
-        args.func(args)
+        status = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -276,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from bench.artifacts import build_once
 from bench.errors import UserError
 from bench.io import read_jsonl, write_jsonl
 from bench.logprobs import collate_pairs, encode, pad_id, scored_in_length_order
@@ -40,7 +39,6 @@ from bench.train import TrainConfig, train_loop
 
 TRAIN_DEFAULTS = {"lr": 3e-4, "epochs": 1.0, "batch_size": 32, "warmup_steps": 10, "max_grad_norm": 1.0}
 """Training settings of the reward model (the `reward-model` algorithm's train defaults; PPO and best-of-N use them)."""
-INFO = "reward_model.json"
 LOG = "train_log.jsonl"
 # Settings that change the trained weights; logging and checkpoint cadence do not.
 _HASHED = (
@@ -230,12 +228,9 @@ def learned_reward(
         where = (
             Path(ctx.cache_dir) / "reward_models" / cache_key(ctx.task.reference_key, ctx.preferences, cfg, ctx.seed)
         )
-        if (where / INFO).is_file():
-            model = load(where, tok, vocab)
-            if log is not None and (where / LOG).is_file():
-                for row in read_jsonl(where / LOG):
-                    log(row)
-        else:
+        trained = []
+
+        def build(tmp: Path) -> dict:
             rows: list[dict] = []
 
             def keep(row: dict) -> None:
@@ -243,19 +238,26 @@ def learned_reward(
                 if log is not None:
                     log(row)
 
-            model = train(ctx.reference, tok, ctx.preferences, cfg, seed=ctx.seed, log=keep)
-            _save(
-                where,
-                model,
-                tok,
-                rows,
-                {
-                    "reference_key": ctx.task.reference_key,
-                    "seed": ctx.seed,
-                    "pairs": len(ctx.preferences),
-                    "train": dataclasses.asdict(cfg),
-                },
-            )
+            trained.append(train(ctx.reference, tok, ctx.preferences, cfg, seed=ctx.seed, log=keep))
+            trained[0].save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_jsonl(tmp / LOG, rows)
+            return {
+                "reference_key": ctx.task.reference_key,
+                "seed": ctx.seed,
+                "pairs": len(ctx.preferences),
+                "train": dataclasses.asdict(cfg),
+            }
+
+        # One process trains it; another run needing the same model meanwhile (a sweep's --jobs) waits for it.
+        build_once(where, build)
+        if trained:
+            model = trained[0]
+        else:
+            model = load(where, tok, vocab)
+            if log is not None and (where / LOG).is_file():
+                for row in read_jsonl(where / LOG):
+                    log(row)
     model = model.to(device()).eval().requires_grad_(False)
     accuracy = (
         pair_accuracy(model, tok, ctx.test_preferences, max_length=cfg.max_length)
@@ -263,17 +265,3 @@ def learned_reward(
         else {**mean_se([]), "unit": "pairs"}
     )
     return LearnedReward(model, tok, where, accuracy, cfg.max_length)
-
-
-def _save(where: Path, model, tokenizer, rows: list[dict], info: dict) -> None:
-    """Write into a temporary directory and rename it into place, so no reader sees half a model."""
-    tmp = where.with_name(f"{where.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_jsonl(tmp / LOG, rows)
-    (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    try:
-        os.replace(tmp, where)
-    except OSError:  # another run saved the same model first; theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,9 @@ Every run is resolved before any starts, so a bad key or value fails at once. Co
 skipped and interrupted ones resumed (the runner recognises a run by its id), so an interrupted
 sweep is finished by running the same command again.
 
-Dispatch. `local` runs one run after another in this process. `submitit` hands each run to
+Dispatch. `local` runs one run after another in this process; with `--jobs N`, up to N at once, each
+as its `bench run` command in a process of its own with 1/N of the torch threads (on small models,
+several one-thread processes do more than one process using every thread). `submitit` hands each run to
 submitit as one job: a Slurm job array where Slurm is found (`srun` on PATH), local subprocesses
 otherwise (or with `--executor cluster=local`).
 submitit rather than Ray: the clusters alignment researchers share are mostly Slurm, and
@@ -21,7 +23,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,7 +36,7 @@ from typing import Callable
 from bench import registry, runner
 from bench.errors import UserError
 from bench.lock import RunInProgress
-from bench.records import is_complete
+from bench.records import PARTIAL, is_complete
 
 
 @dataclass
@@ -78,6 +85,10 @@ PRESETS: dict[str, dict[str, Preset]] = {
 
 POLL_SECONDS = 5.0
 """How often submitit dispatch checks its jobs (a Slurm query each time, so not too often)."""
+CHILD_POLL_SECONDS = 0.2
+"""How often `--jobs` checks its run processes (a wait call each, cheap)."""
+STOP_SECONDS = 10.0
+"""How long an interrupted `--jobs` sweep lets its run processes stop on their own before killing them."""
 
 
 @dataclass
@@ -254,6 +265,25 @@ def run_one(
     return execute(spec, Path(results), Path(cache_dir), echo)
 
 
+def parse_jobs(text: str) -> int:
+    """`--jobs N`: how many runs at once, an integer of at least 1."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise UserError(f"--jobs {text}: give how many runs to run at once, an integer of at least 1, e.g. --jobs 2")
+    return jobs
+
+
+class RunsFailed(Exception):
+    """Runs of a `--jobs` sweep that failed; the others ran to the end. `lines`: one per failed run."""
+
+    def __init__(self, lines: list[str], total: int, status: int):
+        self.lines, self.total, self.status = lines, total, status
+        super().__init__(f"{len(lines)} of {total} runs failed")
+
+
 def run(
     planned: list[Planned],
     results: Path,
@@ -261,8 +291,12 @@ def run(
     dispatch: str = "local",
     executor_options: dict | None = None,
     echo: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> list[Path]:
-    """Run the incomplete runs of `planned` with progress over all of them; returns their directories."""
+    """Run the incomplete runs of `planned` with progress over all of them; returns their directories.
+
+    jobs > 1 (local dispatch): that many at once, in processes of their own; raises RunsFailed at the end
+    if any failed."""
     from tqdm.auto import tqdm
 
     todo = [p for p in planned if not p.complete]
@@ -271,6 +305,8 @@ def run(
         total=len(planned), initial=len(planned) - len(todo), unit="run", desc="sweep", dynamic_ncols=True, disable=None
     )
     try:
+        if dispatch == "local" and jobs > 1:
+            return _run_parallel(todo, results, cache_dir, jobs, bar)
         if dispatch == "local":
             return _run_local(todo, results, cache_dir, bar)
         if dispatch == "submitit":
@@ -296,6 +332,124 @@ def _run_local(todo: list[Planned], results: Path, cache_dir: Path, bar) -> list
         done.append(run_one(runner.execute, p.spec, results, cache_dir, echo=bar.write))
         bar.update(1)
     return done
+
+
+def child_command(spec: runner.RunSpec, results: Path) -> list[str]:
+    """The process a `--jobs` sweep starts for one run: its `bench run` command, so it records that command."""
+    return [sys.executable, "-m", "bench.cli", *run_command(spec, results)[1:]]
+
+
+def _run_parallel(todo: list[Planned], results: Path, cache_dir: Path, jobs: int, bar) -> list[Path]:
+    """Up to `jobs` runs at once, each its `bench run` command in a process of its own, the torch threads split
+    evenly between them. Each one's output goes to results/.partial/<run>.log (kept if it fails), so that
+    only its summary line reaches this terminal. A run another process is writing, or one needing an
+    artifact another run is building (the task, a shared reward model), waits for it in its own process
+    (bench.lock). Nothing deadlocks: this process holds no lock, and no process waits for a run's lock while
+    it holds an artifact's (artifacts are built before a run's lock is taken or inside it, never around it)."""
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    env = {
+        **os.environ,
+        "BENCH_CACHE_DIR": str(cache_dir),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",  # the log keeps the order of stdout and stderr: the error line comes last
+    }
+    logs = Path(results) / PARTIAL
+    if todo:
+        runner.check_results_dir(Path(results))
+        bar.write(
+            f"sweep: up to {jobs} runs at once, {threads} torch thread{'s' * (threads != 1)} each; "
+            f"each run's output goes to {logs}/<run>.log"
+        )
+    waiting, running, done, failed, statuses = list(todo), {}, [], [], []
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                p = waiting.pop(0)
+                with _open_log(logs / f"{p.name}.log", results) as log:
+                    proc = subprocess.Popen(
+                        child_command(p.spec, results),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,  # Ctrl-C reaches this process only; it stops the others (below)
+                    )
+                running[proc] = p
+            time.sleep(CHILD_POLL_SECONDS)
+            for proc in [q for q in running if q.poll() is not None]:
+                p = running.pop(proc)
+                log = logs / f"{p.name}.log"
+                if proc.returncode == 0 and is_complete(Path(results) / p.name):
+                    bar.write(_summary(log, p.name) or f"{p.name}: complete")
+                    bar.write(f"run record: {Path(results) / p.name}")
+                    log.unlink(missing_ok=True)
+                    done.append(Path(results) / p.name)
+                    bar.update(1)
+                    continue
+                how = f"exit {proc.returncode}" if proc.returncode >= 0 else f"killed by signal {-proc.returncode}"
+                failed.append(f"{p.name}: failed ({how}): {_last_line(log)} (its output: {log})")
+                statuses.append(proc.returncode)
+                bar.write(failed[-1])
+    except BaseException:
+        _stop(list(running))
+        raise
+    try:
+        logs.rmdir()  # only when empty: no other run is in progress, resumable or failed
+    except OSError:
+        pass
+    if failed:
+        raise RunsFailed(failed, len(todo), 2 if all(s == 2 for s in statuses) else 1)
+    return done
+
+
+def _open_log(path: Path, results: Path):
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "wb")
+        except FileNotFoundError:
+            continue  # a finishing run removed the empty .partial/ between our mkdir and open
+        except OSError as exc:
+            raise UserError(
+                f"--results {results}: cannot write {path} ({exc.strerror}); choose a directory you can write to"
+            ) from None
+
+
+def _lines(log: Path) -> list[str]:
+    """The last 64 KiB of a run's output as a terminal ends up showing it: what a carriage return overwrote is gone."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [shown for line in text.split("\n") if (shown := line.rsplit("\r", 1)[-1].strip())]
+
+
+def _summary(log: Path, name: str) -> str | None:
+    """The run's own summary line (`name: metric mean ± se, ...`, or `name: complete, skipped`)."""
+    return next((line for line in reversed(_lines(log)) if line.startswith(f"{name}: ")), None)
+
+
+def _last_line(log: Path) -> str:
+    return next(reversed(_lines(log)), "(no output)")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Interrupt the run processes as Ctrl-C would (each saves nothing half-written), then kill the ones that linger."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _run_submitit(todo: list[Planned], results: Path, cache_dir: Path, options: dict, bar) -> list[Path]:

@@ -2,7 +2,7 @@
 
 Two identical commands on one results directory end with one record whose train log is an
 uninterrupted run's; two identical sweeps share their runs and do each once; a process killed while
-it holds a run's lock does not block the rerun.
+it holds a run's lock does not block the rerun; two processes needing one artifact build it once.
 """
 
 from __future__ import annotations
@@ -288,3 +288,41 @@ def test_killed_with_sigkill_then_rerun_gives_the_uninterrupted_record(
     (record,) = _records(tmp_path)
     _same_record(record, uninterrupted[algo])
     assert _no_partial(tmp_path)
+
+
+BUILDER = """
+import sys, time
+from pathlib import Path
+from bench.artifacts import build_once
+
+def build(tmp):
+    with open(sys.argv[2], "a") as f:
+        f.write("built\\n")
+    print("building", flush=True)
+    time.sleep(1.0)
+    (tmp / "data.txt").write_text("whole")
+    return {}
+
+out = build_once(Path(sys.argv[1]), build, echo=lambda line: print(line, flush=True))
+print((out / "data.txt").read_text(), flush=True)
+"""
+
+
+def test_a_second_process_needing_an_artifact_waits_for_its_builder(tmp_path):
+    """Two runs needing one task build (or reward model): one builds it, the other waits and reads the whole build."""
+    artifact, builds = tmp_path / "cache" / "task" / "abc123", tmp_path / "builds.txt"
+
+    def start():
+        command = [sys.executable, "-c", BUILDER, str(artifact), str(builds)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+    first = start()
+    assert first.stdout.readline() == "building\n"  # it holds the artifact's lock now
+    second = start()
+    waiting = second.stdout.readline()
+    assert "being built by another process" in waiting and f"(pid {first.pid})" in waiting, waiting
+    outs = [first.communicate(timeout=60)[0], second.communicate(timeout=60)[0]]
+    assert [first.returncode, second.returncode] == [0, 0]
+    assert outs == ["whole\n", "whole\n"]
+    assert builds.read_text() == "built\n"  # built once
+    assert sorted(os.listdir(artifact.parent)) == ["abc123"]  # no lock file, no temporary directory left
