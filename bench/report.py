@@ -520,8 +520,13 @@ def _flip(m: dict) -> dict:
     }
 
 
+def _kl(x: float) -> str:
+    """A KL in the text: three significant digits, so small KLs stay apart."""
+    return "–" if not math.isfinite(x) else f"{x:.3g}"
+
+
 def _kl_span(start: float, end: float) -> str:
-    return render.num(start, 2) if end <= start else f"{render.num(start, 2)}–{render.num(end, 2)}"
+    return _kl(start) if end <= start else f"{_kl(start)}–{_kl(end)}"
 
 
 def _at_piece(m: dict, j: int) -> dict:
@@ -586,7 +591,7 @@ def _matched_tables(front: dict, reward: str) -> tuple[Table, Table, dict]:
                 )
                 continue
             lowest, highest = _at_piece(m, int(np.argmin(m["diff"]))), _at_piece(m, int(np.argmax(m["diff"])))
-            crossings = ", ".join(render.num(k, 2) for k in m["crossings"]) or "–"
+            crossings = ", ".join(_kl(k) for k in m["crossings"]) or "–"
             rows.append(
                 [
                     m["a"],
@@ -824,7 +829,7 @@ def _claim_pair(m: dict) -> tuple[str, str, dict | None]:
     elif verdict == "fails":
         reason = f"{m['b']} above {m['a']} at KL {x['kl']}"
         if m["crossings"]:
-            reason += f"; the frontiers cross at KL {', '.join(render.num(k, 2) for k in m['crossings'])}"
+            reason += f"; the frontiers cross at KL {', '.join(_kl(k) for k in m['crossings'])}"
     else:
         reason = f"the band includes 0 at KL {x['kl']}, and {m['b']} is nowhere significantly above {m['a']}"
     return verdict, reason, x
