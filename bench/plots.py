@@ -26,38 +26,87 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def frontier_png(task: str, reward_label: str, algos: list[dict], budget: float) -> bytes:
-    """Reward vs KL: every evaluated policy faint, each algorithm's Pareto front bold, the budget dashed.
+def frontier_png(task: str, reward_label: str, algos: list[dict], budget: float, origin: dict | None = None) -> bytes:
+    """Reward vs KL: each algorithm's points faint and its frontier as a bold step function; the origin once.
 
-    `algos`: per algorithm {"algo", "points": [(kl, reward)] of every (run, checkpoint),
-    "front": [(kl, reward)] by rising KL, "label"}.
+    `algos`: per algorithm {"algo", "points": [(kl, reward)] of every (run, checkpoint), "front":
+    [(kl, reward)] by rising KL, "max_kl" (its largest KL), "bound" (its KL is an analytic upper
+    bound: best-of-N), "label"}. The step runs from the algorithm's first front point to its
+    largest KL: F(k), the best reward among its points with KL <= k, where it is defined. Points
+    at a KL bound are hollow, their step dashed, with an arrow pointing left (the true KL is at
+    most that). `origin`: the starting policy {"kl": 0, "reward"}, drawn once as a black star.
     """
     import matplotlib.style
     from matplotlib.figure import Figure
 
     with matplotlib.style.context("default"):
-        fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+        fig = Figure(figsize=(9.5, 5.0), layout="constrained")
         ax = fig.add_subplot()
         for color, a in zip(_palette(len(algos)), algos):
+            bound = a.get("bound", False)
             if a["points"]:
                 xs, ys = zip(*a["points"])
-                ax.scatter(xs, ys, s=14, color=color, alpha=0.25, linewidths=0)
+                if bound:
+                    ax.scatter(xs, ys, s=22, facecolors="none", edgecolors=[color], alpha=0.6, linewidths=1)
+                else:
+                    ax.scatter(xs, ys, s=14, color=color, alpha=0.25, linewidths=0)
             if a["front"]:
-                xs, ys = zip(*a["front"])
-                # A step: the best reward reached at or below each KL, as the area is computed.
-                ax.step(xs, ys, where="post", color=color, linewidth=2.2, marker="o", markersize=5, label=a["label"])
+                xs, ys = (list(v) for v in zip(*a["front"]))
+                end = a.get("max_kl", xs[-1])
+                if math.isfinite(end) and end > xs[-1]:
+                    xs, ys = xs + [end], ys + [ys[-1]]
+                # The Pareto step function: the best reward reached at or below each KL, as the area is computed.
+                ax.step(
+                    xs,
+                    ys,
+                    where="post",
+                    color=color,
+                    linewidth=2.2,
+                    linestyle="--" if bound else "-",
+                    label=a["label"],
+                )
+                fx, fy = zip(*a["front"])
+                ax.plot(
+                    fx,
+                    fy,
+                    linestyle="none",
+                    marker="<" if bound else "o",
+                    markersize=6 if bound else 5,
+                    markerfacecolor="white" if bound else color,
+                    markeredgecolor=color,
+                )
+        if origin is not None:
+            ax.plot(
+                [0.0],
+                [origin["reward"]],
+                linestyle="none",
+                marker="*",
+                markersize=13,
+                color="black",
+                label=f"starting policy (reference, KL 0): {origin['reward']:.3g}",
+                zorder=5,
+            )
         if math.isfinite(budget):
             ax.axvline(budget, color="0.35", linestyle="--", linewidth=1, label=f"KL budget {budget:.3g} nats")
-        ax.set_xlabel("KL(policy ‖ reference), summed over the completion's tokens [nats]")
+        ax.set_xlabel("KL to reference (nats)")
         ax.set_ylabel(reward_label)
         ax.set_title(
-            f"{task}: {reward_label} vs KL\nfaint: every evaluated policy (run, checkpoint); "
-            "bold: Pareto front of the seed-averaged points",
-            fontsize=9,
+            f"{task}: {reward_label} vs KL to the reference\nfaint: every evaluated policy; bold: each algorithm's "
+            "frontier, the best seed-averaged reward at KL ≤ k\nhollow points, dashed: KL at its analytic upper "
+            "bound (best-of-N)",
+            fontsize=8,
         )
         ax.grid(alpha=0.3)
-        ax.set_xlim(left=0)
-        ax.legend(fontsize=8, loc="best", frameon=True, title="area up to the KL budget", title_fontsize=8)
+        right = max([1.0] + [a["max_kl"] for a in algos if math.isfinite(a.get("max_kl", math.nan))])
+        ax.set_xlim(left=-0.02 * right)
+        ax.legend(
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=True,
+            title="area up to the KL budget",
+            title_fontsize=7,
+        )
         return _png(fig)
 
 

@@ -91,6 +91,8 @@ _LATEX = {
     "α": r"$\alpha$",
     "…": r"\ldots{}",
     "†": r"$\dagger$",
+    "≥": r"$\geq$",
+    "—": "---",
     "<": r"$<$",
     ">": r"$>$",
 }
@@ -125,14 +127,18 @@ def csv_text(t: Table) -> str:
 
 SECTIONS = (
     ("summary", "Summary"),
+    ("claims", "The DPO paper's findings on these runs"),
     ("frontier", "Reward vs KL"),
-    ("pairwise", "Pairwise comparisons"),
+    ("matched_kl", "Frontiers at matched KL"),
+    ("pairwise", "Best settings compared (unmatched KL)"),
     ("cost", "Cost"),
     ("curves", "Training curves"),
     ("samples", "Sample completions"),
     ("runs", "Runs"),
 )
 """The page's sections in order: a table's name, or curves and samples."""
+CSV_ONLY = ("matched_kl_grid",)
+"""Tables too long for the page, written as CSV only (every piece of every matched-KL comparison)."""
 
 
 def _blocks(report: Report) -> list[tuple]:
@@ -231,6 +237,7 @@ def files(report: Report) -> dict[str, str | bytes]:
     out: dict[str, str | bytes] = {"report.md": markdown(report), "index.html": html_page(report)}
     for t in report.tables.values():
         out[f"{t.name}.csv"] = csv_text(t)
-        out[f"{t.name}.tex"] = latex(t)
+        if t.name not in CSV_ONLY:
+            out[f"{t.name}.tex"] = latex(t)
     out.update(report.figures)
     return out

@@ -191,3 +191,175 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+# ---------------------------------------------------------------- frontiers compared at matched KL
+# A frontier is the Pareto step function of an algorithm's points: F(k) = the best reward among its
+# points with KL <= k. Two frontiers are compared where both are defined, on the pieces of KL on
+# which both are constant, with a bootstrap over seeds and prompts (frontier_replicates).
+
+
+def step_frontier(kl, reward, at):
+    """F(k) at each k of `at`: the best reward among the points with KL <= k; vectorised over leading axes.
+
+    `kl`, `reward`: (..., P) arrays, NaN for a point that is missing; `at`: (G,). Returns (..., G).
+    Below every point F is the reward of the lowest-KL point (in a bootstrap replicate an
+    algorithm's first point may move just right of a KL where the observed frontier starts; it
+    keeps its first level there); NaN where there is no point at all.
+    """
+    import numpy as np
+
+    kl, reward, at = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float), np.asarray(at, dtype=float)
+    ok = np.isfinite(kl) & np.isfinite(reward)
+    order = np.argsort(np.where(ok, kl, np.inf), axis=-1, kind="stable")
+    k = np.take_along_axis(np.where(ok, kl, np.inf), order, -1)
+    best = np.maximum.accumulate(np.take_along_axis(np.where(ok, reward, -np.inf), order, -1), axis=-1)
+    below = (k[..., :, None] <= at).sum(-2)  # (..., G): how many points have KL <= k
+    out = np.take_along_axis(best, np.maximum(below - 1, 0), -1)
+    out[~ok.any(-1)] = np.nan
+    return out
+
+
+def kl_pieces(kls: Sequence[float], lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """The pieces of [lo, hi] on which step functions through points at `kls` are constant: (starts, at).
+
+    The breakpoints are lo, hi and every finite KL of `kls` inside [lo, hi]. Piece j runs from
+    starts[j] to the next breakpoint and is evaluated at its midpoint at[j], where a small shift of
+    a point's KL in a bootstrap replicate does not change which side of it the piece lies; the
+    last piece is hi itself (a frontier may step up exactly there). With lo == hi, one piece.
+    Every value a difference of two such step functions takes on [lo, hi] is taken at some at[j].
+    """
+    if not lo < hi:
+        return [float(lo)], [float(lo)]
+    breaks = sorted({float(lo), float(hi)} | {float(k) for k in kls if math.isfinite(k) and lo <= k <= hi})
+    starts = breaks[:-1] + [breaks[-1]]
+    at = [(x + y) / 2 for x, y in zip(breaks, breaks[1:])] + [breaks[-1]]
+    return starts, at
+
+
+def frontier_replicates(kl, reward, reward_se, prompt_values, prompt_weights, rng) -> tuple:
+    """Each point's (KL, reward) in every bootstrap replicate, and as observed: (kl_obs, rw_obs, kl_boot, rw_boot).
+
+    `kl`, `reward`, `reward_se`: (P, S) arrays, point x training seed, NaN where a seed lacks the
+    point; `prompt_values`: (P, S, Q), the point's per-prompt mean reward over a prompt index
+    shared by all algorithms (NaN where it has none: a record keeps per-sample values for its
+    final policy only); `prompt_weights`: (B, Q) how often each prompt is drawn in each of B
+    replicates, the same array for every algorithm so that differences are paired over prompts.
+
+    A replicate (Owen's bootstrap for crossed factors: every seed evaluates the same prompts):
+    - draws the S seeds with replacement (with one seed, keeps it);
+    - within each (point, seed) moves the reward by the prompt draw, as the weighted mean of its
+      per-prompt values minus their plain mean, or, where the record keeps only the aggregate,
+      by a normal draw with its standard error (not paired over prompts; NaN se counts as 0);
+    - averages KL and reward over the drawn seeds of each point (NaN where none has it).
+    KL moves with the seed draw only. Observed values: the plain means over seeds, (P,).
+    """
+    import numpy as np
+
+    kl, reward = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float)
+    se = np.asarray(reward_se, dtype=float)
+    values, weights = np.asarray(prompt_values, dtype=float), np.asarray(prompt_weights, dtype=float)
+    n_points, n_seeds = kl.shape
+    n_boot = weights.shape[0]
+    present = np.isfinite(kl) & np.isfinite(reward)
+    kl0, rw0 = np.where(present, kl, 0.0), np.where(present, reward, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kl_obs = kl0.sum(1) / present.sum(1)
+        rw_obs = rw0.sum(1) / present.sum(1)
+    if n_seeds > 1:
+        draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+        counts = (draws[:, :, None] == np.arange(n_seeds)).sum(1).astype(float)
+    else:
+        counts = np.ones((n_boot, 1))
+    has = np.isfinite(values)
+    v0, h = np.where(has, values, 0.0), has.astype(float)
+    keeps = has.any(-1)
+    n_prompts = values.shape[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # one matrix product each: (B, Q) x (Q, P * S)
+        den = (weights @ h.reshape(-1, n_prompts).T).reshape(n_boot, n_points, n_seeds)
+        drawn = (weights @ v0.reshape(-1, n_prompts).T).reshape(n_boot, n_points, n_seeds)
+        moved = drawn / den - v0.sum(-1) / h.sum(-1)
+    moved = np.where(np.isfinite(moved), moved, 0.0)  # a point none of whose prompts was drawn stays put
+    noise = np.where(np.isfinite(se), se, 0.0) * rng.standard_normal((n_boot, n_points, n_seeds))
+    rw = rw0 + np.where(keeps, moved, noise)
+    w = counts[:, None, :] * present
+    total = w.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kl_boot = (w * kl0).sum(-1) / total
+        rw_boot = (w * rw).sum(-1) / total
+    return kl_obs, rw_obs, kl_boot, rw_boot
+
+
+def difference_band(observed, replicates, level: float = 0.95) -> dict:
+    """Intervals and paired bootstrap p-values for a difference curve d (G,) from its replicates (B, G).
+
+    - low, high: pointwise percentile intervals;
+    - band_low, band_high: a simultaneous band, d ± c·sd, where sd is the replicates' standard
+      deviation at each point and c the `level` quantile of max_g |d*_g - d_g| / sd_g over the
+      replicates (the bootstrap sup-t band): it covers the whole curve at once with probability
+      `level`, so "at every KL" and "at some KL" read from it keep their error rate;
+    - p: the paired bootstrap test at each point, 2·min(share of replicates <= 0, share >= 0),
+      each share counting the observed difference once ((1 + count) / (1 + B)).
+    Replicates that are NaN at a point are left out there. Points without spread have a band of width 0.
+    """
+    import warnings
+
+    import numpy as np
+
+    d, reps = np.asarray(observed, dtype=float), np.asarray(replicates, dtype=float)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN results are the answer
+        low, high = np.nanquantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
+        sd = np.nanstd(reps, axis=0, ddof=1)
+        spread = np.isfinite(sd) & (sd > 1e-12 * (1 + np.abs(d)))  # not rounding noise of a constant
+        t = np.nanmax(np.where(spread, np.abs(reps - d) / np.where(spread, sd, 1.0), np.nan), axis=1)
+        t = t[np.isfinite(t)]
+        c = float(np.quantile(t, level)) if t.size else 0.0
+        half = np.where(spread, c * sd, 0.0)
+        n = np.isfinite(reps).sum(0)
+        le, ge = (reps <= 0).sum(0), (reps >= 0).sum(0)
+        p = np.minimum(1.0, 2 * np.minimum(1 + le, 1 + ge) / (1 + n))
+    return {
+        "diff": d,
+        "low": low,
+        "high": high,
+        "band_low": d - half,
+        "band_high": d + half,
+        "p": np.where(n > 0, p, np.nan),
+        "c": c,
+    }
+
+
+def dominance_verdict(band_low, band_high, margin: float = 0.0) -> tuple[str, int]:
+    """Whether "A - B >= -margin at every point" holds, read from a simultaneous band of A - B.
+
+    - "holds": the band lies above -margin at every point (with margin 0: A is above B everywhere);
+    - "fails": the band lies below -margin at some point (A is below B - margin there);
+    - "undecided": neither, i.e. somewhere the band reaches -margin and nowhere does it lie below it.
+    A point with a NaN end counts as undecided. Also returns the index of the deciding point: for
+    "fails" the point whose band is lowest (the strongest evidence against), otherwise the point
+    whose band reaches lowest (where the claim is least supported).
+    """
+    import numpy as np
+
+    lo, hi = np.asarray(band_low, dtype=float), np.asarray(band_high, dtype=float)
+    if lo.size == 0:
+        return "undecided", -1
+    below = np.isfinite(hi) & (hi < -margin)
+    if below.any():
+        return "fails", int(np.argmin(np.where(below, hi, np.inf)))
+    weakest = int(np.argmin(np.where(np.isfinite(lo), lo, -np.inf)))
+    above = np.isfinite(lo) & (lo > -margin)
+    return ("holds" if above.all() else "undecided"), weakest
+
+
+def sign_changes(starts: Sequence[float], diff: Sequence[float]) -> list[float]:
+    """The KLs (piece starts) at which a difference curve changes sign, zeros passed over."""
+    out, last = [], 0.0
+    for k, d in zip(starts, diff):
+        if not math.isfinite(d) or d == 0:
+            continue
+        if last and (d > 0) != (last > 0):
+            out.append(float(k))
+        last = d
+    return out

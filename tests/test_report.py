@@ -33,12 +33,16 @@ def fake_run(
     cost=None,
     judge=None,
     complete=True,
+    extra=None,
+    kl_estimator=None,
 ):
     """A run directory in the harness's format.
 
     `reward` and `kl`: per-prompt values (one sample per prompt); metrics.json holds their means
     and standard errors over prompts. `checkpoints`: (kl, reward) of intermediate policies.
     `judge`: per-prompt judge verdicts (1 win, 0 loss, 0.5 tie, NaN not judged), as the judge evaluator writes.
+    `extra`: {metric: per-prompt values} of further evaluators (e.g. heldout_sentiment), written as `reward` is.
+    `kl_estimator`: the kl aggregate's "estimator" (best-of-N's "analytic bound"); its samples then carry no kl.
     """
     setting = setting or {}
     config = {
@@ -69,6 +73,12 @@ def fake_run(
         }
         for i, (r, k) in enumerate(zip(reward, kl))
     ]
+    for key, values in (extra or {}).items():
+        for s, v in zip(samples, values):
+            s[key] = float(v)
+    if kl_estimator is not None:
+        for s in samples:
+            del s["kl"]
     metrics = {"n_prompts": len(samples), "n_samples": len(samples)}
     if judge is not None:
         for s, v in zip(samples, judge):
@@ -79,12 +89,15 @@ def fake_run(
             "evaluator": "judge",
         }
     bench_io.write_jsonl(d / "samples.jsonl", samples)
-    for key in ("gold_reward", "kl", "length"):
+    for key in ("gold_reward", "length", *(extra or {})):
         metrics[key] = {
             **mean_se([s[key] for s in samples]),
-            "higher_is_better": key == "gold_reward",
+            "higher_is_better": key != "length",
             "evaluator": key,
         }
+    metrics["kl"] = {**mean_se([float(k) for k in kl]), "higher_is_better": False, "evaluator": "kl"}
+    if kl_estimator is not None:
+        metrics["kl"].update(se=0.0, estimator=kl_estimator)
     bench_io.atomic_write_json(d / "metrics.json", metrics)
     rows = [
         {
@@ -181,14 +194,21 @@ def test_frontier_front_and_area_with_bootstrap_over_seeds(tmp_path):
     rows = {r["algorithm"]: r for r in _rows(default.tables["frontier"])}
     assert rows["dpo"]["area"] == "" and rows["sft"]["area"] == pytest.approx(0.4 * 0.5)
     assert "no policy within the KL budget" in {a["algo"]: a for a in default.frontier["algos"]}["dpo"]["label"]
-    # A run that leaves the policy unchanged (a reward model's: KL 0) is the starting point: it does not
-    # pull the budget to 0 and has no area (doing nothing would otherwise "win" at a small budget).
+    # A run that leaves the policy unchanged (a reward model's: KL 0) is the starting point, the common
+    # origin: not an algorithm of the frontier, matched-KL or pairwise tables, and it does not pull the
+    # budget to 0 (doing nothing would otherwise "win" at a small budget).
     fake_run(tmp_path, "reward-model", 0, reward=flat + 0.45, kl=flat)
     with_rm = build(tmp_path, "sentiment")
     assert with_rm.frontier["budget"] == pytest.approx(0.5)
+    assert with_rm.frontier["origin"]["reward"] == pytest.approx(0.45) and with_rm.frontier["origin"]["kl"] == 0
     rows = {r["algorithm"]: r for r in _rows(with_rm.tables["frontier"])}
-    assert rows["reward-model"]["area"] == "" and rows["sft"]["area"] == pytest.approx(0.4 * 0.5)
-    assert "starting policy" in {a["algo"]: a for a in with_rm.frontier["algos"]}["reward-model"]["label"]
+    assert set(rows) == {"dpo", "sft"} and rows["sft"]["area"] == pytest.approx(0.4 * 0.5)
+    assert {a["algo"] for a in with_rm.frontier["algos"]} == {"dpo", "sft"}
+    for name in ("pairwise", "matched_kl", "matched_kl_grid"):
+        t = with_rm.tables[name]
+        assert not any("reward-model" in (row[0], row[1]) for row in t.csv_rows), name
+    assert "reward-model" in {row[0] for row in with_rm.tables["summary"].csv_rows}  # still a run of the report
+    assert "starting policy" in with_rm.tables["frontier"].note
 
 
 def test_checkpoints_line_up_across_seeds_by_training_progress(tmp_path):
