@@ -132,6 +132,8 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
     tokenizer = load_tokenizer(name, task=task, key=key)
     from transformers import AutoModelForCausalLM
 
+    from bench.device import fused_gelu
+
     try:
         model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=dtype or "auto")
     except Exception as exc:
@@ -141,7 +143,7 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
             f"task {task}: the tokenizer of {name} ({key}) has no end-of-sequence token; the harness needs one"
         )
     model.eval()
-    return model, tokenizer
+    return fused_gelu(model), tokenizer
 
 
 def load_tokenizer(name: str, *, task: str, key: str = "task.model", cache_dir: Path | None = None):

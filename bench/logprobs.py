@@ -73,13 +73,13 @@ def encode(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bo
 def collate(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch to its longest row: input_ids, attention_mask, completion_mask ([B, T] longs)."""
     width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for r, (ids, n_prompt) in enumerate(encoded):
-        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[r, : len(ids)] = 1
-        completion_mask[r, n_prompt : len(ids)] = 1
+    # One tensor from padded lists and the masks from column positions: no per-row tensor copies.
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in encoded], dtype=torch.long)
+    column = torch.arange(width)
+    lengths = torch.tensor([len(ids) for ids, _ in encoded])[:, None]
+    prompts = torch.tensor([n_prompt for _, n_prompt in encoded])[:, None]
+    attention_mask = (column < lengths).long()
+    completion_mask = ((column >= prompts) & (column < lengths)).long()
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.artifacts import build_once
+from bench.device import fused_gelu
 from bench.errors import UserError
 from bench.io import read_jsonl, write_jsonl
 from bench.logprobs import collate_pairs, encode, pad_id, scored_in_length_order
@@ -164,7 +165,7 @@ def load(path: str | Path, tokenizer, vocab_size: int):
     if not (path / "config.json").is_file():
         raise UserError(f"reward model {path}: no config.json there; pass a directory written by save_pretrained")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = fused_gelu(AutoModelForSequenceClassification.from_pretrained(path))
     except (OSError, ValueError) as exc:
         raise UserError(
             f"reward model {path}: cannot be loaded ({exc}); pass a Hugging Face sequence-classification model"

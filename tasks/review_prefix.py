@@ -532,10 +532,12 @@ class BuiltTask:
         """A fresh copy of the SFT policy (eval mode) and its tokenizer."""
         from transformers import AutoModelForCausalLM
 
+        from bench.device import fused_gelu
+
         self.build()
         model = AutoModelForCausalLM.from_pretrained(self.artifact_dir / "policy")
         model.eval()
-        return model, self.tokenizer()
+        return fused_gelu(model), self.tokenizer()
 
     def sft_data(self) -> list[dict]:
         """Demonstrations from the language-model reviews: prompt = prefix, completion = the real continuation."""
