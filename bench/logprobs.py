@@ -160,10 +160,38 @@ def chunk_logits(head, states: torch.Tensor, temperature: float) -> torch.Tensor
     return logits / temperature if temperature != 1.0 else logits
 
 
+class PickedLogProbs(torch.autograd.Function):
+    """log softmax(logits)[label] for each position: [..., V] logits and [...] labels -> [...] log-probs.
+
+    The forward is gather - logsumexp (never a second vocabulary-wide tensor, unlike log_softmax(...).gather).
+    The backward writes the gradient, g * (onehot(label) - softmax(logits)), into ONE new tensor: autograd's own
+    backward of the same expression allocates and fills a zero tensor for the gather, another for the softmax
+    term and a third for their sum, three passes over the vocabulary-wide activations of every position. The
+    values are autograd's: the same products and sums in the same order.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_z = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, labels, log_z)
+        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, labels, log_z = ctx.saved_tensors
+        out = torch.exp(logits - log_z.unsqueeze(-1))
+        out.mul_(-grad.unsqueeze(-1))
+        out.scatter_add_(-1, labels.unsqueeze(-1), grad.unsqueeze(-1))
+        return out, None
+
+
+def picked_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] per position ([..., V], [...] -> [...]), differentiable in logits."""
+    return PickedLogProbs.apply(logits, labels)
+
+
 def _picked_logps(head, temperature: float, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = chunk_logits(head, states, temperature)
-    # gather - logsumexp instead of log_softmax(...).gather: never holds a second [N, V] tensor.
-    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return picked_logps(chunk_logits(head, states, temperature), labels)
 
 
 def _picked_logps_entropy(head, temperature: float, states: torch.Tensor, labels: torch.Tensor):
@@ -279,9 +307,7 @@ def token_logps(
     mask = batch["completion_mask"][:, 1:]
     if one_chunk(model, batch, max_tokens):
         logits, start = scored_logits(model, batch, temperature)
-        labels = batch["input_ids"][:, start + 1 :]
-        # gather - logsumexp instead of log_softmax(...).gather: never holds a second [B, T, V] tensor.
-        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        picked = picked_logps(logits, batch["input_ids"][:, start + 1 :])
         skipped = torch.zeros((mask.shape[0], start), dtype=picked.dtype, device=picked.device)
         return torch.cat([skipped, picked], dim=1).masked_fill(mask == 0, 0.0), mask
     states, head, start = scored_states(model, batch)

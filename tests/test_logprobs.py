@@ -194,3 +194,19 @@ def test_cache_hit_does_not_call_the_model(tmp_path):
         cached_dataset_logps(
             model, encoded[:4] + [(encoded[4][0], encoded[4][1] + 1)], PAD, 2, tmp_path, key="reference-a"
         )
+
+
+def test_picked_logps_is_gather_minus_logsumexp_with_autograds_own_gradient():
+    from bench.logprobs import picked_logps
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 7, 33, generator=g, requires_grad=True)
+    labels = torch.randint(0, 33, (4, 7), generator=g)
+    weights = torch.randn(4, 7, generator=g)
+    want = logits.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
+    got = picked_logps(logits, labels)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), logits)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)  # the same arithmetic, not merely close
+    double = torch.randn(3, 5, 6, dtype=torch.double, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(picked_logps, (double, torch.randint(0, 6, (3, 5), generator=g)))
