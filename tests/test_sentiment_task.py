@@ -375,3 +375,41 @@ def test_cli_dpo_on_smollm2(cache_dir, tmp_path):
             + tok(row["reference"], add_special_tokens=False)["input_ids"]
         )
         assert alone == tok(row["prompt"] + row["reference"], add_special_tokens=False)["input_ids"], row
+
+
+def test_a_shipped_policy_takes_the_place_of_training_when_its_recipe_matches(task, tmp_path, monkeypatch):
+    """`make policy` ships a build's policy; a later build with the same recipe loads it and builds the same task."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bench.errors import UserError
+
+    shipped = tmp_path / "shipped"
+    meta = sentiment.ship_policy(task.artifact_dir, shipped)
+    trained_log = json.loads((task.artifact_dir / "build_log.json").read_text())
+    assert meta["recipe"] == trained_log["policy_recipe"]  # recomputed from the build's files, as a build computes it
+    assert meta["training"]["train_tokens"] == trained_log["policy"]["train_tokens"] > 0
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the policy was trained despite a shipped policy of the same recipe")
+
+    monkeypatch.setattr(sentiment, "SHIPPED_POLICY", shipped)
+    monkeypatch.setattr(review_prefix, "train_policy", fail)
+    again = Sentiment(Config(scale="tiny"), tmp_path / "cache")
+    again.build()
+    weights = [load_file(d / "policy" / "model.safetensors") for d in (task.artifact_dir, again.artifact_dir)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for name in ("preferences_train.jsonl", "preferences_test.jsonl", "sft.jsonl", "eval_prompts.jsonl"):
+        assert (again.artifact_dir / name).read_text() == (task.artifact_dir / name).read_text(), name
+    log = json.loads((again.artifact_dir / "build_log.json").read_text())
+    assert log["policy"]["shipped_training"] == meta["training"]
+    assert log["policy"]["valid_perplexity"] == pytest.approx(trained_log["policy"]["valid_perplexity"], rel=1e-6)
+
+    # Another recipe (here a learning rate) trains; so does policy_weights=train.
+    for changed in (Config(scale="tiny", lm_lr=1e-3), Config(scale="tiny", policy_weights="train")):
+        with pytest.raises(AssertionError, match="trained despite"):
+            Sentiment(changed, tmp_path / "cache").build()
+    # Weights that are not the ones recipe.json describes are refused, naming the fix.
+    (shipped / "model.safetensors").write_bytes(b"not the shipped weights")
+    with pytest.raises(UserError, match="sha256.*policy_weights=train"):
+        Sentiment(Config(scale="tiny"), tmp_path / "other-cache").build()
