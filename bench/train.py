@@ -171,37 +171,41 @@ class Loop:
     def optimizer_step(self, examples: Sequence[Any], order: list[int], collate, loss_fn) -> dict[str, float]:
         """One optimizer step on `examples[i] for i in order`, in micro-batches of batch_size / grad_accum.
 
-        Gradients accumulate over the micro-batches, a non-finite loss stops the run with one line, the
-        gradient norm is clipped and the schedule advances. Returns the loss and `loss_fn`'s metrics
-        (each micro-batch weighted by its share of the examples), grad_norm and the non-padding tokens.
+        Gradients accumulate over the micro-batches, the gradient norm is clipped, the schedule advances and a
+        non-finite loss stops the run with one line. Returns the loss and `loss_fn`'s metrics (each micro-batch
+        weighted by its share of the examples), grad_norm and the non-padding tokens. The metrics stay on the
+        device until the step is done and then come to the host in one transfer: one synchronisation per step,
+        not one per metric and micro-batch.
         """
         cfg, accelerator = self.cfg, self.accelerator
         micro = cfg.batch_size // cfg.grad_accum
         # Each process takes its share of the step's examples (one process on CPU).
         order = order[accelerator.process_index :: accelerator.num_processes]
-        metrics: dict[str, float] = {}
-        tokens = 0  # non-padding tokens trained on (cost accounting)
+        metrics: dict[str, Any] = {}
+        tokens = 0  # non-padding tokens trained on (cost accounting), counted on the host before the copy
         for start in range(0, len(order), micro):
             batch = collate([examples[i] for i in order[start : start + micro]])
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             if "attention_mask" in batch:
                 tokens += int(batch["attention_mask"].sum())
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with accelerator.autocast():
                 loss, batch_metrics = loss_fn(self.model, batch)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"{self.desc}: the loss became {loss.item()} at step {self.current_step + 1}; lower train.lr "
-                    f"(now {cfg.lr}) or check the data for empty completions"
-                )
             accelerator.backward(loss / math.ceil(len(order) / micro))
             share = len(order[start : start + micro]) / len(order)
             for k, v in {"loss": loss, **batch_metrics}.items():
-                metrics[k] = metrics.get(k, 0.0) + share * float(v.detach() if torch.is_tensor(v) else v)
+                # float64, as the Python floats these sums were before: the same values, exactly.
+                metrics[k] = metrics.get(k, 0.0) + share * (v.detach().double() if torch.is_tensor(v) else float(v))
         if cfg.max_grad_norm > 0:
-            metrics["grad_norm"] = float(accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+            metrics["grad_norm"] = accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm).detach()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        metrics = _to_host(metrics)
+        if not math.isfinite(metrics["loss"]):
+            raise UserError(
+                f"{self.desc}: the loss became {metrics['loss']} at step {self.current_step + 1}; lower train.lr "
+                f"(now {cfg.lr}) or check the data for empty completions"
+            )
         return {**metrics, "tokens": tokens}
 
     def minibatch_epochs(
@@ -239,6 +243,13 @@ def _switch_checkpointing(model, on: bool) -> None:
         getattr(model, f"{prefix}_checkpointing_enable")({"use_reentrant": False})
     else:
         getattr(model, f"{prefix}_checkpointing_disable")()
+
+
+def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
+    """Python floats of a dict of 0-d tensors (on any device) and numbers, in one device-to-host transfer."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    values = dict(zip(keys, torch.stack([metrics[k].reshape(()).double() for k in keys]).tolist())) if keys else {}
+    return {k: values[k] if k in values else float(v) for k, v in metrics.items()}
 
 
 Step = Callable[[int, Loop], dict]
