@@ -413,3 +413,28 @@ def test_a_shipped_policy_takes_the_place_of_training_when_its_recipe_matches(ta
     (shipped / "model.safetensors").write_bytes(b"not the shipped weights")
     with pytest.raises(UserError, match="sha256.*policy_weights=train"):
         Sentiment(Config(scale="tiny"), tmp_path / "other-cache").build()
+
+
+def test_the_shipped_policy_is_the_default_builds_and_intact(tmp_path):
+    """What the repository ships is what a default build asks for: its settings, shape and untouched weights.
+
+    (The data and tokenizer hashes are checked by every default build, which trains when they differ.)
+    """
+    from bench.config import file_sha256
+
+    shipped = sentiment.SHIPPED_POLICY
+    meta = json.loads((shipped / "recipe.json").read_text())
+    default = Sentiment(Config(), tmp_path).config
+    assert {k: meta["recipe"][k] for k in sentiment.POLICY_FIELDS} == {
+        k: getattr(default, k) for k in sentiment.POLICY_FIELDS
+    }
+    assert meta["recipe"]["policy_version"] == sentiment.POLICY_VERSION
+    assert file_sha256(str(shipped / "model.safetensors")) == meta["weights_sha256"]
+    config = json.loads((shipped / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"], config["n_head"], config["vocab_size"]) == (
+        default.n_layer,
+        default.n_embd,
+        default.n_head,
+        default.vocab_size,
+    )
+    assert meta["training"]["valid_perplexity_first_window"] <= 80
