@@ -191,7 +191,8 @@ class Loop:
         With N processes (data-parallel, DDP) each takes every N-th example of `order` and weights each of
         its micro-batch losses by N times the micro-batch's share of the step's examples: DDP averages the
         processes' gradients, so the step's gradient is the one-process gradient of the examples' mean loss
-        (exactly so for losses that are a mean over examples, as every pairwise loss is). Only the last
+        (exactly so for losses that are a mean over examples, as every pairwise loss is; a loss that is a mean
+        over tokens becomes the average of the processes' token means, as with grad_accum). Only the last
         micro-batch of a process synchronises gradients; metrics and token counts are combined over the
         processes the same way, so the log shows what one process would.
         """
