@@ -11,10 +11,10 @@ import os
 import shlex
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench import config as cfg
 from bench import data as rows
@@ -305,27 +305,30 @@ def execute(
     share (bench.distributed); the main process alone takes the lock, writes the record and prints, and
     the others wait for it at the end.
     """
-    check_launch()
+    with _alike():
+        check_launch()
+        r = resolve(spec, cache_dir)
     if not distributed.is_main():
         echo = _quiet
-    r = resolve(spec, cache_dir)
     results = Path(results)
     final = results / r.name
     if distributed.broadcast(records.is_complete(final)):
         echo(f"{r.name}: complete, skipped ({final})")
         return final
-    check_results_dir(results)
-    user_rows = read_user_files(r)
+    with _alike():
+        check_results_dir(results)
+        user_rows = read_user_files(r)
     for ev_cls, ev_config in r.evaluators:
-        # Evaluators that talk to a service check it now, not after minutes of training.
+        # Evaluators that talk to a service check it now, not after minutes of training (the main process only).
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
-        optional(evaluator, "evaluator", "preflight")()
+        distributed.run_on_main(optional(evaluator, "evaluator", "preflight"))
 
     t0 = time.time()
     r.task.build()
     if r.eval_task is not None:
         r.eval_task.build()
-    data = load_data(r, user_rows)
+    with _alike():
+        data = load_data(r, user_rows)
     t_build = time.time() - t0
     for line in data_notes(data)[0]:
         echo(line)
@@ -339,6 +342,18 @@ def execute(
     echo(summary_line(r.name, metrics))
     echo(f"run record: {final}")
     return final
+
+
+@contextmanager
+def _alike() -> Iterator[None]:
+    """For steps every process of a run takes alike (settings, data files): a UserError there is the main process's
+    to print, and the others exit with it quietly (bench.distributed.MainError)."""
+    try:
+        yield
+    except UserError as exc:
+        if distributed.launched_main() or isinstance(exc, distributed.MainError):
+            raise
+        raise distributed.MainError(str(exc)) from None
 
 
 def _quiet(line: str) -> None:
