@@ -3,7 +3,8 @@
 An interrupted build therefore never looks complete, and temporary directories left by killed
 processes are removed on the next build. One process builds an artifact at a time: the builder
 holds a lock beside it (bench.lock), and a second process that needs the same artifact, say the
-other runs of a `bench sweep --jobs N` starting together, waits for it and then uses it.
+other runs of a `bench sweep --jobs N` starting together, waits for it and then uses it. In a run
+of several processes (accelerate launch) the main one builds and the others wait for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from bench import distributed
+from bench.errors import UserError
 from bench.lock import file_lock
 
 
@@ -45,8 +48,18 @@ def build_once(artifact_dir: Path, build: Callable[[Path], dict], echo: Callable
     """Run `build(tmp_dir) -> build_log` unless `artifact_dir` exists; the log lands in build_log.json.
 
     Another process building the same artifact is waited for (echo says so once), and its artifact used.
+    In a run of several processes (accelerate launch) the main one builds, by itself, exactly as a
+    one-process run would, while the others wait for it; then all of them use the artifact.
     """
     artifact_dir = Path(artifact_dir)
+    if distributed.world_size() > 1:
+        distributed.run_on_main(lambda: build_once(artifact_dir, build, echo))
+        if not artifact_dir.is_dir():
+            raise UserError(
+                f"{artifact_dir}: built by the main process but not visible here; put the cache "
+                "(--cache or BENCH_CACHE_DIR) on a filesystem that every process shares"
+            )
+        return artifact_dir
     if artifact_dir.is_dir():
         return artifact_dir
     root, key = artifact_dir.parent, artifact_dir.name

@@ -114,8 +114,14 @@ def cmd_table(args) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from bench import sweep
+    from bench import distributed, sweep
 
+    if distributed.launched_processes() > 1:
+        raise UserError(
+            "bench sweep dispatches runs and is not itself launched as several processes: launch each run's "
+            "`bench run` command (bench sweep --dry-run lists them) with accelerate launch, or give each "
+            "submitit job several processes (--executor tasks_per_node=N)"
+        )
     results, cache = Path(args.results), Path(args.cache)
     if args.jobs is not None and args.dispatch == "submitit":
         raise UserError(
@@ -285,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = ["bench", *argv]  # what the run record keeps as the command that made it
         status = args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from bench import distributed
+
+        if distributed.launched_main():
+            print(f"error: {exc}", file=sys.stderr)
+        elif not isinstance(exc, distributed.MainError):  # the main process prints its own errors
+            print(f"error (process {os.environ.get('RANK')}): {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `bench list | head`: the reader has gone; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -29,6 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from bench import distributed
 from bench.io import atomic_write_bytes
 
 Encoded = tuple[list[int], int]
@@ -103,7 +104,9 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(backbone, head) with `logits == head(backbone(...).last_hidden_state)`, or None where that is not known.
 
     A LoRA-wrapped (peft) model splits like the model it wraps: its adapters sit inside those modules. Prompt
-    learning adapters (prefix or prompt tuning) change the inputs instead, so those models do not split.
+    learning adapters (prefix or prompt tuning) change the inputs instead, so those models do not split. Nor does
+    a DDP-wrapped one (training with several processes): its gradients are synchronised only through its own
+    forward, so it is scored by its full forward, reduced one chunk at a time.
     """
     peft = sys.modules.get("peft")  # never imported here: a model that is peft-wrapped has imported it already
     if peft is not None and isinstance(model, peft.PeftModel):
@@ -269,6 +272,8 @@ def one_chunk(model, batch: dict, max_tokens: int | None = AUTO) -> bool:
 
 def output_vocab(model) -> int:
     """The model's output width (its logits' last dimension)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):  # bench.train.Loop with several processes
+        model = model.module
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
@@ -363,25 +368,40 @@ def scored_in_length_order(
 
     Batches are taken in length order so each holds sequences of similar length (little padding);
     the models are in eval mode meanwhile (their mode is restored after) and the batch is on the first
-    one's device. `score` returns a tensor [B], or a tuple of them (then each result is a tuple).
+    one's device. `score` returns a tensor [B], or a tuple of them (then each result is a tuple). With
+    several processes each scores its share of the batches and every one receives all results.
     """
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     out: list = [None] * len(encoded)
     device = next(models[0].parameters()).device
     modes = [m.training for m in models]
     for m in models:
         m.eval()
+    # With several processes each scores its share of the batches (bench.distributed.map_sharded).
+    bar = tqdm(
+        total=len(distributed.my_jobs(len(batches))),
+        desc=desc,
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=desc is None,
+    )
+
+    def one_batch(b: int, rows: list[int]) -> list:
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
+        result = score(batch)
+        columns = [t.float().cpu().tolist() for t in (result if isinstance(result, tuple) else (result,))]
+        bar.update(1)
+        return [values if isinstance(result, tuple) else values[0] for values in zip(*columns)]
+
     try:
         with torch.no_grad():
-            batches = range(0, len(order), batch_size)
-            for start in tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=desc is None):
-                rows = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
-                result = score(batch)
-                columns = [t.float().cpu().tolist() for t in (result if isinstance(result, tuple) else (result,))]
-                for i, values in zip(rows, zip(*columns)):
-                    out[i] = values if isinstance(result, tuple) else values[0]
+            for rows, values in zip(batches, distributed.map_sharded(one_batch, batches)):
+                for i, value in zip(rows, values):
+                    out[i] = value
     finally:
+        bar.close()
         for m, mode in zip(models, modes):
             m.train(mode)
     return out
@@ -408,12 +428,17 @@ def cached_dataset_logps(
     for ids, n_prompt in encoded:
         digest.update(array("q", [len(ids), n_prompt, *ids]).tobytes())
     path = Path(cache_dir) / f"logps-{digest.hexdigest()}.pt"
+    cached = None
     if path.exists():
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.shape == (len(encoded),):
-            return cached
+        if cached.shape != (len(encoded),):
+            cached = None
+    # With several processes: all use the file or all compute (sharded), and the main process writes it.
+    if distributed.all_true(cached is not None):
+        return cached
     logps = dataset_logps(model, encoded, pad_id, batch_size, desc=desc)
-    buffer = io.BytesIO()
-    torch.save(logps, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    if distributed.is_main():
+        buffer = io.BytesIO()
+        torch.save(logps, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
     return logps

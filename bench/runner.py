@@ -11,19 +11,20 @@ import os
 import shlex
 import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench import config as cfg
 from bench import data as rows
+from bench import distributed, records, registry, seeds
 from bench import io as bench_io
-from bench import records, registry, seeds
 from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
 from bench.logprobs import context_length
-from bench.train import CHECKPOINT, STATE_FILE
+from bench.train import CHECKPOINT, STATE_FILE, check_launch
 
 RECORD_VERSION = 1
 """Bumped when the meaning of a run record changes, so old and new runs never share an id."""
@@ -299,37 +300,64 @@ def execute(
 
     One process writes a run at a time: a second one with the same run waits for the first
     (wait=False: raises bench.lock.RunInProgress instead) and then finds it complete.
+
+    Launched as several processes (accelerate launch), all of them train, sample and evaluate, each its
+    share (bench.distributed); the main process alone takes the lock, writes the record and prints, and
+    the others wait for it at the end.
     """
-    r = resolve(spec, cache_dir)
+    with _alike():
+        check_launch()
+        r = resolve(spec, cache_dir)
+    if not distributed.is_main():
+        echo = _quiet
     results = Path(results)
     final = results / r.name
-    if records.is_complete(final):
+    if distributed.broadcast(records.is_complete(final)):
         echo(f"{r.name}: complete, skipped ({final})")
         return final
-    check_results_dir(results)
-    user_rows = read_user_files(r)
+    with _alike():
+        check_results_dir(results)
+        user_rows = read_user_files(r)
     for ev_cls, ev_config in r.evaluators:
-        # Evaluators that talk to a service check it now, not after minutes of training.
+        # Evaluators that talk to a service check it now, not after minutes of training (the main process only).
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
-        optional(evaluator, "evaluator", "preflight")()
+        distributed.run_on_main(optional(evaluator, "evaluator", "preflight"))
 
     t0 = time.time()
     r.task.build()
     if r.eval_task is not None:
         r.eval_task.build()
-    data = load_data(r, user_rows)
+    with _alike():
+        data = load_data(r, user_rows)
     t_build = time.time() - t0
     for line in data_notes(data)[0]:
         echo(line)
 
-    with run_lock(results, r.name, wait=wait, echo=echo):
-        if records.is_complete(final):  # another process finished it while we waited
+    with run_lock(results, r.name, wait=wait, echo=echo) if distributed.is_main() else nullcontext():
+        if distributed.broadcast(records.is_complete(final)):  # another process finished it while we waited
             echo(f"{r.name}: complete, skipped ({final})")
             return final
         metrics = _record(r, data, results, t_build, echo, spec.command or run_command(spec, results))
+        distributed.barrier()  # the record is published before any process of the run exits
     echo(summary_line(r.name, metrics))
     echo(f"run record: {final}")
     return final
+
+
+@contextmanager
+def _alike() -> Iterator[None]:
+    """For steps every process of a run takes alike (settings, data files): a UserError there is the main process's
+    to print, and the others exit with it quietly (bench.distributed.MainError)."""
+    try:
+        yield
+    except UserError as exc:
+        if distributed.launched_main() or isinstance(exc, distributed.MainError):
+            raise
+        raise distributed.MainError(str(exc)) from None
+
+
+def _quiet(line: str) -> None:
+    """The echo of processes other than the main one: it alone prints."""
 
 
 def check_results_dir(results: Path) -> None:
@@ -348,49 +376,59 @@ def _record(
     r: Resolved, data: dict, results: Path, t_build: float, echo: Callable[[str], None], command: list[str]
 ) -> dict:
     """Build the run under .partial/ (resuming from its checkpoint if one is there) and publish it; the caller holds
-    the lock. `command` is the command line recorded in config.json."""
+    the lock. `command` is the command line recorded in config.json. With several processes every one runs this
+    and the main one alone writes."""
     import torch
 
     from bench.device import device
 
+    main = distributed.is_main()
     partial = results / records.PARTIAL / r.name
     checkpoint_dir = partial / "checkpoints"
-    step = _resume_step(checkpoint_dir, echo)
-    if step is not None:
-        echo(f"{r.name}: resuming from step {step}")
-        for name in ("train_log.jsonl", "checkpoints.jsonl"):
-            _truncate_log(partial / name, step)
-    else:
-        records.discard(partial)
+    step = None
+    if main:
+        step = _resume_step(checkpoint_dir, echo)
+        if step is not None:
+            echo(f"{r.name}: resuming from step {step}")
+            for name in ("train_log.jsonl", "checkpoints.jsonl"):
+                _truncate_log(partial / name, step)
+        else:
+            records.discard(partial)
+    distributed.barrier()  # the others look for the checkpoint only once the main process has kept or removed it
     try:
-        partial.mkdir(parents=True, exist_ok=True)
-        bench_io.atomic_write_json(
-            partial / "config.json",
-            {
-                "run_id": r.run_id,
-                "name": r.name,
-                "config": r.record,
-                "versions": records.package_versions(),
-                "git_revision": records.git_revision(),
-                "device": str(device()),
-                "torch_threads": torch.get_num_threads(),
-                "command": shlex.join(command),
-            },
-        )
+        if main:
+            partial.mkdir(parents=True, exist_ok=True)
+            bench_io.atomic_write_json(
+                partial / "config.json",
+                {
+                    "run_id": r.run_id,
+                    "name": r.name,
+                    "config": r.record,
+                    "versions": records.package_versions(),
+                    "git_revision": records.git_revision(),
+                    "device": str(device()),
+                    "torch_threads": torch.get_num_threads(),
+                    "command": shlex.join(command),
+                    **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
+                },
+            )
         # Labels are a cost only for algorithms that learn from them (not SFT, not PPO on the gold reward).
         labels = len(data["preferences"]) if optional(r.algo_cls, "algorithm", "uses_preferences") else 0
         cost = {"wall_time_s": {"build": t_build}, "preference_labels": labels}
         metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
-        bench_io.atomic_write_json(partial / "metrics.json", metrics)
-        bench_io.atomic_write_json(partial / "cost.json", cost)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        records.publish(partial, results / r.name)
+        if main:
+            bench_io.atomic_write_json(partial / "metrics.json", metrics)
+            bench_io.atomic_write_json(partial / "cost.json", cost)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            records.publish(partial, results / r.name)
     except UserError:
-        records.discard(partial)
+        if main:
+            records.discard(partial)
         raise
     except OSError as exc:
         # Disk full, a directory removed under us, ...: nothing half-written may stay visible.
-        records.discard(partial)
+        if main:
+            records.discard(partial)
         where = exc.filename or partial
         raise UserError(f"cannot write {where} ({exc.strerror or exc}); free space or pass another --results") from None
     return metrics
@@ -433,6 +471,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     from bench.profiling import Profiler
 
     dev = device()
+    main = distributed.is_main()  # with several processes only the main one writes
     log_path = run_dir / "train_log.jsonl"
     points_path = run_dir / "checkpoints.jsonl"
     prompts = [row["prompt"] for row in data["eval_prompts"]]
@@ -458,7 +497,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         reference=reference.to(dev),
         train=r.train,
         seed=r.seed,
-        log=lambda row: bench_io.append_jsonl(log_path, row),
+        log=(lambda row: bench_io.append_jsonl(log_path, row)) if main else (lambda row: None),
         checkpoint_dir=checkpoint_dir,
         cache_dir=r.cache_dir,
         sft_examples=data["sft"],
@@ -479,7 +518,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         )
     )
     marks: set[int] = set()
-    profiler = Profiler(run_dir / "profile" if r.options.profile else None)
+    profiler = Profiler(run_dir / "profile" if r.options.profile and main else None)
 
     def on_step(step: int, total: int, model) -> None:
         """Evaluate evenly spaced intermediate policies: each adds a (KL, reward) point to the frontier."""
@@ -494,7 +533,8 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
             point = eval_ctx(dataclasses.replace(ctx, trained=ModelPolicy(model, tokenizer)))
             samples = point.trained.sample(prompts, r.generation, seed=eval_seed)
             metrics = _evaluate(r.evaluators, samples, point, at_checkpoint=True)
-            bench_io.append_jsonl(points_path, {"step": step, "total_steps": total, "metrics": metrics})
+            if main:
+                bench_io.append_jsonl(points_path, {"step": step, "total_steps": total, "metrics": metrics})
             model.train()
 
     ctx.on_step = on_step
@@ -528,6 +568,8 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         cost["parameters"] = n_params
         # The usual estimate: forward + backward ~ 6 FLOPs per parameter per trained token.
         cost["train_flops"] = 6 * n_params * cost["train_tokens"]
+    if not main:
+        return metrics
     final = {"step": max([row.get("step", 0) for row in log_rows] or [0]), "metrics": metrics, "final": True}
     bench_io.append_jsonl(points_path, {**final, "total_steps": final["step"]})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from bench import seeds
+from bench import distributed, seeds
 
 
 def sample(
@@ -34,7 +34,9 @@ def sample(
     A completion stops after `max_new_tokens` tokens, or right after eos (which it then
     includes). `temperature=0` is greedy decoding. The result depends only on the model, the
     prompts, `seed` and `batch_size`: prompts are grouped by length (less padding) and batch
-    number b draws from a generator seeded with (seed, b).
+    number b draws from a generator seeded with (seed, b). With several processes, batch b is
+    sampled on rank b % world and every rank receives all completions: the same ones, since each
+    batch keeps its prompts and its seed whatever the number of processes.
     """
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("sample: every prompt needs at least one token")
@@ -45,28 +47,34 @@ def sample(
         return completions
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(order), desc=desc, unit="prompt", dynamic_ncols=True, leave=False, disable=desc is None)
+    # With several processes each samples its share of the batches (bench.distributed.map_sharded).
+    mine = sum(len(batches[b]) for b in distributed.my_jobs(len(batches)))
+    bar = tqdm(total=mine, desc=desc, unit="prompt", dynamic_ncols=True, leave=False, disable=desc is None)
+
+    def one_batch(b: int, rows: list[int]) -> list[list[int]]:
+        # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
+        generator = torch.Generator(device=model.device).manual_seed(seeds.stream(seed, b))
+        out = _sample_batch(
+            model,
+            [prompt_ids[i] for i in rows],
+            max_new_tokens,
+            temperature,
+            top_p,
+            eos_token_id,
+            pad_token_id,
+            generator,
+        )
+        bar.update(len(rows))
+        return out
+
     try:
         with torch.inference_mode():
-            for b, start in enumerate(range(0, len(order), batch_size)):
-                rows = order[start : start + batch_size]
-                # Modulo 2**64, the most a generator takes: the same seeds as before wherever they fitted.
-                generator = torch.Generator(device=model.device).manual_seed(seeds.stream(seed, b))
-                out = _sample_batch(
-                    model,
-                    [prompt_ids[i] for i in rows],
-                    max_new_tokens,
-                    temperature,
-                    top_p,
-                    eos_token_id,
-                    pad_token_id,
-                    generator,
-                )
+            for rows, out in zip(batches, distributed.map_sharded(one_batch, batches)):
                 for i, completion in zip(rows, out):
                     completions[i] = completion
-                bar.update(len(rows))
     finally:
         bar.close()
         model.train(was_training)

@@ -10,7 +10,8 @@ Dispatch. `local` runs one run after another in this process; with `--jobs N`, u
 as its `bench run` command in a process of its own with 1/N of the torch threads (on small models,
 several one-thread processes do more than one process using every thread). `submitit` hands each run to
 submitit as one job: a Slurm job array where Slurm is found (`srun` on PATH), local subprocesses
-otherwise (or with `--executor cluster=local`).
+otherwise (or with `--executor cluster=local`). A job of several tasks (`--executor tasks_per_node=N`,
+with as many GPUs) is one run in N processes, data-parallel, as under accelerate launch.
 submitit rather than Ray: the clusters alignment researchers share are mostly Slurm, and
 submitit needs nothing running on them (no head node, no object store), only a shared
 filesystem, which the results directory already has to be; a job is a pickled function call,
@@ -262,7 +263,25 @@ def run_one(
     equivalent `bench run` command, whichever process (this one, a subprocess, a Slurm node) ran it.
     """
     spec = dataclasses.replace(spec, command=run_command(spec, results))
+    join_job_tasks()
     return execute(spec, Path(results), Path(cache_dir), echo)
+
+
+def join_job_tasks() -> None:
+    """Inside a submitit job of several tasks (`--executor tasks_per_node=N`, and nodes=M), make them one run of
+    N x M processes: the environment torch.distributed starts from (RANK, WORLD_SIZE, MASTER_ADDR, ...), as
+    accelerate launch would set it. Elsewhere (no job, a job of one task, a launcher already set it) nothing."""
+    if "WORLD_SIZE" in os.environ or "submitit" not in sys.modules:
+        return  # a submitit job has imported submitit to unpickle its function
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job
+        return
+    if tasks > 1:
+        # Every task keeps every GPU of its node in sight; accelerate picks the one of its local rank.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def parse_jobs(text: str) -> int:
@@ -483,7 +502,7 @@ def _run_submitit(todo: list[Planned], results: Path, cache_dir: Path, options: 
         for job in submitit.helpers.as_completed(list(jobs.values()), poll_frequency=POLL_SECONDS):
             name = names[id(job)]
             try:
-                path = Path(job.result())
+                path = Path(job.results()[0])  # task 0 of a job of several tasks (one run)
             except Exception as exc:  # a failed job must not stop the others from being collected
                 failed.append(name)
                 last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,8 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bench import distributed, seeds
 from bench import io as bench_io
-from bench import seeds
 from bench.checks import at_least, between, non_negative, one_of, positive, require
 from bench.device import mixed_precision
 from bench.errors import UserError
@@ -152,11 +153,23 @@ class Loop:
     """
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, desc: str):
-        from accelerate import Accelerator  # imported here: keeps `bench --help` fast
-
         self.cfg, self.desc = cfg, desc
         self.current_step = 0  # the outer step under way (an online algorithm's update), for error messages
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
+        if distributed.alone_in_launch():
+            # The main process training by itself while the others wait (a task build): no DDP, no collectives.
+            self.accelerator = _Alone()
+        else:
+            from accelerate import Accelerator  # imported here: keeps `bench --help` fast
+            from accelerate.utils import DataLoaderConfiguration
+
+            self.accelerator = Accelerator(
+                mixed_precision=mixed_precision(),
+                cpu=not torch.cuda.is_available(),
+                # Each step's batch is split among the processes (optimizer_step), so the schedule advances once
+                # per step; accelerate's default would advance it once per process.
+                dataloader_config=DataLoaderConfiguration(split_batches=True),
+            )
+            check_strategy(self.accelerator.distributed_type, desc)
         if cfg.activation_checkpointing:
             _switch_checkpointing(checkpointable(model, desc), True)
         optimizer = make_optimizer(model.parameters(), cfg)
@@ -176,25 +189,48 @@ class Loop:
         weighted by its share of the examples), grad_norm and the non-padding tokens. The metrics stay on the
         device until the step is done and then come to the host in one transfer: one synchronisation per step,
         not one per metric and micro-batch.
+
+        With N processes (data-parallel, DDP) each takes every N-th example of `order` and weights each of
+        its micro-batch losses by N times the micro-batch's share of the step's examples: DDP averages the
+        processes' gradients, so the step's gradient is the one-process gradient of the examples' mean loss
+        (exactly so for losses that are a mean over examples, as every pairwise loss is; a loss that is a mean
+        over tokens becomes the average of the processes' token means, as with grad_accum). Only the last
+        micro-batch of a process synchronises gradients; metrics and token counts are combined over the
+        processes the same way, so the log shows what one process would, and every process sees the same
+        loss, so a non-finite one stops them all.
         """
         cfg, accelerator = self.cfg, self.accelerator
         micro = cfg.batch_size // cfg.grad_accum
-        # Each process takes its share of the step's examples (one process on CPU).
-        order = order[accelerator.process_index :: accelerator.num_processes]
+        world = distributed.world_size()
+        mine = order[distributed.rank() :: world]
+        if not mine:
+            raise UserError(
+                f"{self.desc}: {len(order)} examples per step cannot be shared by {world} processes; raise "
+                f"train.batch_size (now {cfg.batch_size}) to at least {world} or launch fewer processes"
+            )
+        chunks = [mine[start : start + micro] for start in range(0, len(mine), micro)]
         metrics: dict[str, Any] = {}
         tokens = 0  # non-padding tokens trained on (cost accounting), counted on the host before the copy
-        for start in range(0, len(order), micro):
-            batch = collate([examples[i] for i in order[start : start + micro]])
+        for k, chunk in enumerate(chunks):
+            batch = collate([examples[i] for i in chunk])
             if "attention_mask" in batch:
                 tokens += int(batch["attention_mask"].sum())
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with accelerator.autocast():
-                loss, batch_metrics = loss_fn(self.model, batch)
-            accelerator.backward(loss / math.ceil(len(order) / micro))
-            share = len(order[start : start + micro]) / len(order)
-            for k, v in {"loss": loss, **batch_metrics}.items():
+            batch = {key: v.to(accelerator.device) if torch.is_tensor(v) else v for key, v in batch.items()}
+            with nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(self.model):
+                with accelerator.autocast():
+                    loss, batch_metrics = loss_fn(self.model, batch)
+                # One process: each of the step's micro-batches counts equally, as it always has.
+                accelerator.backward(
+                    loss / math.ceil(len(mine) / micro) if world == 1 else loss / (len(order) / (len(chunk) * world))
+                )
+            share = len(chunk) / len(order)
+            for key, v in {"loss": loss, **batch_metrics}.items():
                 # float64, as the Python floats these sums were before: the same values, exactly.
-                metrics[k] = metrics.get(k, 0.0) + share * (v.detach().double() if torch.is_tensor(v) else float(v))
+                metrics[key] = metrics.get(key, 0.0) + share * (v.detach().double() if torch.is_tensor(v) else float(v))
+        if world > 1:
+            parts = distributed.gather((_to_host(metrics), tokens))
+            metrics = {key: sum(part[key] for part, _ in parts) for key in metrics}
+            tokens = sum(n for _, n in parts)
         if cfg.max_grad_norm > 0:
             metrics["grad_norm"] = accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm).detach()
         self.optimizer.step()
@@ -220,6 +256,65 @@ class Loop:
         steps = max(1, math.ceil(epochs * n / size))
         orders = (example_order(n, seed, k * size, size) for k in range(steps))
         return window_row([self.optimizer_step(examples, order, collate, loss_fn) for order in orders])
+
+
+class _Alone:
+    """What Loop uses of an Accelerator, for the main process training by itself inside a run of several
+    processes (a task build under bench.distributed.alone): no process group and no DDP, one process's
+    arithmetic (accelerate's prepared scheduler would advance once per launched process)."""
+
+    process_index, num_processes = 0, 1
+
+    def __init__(self):
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.bf16 = mixed_precision() == "bf16"
+
+    def prepare(self, *objects):
+        return objects
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def no_sync(self, model):
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def unwrap_model(self, model):
+        return model
+
+
+SUPPORTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU")
+"""accelerate's distributed types the loop trains under: one process, or data-parallel (DDP) processes."""
+
+
+def check_strategy(distributed_type, desc: str = "train") -> None:
+    """One line, before anything is sharded, for an accelerate strategy the loop does not implement.
+
+    FSDP and DeepSpeed shard what DDP replicates (ZeRO-2 gradients and optimizer state, ZeRO-3 and FSDP the
+    weights too) and drive the optimizer step themselves; the loop's per-process micro-batches, clipping,
+    checkpoints and the sharded sampling and evaluation (which need every process to hold the whole policy
+    and to run forward passes independently) are written for data-parallel processes only.
+    """
+    name = getattr(distributed_type, "name", str(distributed_type)).rsplit(".", 1)[-1]
+    if name not in SUPPORTED:
+        raise UserError(
+            f"{desc}: accelerate's {name} strategy is not supported by bench's training loop yet (it trains "
+            "data-parallel: every process holds the whole policy); launch with configs/accelerate/ddp.yaml"
+        )
+
+
+def check_launch(desc: str = "bench run") -> None:
+    """`check_strategy` of the strategy the launcher asked for (accelerate launch's environment), before anything
+    is built or trained."""
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(variable, "").lower() == "true":
+            check_strategy(name, desc)
 
 
 def checkpointable(model: torch.nn.Module, desc: str):
@@ -332,7 +427,13 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
     cfg, unwrap = loop.cfg, loop.accelerator.unwrap_model
     done, window = 0, []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
+    found = ckpt is not None and ckpt.exists()
+    if distributed.world_size() > 1 and len(set(distributed.gather(found))) > 1:
+        raise UserError(
+            f"{ckpt}: the main process writes checkpoints and every process resumes from them, but only some "
+            "of the processes see this one; put --results on a filesystem that all of them share"
+        )
+    if found:  # every process loads it: each holds the whole model, optimizer and schedule
         state = load_checkpoint(ckpt)
         unwrap(loop.model).load_state_dict(state["model"])
         loop.optimizer.load_state_dict(state["optimizer"])
@@ -343,7 +444,15 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
             step.load_state_dict(state["extra"])
 
     loop.model.train()
-    bar = tqdm(total=total, initial=done, desc=loop.desc, unit="step", dynamic_ncols=True, leave=False, disable=None)
+    bar = tqdm(
+        total=total,
+        initial=done,
+        desc=loop.desc,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+        disable=None if distributed.is_main() else True,
+    )
     while done < total:
         loop.current_step = done
         row = step(done, loop)
@@ -398,7 +507,12 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extra) -> None:
-    """Everything a resumed run needs to end exactly where an uninterrupted one ends, replaced atomically."""
+    """Everything a resumed run needs to end exactly where an uninterrupted one ends, replaced atomically.
+
+    Written by the main process only: with several processes each holds the same weights, optimizer and schedule.
+    """
+    if not distributed.is_main():
+        return
     state = {
         "model": loop.accelerator.unwrap_model(loop.model).state_dict(),
         "optimizer": loop.optimizer.state_dict(),

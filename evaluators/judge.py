@@ -34,7 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench import seeds
+from bench import distributed, seeds
 from bench.contracts import Evaluation
 from bench.errors import UserError
 from bench.evaluators.judge_client import ChatJudge, VerdictCache, load_template, public_url
@@ -159,6 +159,10 @@ class Judge:
             ChatJudge(self.config, VerdictCache(None)).ping()
 
     def evaluate(self, samples, ctx) -> Evaluation:
+        # With several processes the main one alone calls the judge (and samples any baseline): one set of calls.
+        return distributed.run_on_main(lambda: self._evaluate(samples, ctx))
+
+    def _evaluate(self, samples, ctx) -> Evaluation:
         cfg = self._check()
         oracle = cfg.model == "oracle"
         if oracle and ctx.reward is None:

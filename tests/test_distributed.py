@@ -1,0 +1,253 @@
+"""Several processes (accelerate launch, gloo on CPU): sharding helpers, data-parallel gradients, a whole run.
+
+The multi-process tests start two processes with `accelerate launch --multi_gpu --num_processes 2`; on a
+machine without GPUs (CUDA_VISIBLE_DEVICES is emptied for them) accelerate then joins them over gloo on
+the CPU. (`accelerate launch --cpu --num_processes 2` starts one process unless given an MPI hostfile.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY, run_cli
+
+from bench import distributed, records
+from bench.errors import UserError
+from bench.train import check_strategy
+
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+# ------------------------------------------------------------------------- the helpers, in one process
+
+
+@pytest.mark.parametrize("strided", [True, False])
+def test_shard_then_unshard_gives_the_items_back_in_order(strided):
+    for n in range(0, 12):
+        items = [f"item{i}" for i in range(n)]
+        for world in range(1, 6):
+            parts = [distributed.shard(items, rank=r, world=world, strided=strided) for r in range(world)]
+            assert sorted(x for p in parts for x in p) == sorted(items)  # each item exactly once
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1  # shares differ by one item at most
+            assert distributed.unshard(parts, strided=strided) == items
+
+
+def test_shard_rejects_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank 3"):
+        distributed.shard([1, 2], rank=3, world=3)
+
+
+def test_one_process_helpers_are_plain():
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert distributed.gather({"a": 1}) == [{"a": 1}]
+    assert distributed.broadcast([1, 2]) == [1, 2]
+    assert distributed.all_true(True) and not distributed.all_true(False)
+    assert distributed.run_on_main(lambda: 7) == 7
+    assert distributed.map_sharded(lambda k, job: (k, job * 2), [5, 6, 7]) == [(0, 10), (1, 12), (2, 14)]
+    distributed.barrier()
+
+
+def test_map_sharded_in_a_fake_world_keeps_job_indices_and_order(monkeypatch):
+    """Each rank runs jobs k = rank, rank + world, ... with their own k (a sampling batch seeds itself with it);
+    the gathered results come back in job order on every rank."""
+    world, jobs = 3, [f"job{i}" for i in range(8)]
+    calls: dict[int, list[int]] = {}
+
+    def fn_for(r):
+        return lambda k, job: calls.setdefault(r, []).append(k) or f"{job}@{k}"
+
+    # What every rank computes, as gather would collect it: the fake world runs the ranks one after another.
+    parts = [[f"{jobs[k]}@{k}" for k in distributed.shard(range(len(jobs)), rank=r, world=world)] for r in range(world)]
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    monkeypatch.setattr(distributed, "gather", lambda obj: parts)
+    for r in range(world):
+        monkeypatch.setattr(distributed, "_rank", lambda r=r: r)
+        out = distributed.map_sharded(fn_for(r), jobs)
+        assert out == [f"job{k}@{k}" for k in range(8)]
+        assert calls[r] == list(range(r, 8, world))
+        assert distributed.my_jobs(len(jobs)) == calls[r]
+
+
+def test_strategies_that_shard_the_policy_are_refused_in_one_line():
+    from accelerate.utils import DistributedType
+
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_strategy(kind)
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(UserError, match=f"{kind.name} strategy is not supported.*configs/accelerate/ddp.yaml"):
+            check_strategy(kind)
+
+
+def test_a_launch_asking_for_fsdp_or_deepspeed_stops_before_anything_is_built(monkeypatch, tmp_path):
+    from bench.runner import RunSpec, execute
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserError, match="FSDP strategy is not supported"):
+        execute(RunSpec(algo="dpo", task="sentiment", sets=["task.scale=tiny"]), tmp_path / "r", tmp_path / "c")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+def test_accelerate_config_files_parse_with_accelerate_and_name_their_strategy():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {
+        "ddp.yaml": ("MULTI_GPU", None),
+        "fsdp2.yaml": ("FSDP", 2),
+        "zero2.yaml": ("DEEPSPEED", 2),
+        "zero3.yaml": ("DEEPSPEED", 3),
+    }
+    folder = REPO / "configs" / "accelerate"
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(expected)
+    for name, (kind, level) in expected.items():
+        config = load_config_from_file(str(folder / name))
+        assert config.distributed_type.name == kind, name
+        assert config.mixed_precision == "bf16", name
+        assert config.num_processes > 1, name
+        if kind == "FSDP":
+            assert int(config.fsdp_config["fsdp_version"]) == level
+        if kind == "DEEPSPEED":
+            assert int(config.deepspeed_config["zero_stage"]) == level
+
+
+# ------------------------------------------------------------------------- two processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch` of two processes on this machine's CPU (gloo), on a port of their own."""
+    if not ACCELERATE.exists():
+        pytest.skip("accelerate's launcher is not installed")
+    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "PASSIVE", **(env_extra or {})}
+    return subprocess.run(
+        command + args, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO
+    )
+
+
+def test_data_parallel_gradients_and_weights_equal_one_process(tmp_path):
+    """Loop.optimizer_step in two processes hands the optimizer the one-process gradient (after DDP's average),
+    with even shares, several micro-batches per process, a partial micro-batch and unequal shares."""
+    worker = str(REPO / "tests" / "ddp_worker.py")
+    one = subprocess.run(
+        [sys.executable, worker, str(tmp_path / "one.pt")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch([worker, str(tmp_path / "two.pt")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (a["world"], b["world"]) == (1, 2)
+    for setting, x in a["results"].items():
+        y = b["results"][setting]
+        assert len(x["grads"]) == len(y["grads"]) == 3
+        for gx, gy in zip(x["grads"], y["grads"]):
+            for p, q in zip(gx, gy):
+                torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=f"gradient, setting {setting}")
+        for name, w in x["weights"].items():
+            torch.testing.assert_close(y["weights"][name], w, rtol=1e-5, atol=1e-6, msg=f"{name}, {setting}")
+        for rx, ry in zip(x["rows"], y["rows"]):
+            assert rx["tokens"] == ry["tokens"]  # summed over the processes
+            assert rx["lr"] == ry["lr"]  # the schedule advances once per step, not once per process
+            for key in ("loss", "logps", "grad_norm"):
+                assert ry[key] == pytest.approx(rx[key], rel=1e-5), (setting, key)
+
+
+def _only_record(results: Path) -> Path:
+    runs = [p for p in results.iterdir() if not p.name.startswith(".")]
+    assert len(runs) == 1, runs
+    assert not (results / records.PARTIAL).exists()
+    return runs[0]
+
+
+def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path):
+    """accelerate launch of `bench run` with two processes: one complete record, written once, with the samples
+    and metrics of the same run in one process (eval.batch_size=16 gives 4 sampling batches to share out)."""
+    args = ["run", "--algo", "dpo", "--task", "sentiment", *TINY, "--set", "eval.batch_size=16"]
+    one = run_cli([*args, "--results", str(tmp_path / "one")], cache_dir)
+    assert one.returncode == 0, one.stderr
+    start = time.time()
+    two = launch(["-m", "bench.cli", *args, "--results", str(tmp_path / "two")], {"BENCH_CACHE_DIR": str(cache_dir)})
+    elapsed = time.time() - start
+    assert two.returncode == 0, two.stderr[-3000:]
+    print(f"two-process run: {elapsed:.1f} s")
+    # The main process alone prints: one summary line, one record line.
+    assert two.stdout.count("run record:") == 1, two.stdout
+    a, b = _only_record(tmp_path / "one"), _only_record(tmp_path / "two")
+    assert a.name == b.name  # the same run: the number of processes is no part of its id
+    assert records.is_complete(b)
+    rec_a, rec_b = records.load_record(a), records.load_record(b)
+    assert json.loads((b / "config.json").read_text())["processes"] == 2
+    assert "processes" not in json.loads((a / "config.json").read_text())
+
+    samples_a, samples_b = records.read_samples(a), records.read_samples(b)
+    assert len(samples_b) == len(samples_a) == 64
+    assert [s["prompt"] for s in samples_b] == [s["prompt"] for s in samples_a]
+    same = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(samples_a, samples_b))
+    # Equal weights give equal samples (every sampling batch keeps its prompts and seed). Data-parallel training
+    # ends within float rounding of one process (Adam turns that into ~1e-5 in the weights), which could flip a
+    # token, and a flip changes only its own batch's later draws: at least 3 of the 4 batches stay equal.
+    assert same >= 48, f"{same} of 64 samples equal"
+    for key, agg in rec_a.metrics.items():
+        if isinstance(agg, dict) and "mean" in agg:
+            other = rec_b.metrics[key]
+            assert other["n"] == agg["n"], key
+            assert abs(other["mean"] - agg["mean"]) <= max(agg["se"], 1e-6), (key, agg, other)
+    cost_a, cost_b = (json.loads((p / "cost.json").read_text()) for p in (a, b))
+    assert cost_b["train_tokens"] == cost_a["train_tokens"]  # both processes' tokens counted
+    log_a, log_b = ([json.loads(line) for line in (p / "train_log.jsonl").read_text().splitlines()] for p in (a, b))
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
+    for ra, rb in zip(log_a, log_b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert rb["lr"] == ra["lr"]
+
+
+def fake_execute(spec, results, cache_dir, echo=print):
+    """A run's stand-in for a submitit job: the processes meet, and the main one says who came."""
+    ranks = distributed.gather(distributed.rank())
+    out = Path(results) / f"{spec.algo}-{spec.seed}.json"
+    if distributed.is_main():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"world": distributed.world_size(), "ranks": ranks}))
+    distributed.barrier()
+    return str(out)
+
+
+def test_a_submitit_job_of_two_tasks_is_one_run_in_two_processes(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    import cloudpickle
+
+    from bench import runner, sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job runs fake_execute in other processes
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(sweep, "POLL_SECONDS", 0.2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    planned = sweep.plan(sweep.expand("sentiment", ["dpo"], [], [0]), tmp_path / "results", tmp_path)
+    options = {"cluster": "local", "timeout_min": 5, "tasks_per_node": 2}
+    (done,) = sweep.run(planned, tmp_path / "results", tmp_path, dispatch="submitit", executor_options=options)
+    assert json.loads(Path(done).read_text()) == {"world": 2, "ranks": [0, 1]}
+
+
+def test_bench_sweep_launched_as_several_processes_says_what_to_launch(monkeypatch, capsys):
+    from bench.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", "--task", "sentiment", "--algo", "dpo", "--dry-run"]) == 2
+    assert "launch each run's `bench run` command" in capsys.readouterr().err
