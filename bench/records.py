@@ -65,6 +65,17 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def processor() -> str:
+    """The CPU model (as /proc/cpuinfo names it on Linux): results are bitwise reproducible on the same one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def git_revision() -> str:
     """The revision of the source tree bench/ was loaded from, '+dirty' when it has changes."""
     src = Path(__file__).resolve().parent.parent

@@ -407,6 +407,8 @@ def _record(
                     "versions": records.package_versions(),
                     "git_revision": records.git_revision(),
                     "device": str(device()),
+                    "processor": records.processor(),
+                    **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
                     "torch_threads": torch.get_num_threads(),
                     "command": shlex.join(command),
                     **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),

@@ -42,6 +42,7 @@ from bench.artifacts import build_once, content_key
 from bench.checks import at_least, one_of, require
 from bench.config import file_sha256
 from bench.errors import UserError
+from bench.records import processor
 from bench.tasks.review_prefix import (
     BuiltTask,
     Stages,
@@ -442,23 +443,11 @@ def ship_policy(artifact_dir: Path, shipped: Path | None = None) -> dict:
             "torch": torch.__version__,
             "threads": log.get("torch_threads"),
             "machine": platform.machine(),
-            "processor": _cpu_model(),
+            "processor": processor(),
         },
     }
     (shipped / "recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor()
 
 
 def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:

@@ -76,6 +76,7 @@ def test_run_writes_a_complete_record(dpo_run):
     assert config["config"]["task"]["scale"] == "tiny"
     assert {"torch", "transformers", "python"} <= set(config["versions"])
     assert config["git_revision"] and config["device"] in ("cpu", "cuda")
+    assert config["processor"] and config["torch_threads"] >= 1  # where bitwise reproducibility holds
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert log and {
         "loss",
