@@ -211,8 +211,17 @@ def test_failed_runs_are_reported_by_name_and_the_others_finish(tmp_path, monkey
     assert failed.value.status == 1 and "error: --set data.sft=x.jsonl: no rows" in failed.value.lines[0]
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in this process, as in a terminal. A shell without job control (a CI
+    script, `cmd &`) starts its background commands with SIGINT ignored, and Python then never raises it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("ignores_sigint", [False, True])
-def test_ctrl_c_stops_every_run_process(tmp_path, monkeypatch, ignores_sigint):
+def test_ctrl_c_stops_every_run_process(tmp_path, monkeypatch, ignores_sigint, ctrl_c_raises):
     started = tmp_path / "started"
     started.mkdir()
     script = f"""
