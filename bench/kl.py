@@ -88,12 +88,16 @@ def _batch_kl(
     reference_rows = reference_states[rows.to(reference_device), cols.to(reference_device)]
 
     def per_token(states: torch.Tensor, reference_states: torch.Tensor, labels: torch.Tensor) -> tuple:
+        # Scored without gradients (scored_in_length_order), so tensors not needed again are overwritten in
+        # place: at most three vocabulary-wide tensors per chunk, and the values of the plain expressions.
         policy_logps = torch.log_softmax(chunk_logits(policy_head, states, temperature), dim=-1)
         reference_logits = chunk_logits(reference_head, reference_states, temperature)
         reference_logps = torch.log_softmax(reference_logits, dim=-1).to(device)
-        kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
+        del reference_logits
         picked = labels.unsqueeze(-1)
         ratio = (policy_logps.gather(-1, picked) - reference_logps.gather(-1, picked)).squeeze(-1)
+        log_ratio = reference_logps.neg_().add_(policy_logps)  # policy - reference, exactly
+        kl = policy_logps.exp_().mul_(log_ratio).sum(-1)
         return kl, ratio
 
     scored = policy_states[rows, cols]
