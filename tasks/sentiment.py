@@ -400,7 +400,6 @@ def shipped_policy(recipe: dict, shipped: Path | None = None):
     from transformers import GPT2LMHeadModel
 
     shipped = shipped or SHIPPED_POLICY
-
     meta_path = shipped / "recipe.json"
     if not meta_path.is_file():
         return None
@@ -540,7 +539,7 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
         cfg, tokenizer, encoded, out, build_log, task=TASK, model=start, name=name, train=shipped is None
     )
     if shipped is not None:
-        build_log["policy"]["shipped_training"] = shipped[1]
+        build_log["policy"]["shipped_training"] = training
     stages.done("policy", message)
 
     # 6. Preferences: samples from the SFT policy, every pair labelled by the gold reward.
