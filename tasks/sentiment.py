@@ -627,10 +627,9 @@ class Sentiment(BuiltTask):
 
 def main() -> None:
     """`make policy`: train the default build's policy from scratch here and ship it in SHIPPED_POLICY."""
-    import os
+    from bench.cli import default_cache_dir
 
-    cache_dir = Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "alignment-bench")
-    task = Sentiment(Config(policy_weights="train"), cache_dir)
+    task = Sentiment(Config(policy_weights="train"), default_cache_dir())
     task.build()
     meta = ship_policy(task.artifact_dir)
     policy = meta["training"]
