@@ -32,8 +32,12 @@ setup: $(STAMP)
 # on 2 cores): a policy this small uses one thread nearly as well as two.
 DEMO_ALGOS ?= sft,preferred-ft,unlikelihood,dpo,reward-model,ppo,ppo-gt,best-of-n
 DEMO_JOBS ?= 2
+# Intermediate policies each trained run evaluates: with the final one, a frontier of 4 points per run
+# (best-of-N's points, N = 1, 4, 16, come from its one set of 16 candidates).
+DEMO_CHECKPOINTS ?= 3
 demo: setup
-	$(BENCH) sweep --task sentiment --algo $(DEMO_ALGOS) --seeds 0 --jobs $(DEMO_JOBS) --results $(RESULTS)
+	$(BENCH) sweep --task sentiment --algo $(DEMO_ALGOS) --seeds 0 --jobs $(DEMO_JOBS) --results $(RESULTS) \
+		--set run.eval_checkpoints=$(DEMO_CHECKPOINTS)
 	$(BENCH) table --task sentiment --results $(RESULTS)
 	$(BENCH) report --task sentiment --results $(RESULTS) --out reports/sentiment
 

@@ -29,7 +29,7 @@ Evaluator (constructed as `Evaluator(config)`, or `Evaluator()` when it has no C
 
 Policy (what fit returns; see `Policy`):
     sample(prompts, generation, seed) -> list[Sample]
-    optional: OPTIONAL["policy"] (model, save, kl_bound, fit_metrics)
+    optional: OPTIONAL["policy"] (model, save, kl_bound, fit_metrics, frontier_points)
 
 The harness reads every optional attribute through `optional(obj, kind, name)`, which returns
 the default written in OPTIONAL when the plugin leaves the attribute out (or sets it to None).
@@ -256,6 +256,11 @@ OPTIONAL: dict[str, dict[str, Attribute]] = {
         "save": Attribute(None, "method (path) -> None writing the policy under the run (run.save_model)"),
         "kl_bound": Attribute(None, "method () -> float: an analytic KL to the reference, for a Policy with no model"),
         "fit_metrics": Attribute({}, "{metric: aggregate} measured while fitting, added to metrics.json"),
+        "frontier_points": Attribute(
+            None,
+            "method () -> [(step, total_steps, Policy)]: more policies the final one's samples give, evaluated as "
+            "frontier points after it (best-of-N's smaller N)",
+        ),
     },
 }
 """Every optional attribute the harness reads, by kind, with its default: the one place they are written."""

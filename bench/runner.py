@@ -521,6 +521,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     )
     marks: set[int] = set()
     profiler = Profiler(run_dir / "profile" if r.options.profile and main else None)
+    checkpoint_time = [0.0]  # evaluating intermediate policies, not counted as fitting
 
     def on_step(step: int, total: int, model) -> None:
         """Evaluate evenly spaced intermediate policies: each adds a (KL, reward) point to the frontier."""
@@ -531,6 +532,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
         if not marks:
             marks.update(round(total * i / (k + 1)) for i in range(1, k + 1))
         if step in marks:
+            t = time.time()
             model.eval()
             point = eval_ctx(dataclasses.replace(ctx, trained=ModelPolicy(model, tokenizer)))
             samples = point.trained.sample(prompts, r.generation, seed=eval_seed)
@@ -538,12 +540,14 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
             if main:
                 bench_io.append_jsonl(points_path, {"step": step, "total_steps": total, "metrics": metrics})
             model.train()
+            checkpoint_time[0] += time.time() - t
 
     ctx.on_step = on_step
     t0 = time.time()
     with profiler.fit():
         trained = algorithm.fit(ctx)
-    cost["wall_time_s"]["fit"] = time.time() - t0
+    cost["wall_time_s"]["fit"] = time.time() - t0 - checkpoint_time[0]
+    cost["wall_time_s"]["checkpoints"] = checkpoint_time[0]
     ctx.trained = trained
 
     t0 = time.time()
@@ -556,10 +560,21 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     t0 = time.time()
     metrics: dict[str, Any] = {"n_prompts": len(prompts), "n_samples": len(samples)}
     with profiler.phase("evaluate"):
-        metrics.update(_evaluate(r.evaluators, samples, eval_ctx(ctx)))
+        metrics.update(_evaluate(r.evaluators, samples, eval_ctx(ctx), times=cost.setdefault("evaluator_time_s", {})))
     # Aggregates the algorithm measured while fitting, e.g. its reward model's held-out accuracy.
     metrics.update(optional(trained, "policy", "fit_metrics"))
     cost["wall_time_s"]["evaluate"] = time.time() - t0
+
+    # Further frontier points the final policy's samples give (best-of-N's smaller N), written before the final row.
+    t0 = time.time()
+    more = optional(trained, "policy", "frontier_points")
+    for step, total, point_policy in more() if more is not None else []:
+        point_samples = point_policy.sample(prompts, r.generation, seed=eval_seed)
+        point_ctx = eval_ctx(dataclasses.replace(ctx, trained=point_policy))
+        point_metrics = _evaluate(r.evaluators, point_samples, point_ctx, at_checkpoint=True)
+        if main:
+            bench_io.append_jsonl(points_path, {"step": step, "total_steps": total, "metrics": point_metrics})
+    cost["wall_time_s"]["checkpoints"] += time.time() - t0
 
     log_rows = bench_io.read_jsonl(log_path) if log_path.exists() else []
     cost["train_tokens"] = sum(row.get("tokens", 0) for row in log_rows)
@@ -594,8 +609,13 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     return metrics
 
 
-def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bool = False) -> dict:
-    """Run every applicable evaluator; per-sample values go onto the samples, aggregates are returned."""
+def _evaluate(
+    evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bool = False, times: dict | None = None
+) -> dict:
+    """Run every applicable evaluator; per-sample values go onto the samples, aggregates are returned.
+
+    `times`, when given, receives each evaluator's wall time in seconds under its name.
+    """
     metrics: dict[str, Any] = {}
     for ev_cls, ev_config in evaluators:
         if at_checkpoint and not optional(ev_cls, "evaluator", "at_checkpoints"):
@@ -603,7 +623,10 @@ def _evaluate(evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bo
         evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
         if not optional(evaluator, "evaluator", "applies")(ctx):
             continue
+        t0 = time.time()
         result: Evaluation = evaluator.evaluate(samples, ctx)
+        if times is not None:
+            times[ev_cls.name] = time.time() - t0
         for key, values in result.per_sample.items():
             if len(values) != len(samples):
                 raise RuntimeError(f"evaluator {ev_cls.name} returned {len(values)} values for {len(samples)} samples")

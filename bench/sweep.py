@@ -74,7 +74,8 @@ PRESETS: dict[str, dict[str, Preset]] = {
                 PresetEntry("ppo", {"target_kl": ["3", "6", "9", "12"]}),
                 PresetEntry("ppo-gt", {"target_kl": ["3", "6", "9", "12"]}),
                 PresetEntry("unlikelihood", {"alpha": ["0.05", "0.1", "0.5", "1"]}),
-                PresetEntry("best-of-n", {"n": ["1", "4", "16", "64"]}),
+                # One run per seed gives best-of-1, 4, 16 and 64 from one set of 64 candidates (frontier_points).
+                PresetEntry("best-of-n", {"n": ["64"]}),
                 PresetEntry("sft"),
                 PresetEntry("preferred-ft"),
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -51,6 +52,41 @@ def test_each_completion_is_the_highest_scoring_of_its_n_candidates():
     assert len({s.completion for s in wide}) > 4  # the candidates differ, so the choice is not trivial
 
 
+def test_smaller_n_points_choose_among_the_first_candidates_of_the_same_draw():
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(vocab_size=len(tok), eos_token_id=tok.eos_token_id)
+    prompts = ["the movie was", "a boring script"]
+    gen = Generation(max_new_tokens=6, temperature=1.0, samples_per_prompt=2, batch_size=8)
+    calls = []
+
+    def reward(prompts, completions):
+        calls.append(len(completions))
+        return [float(c.count("e")) - 0.01 * len(c) for c in completions]
+
+    policy = BestOfNPolicy(model, tok, reward, n=16)
+    final = policy.sample(prompts, gen, seed=3)
+    points = policy.frontier_points()
+    assert [(k, total) for k, total, _ in points] == [(1, 16), (4, 16)]
+    wide = ModelPolicy(model, tok).sample(prompts, dataclasses.replace(gen, samples_per_prompt=32), seed=3)
+    for k, _, smaller in points:
+        assert smaller.kl_bound() == best_of_n_kl_bound(k)
+        picked = smaller.sample(prompts, gen, seed=3)
+        for j, s in enumerate(picked):
+            first = wide[16 * j : 16 * j + k]
+            best = max(first, key=lambda c: reward([c.prompt], [c.completion])[0])
+            assert (s.prompt_index, s.completion) == (best.prompt_index, best.completion)
+    # best-of-1 is the first candidate itself, and the largest N keeps the draw's best.
+    assert [s.completion for s in points[0][2].sample(prompts, gen, seed=3)] == [c.completion for c in wide[::16]]
+    assert len(final) == 4
+    # One draw of 2 x 2 x 16 candidates, scored once, whatever the number of points (the rest is this test's).
+    assert calls[0] == 64 and len(wide) == 64
+    assert BestOfNPolicy(model, tok, reward, n=1).frontier_points() == []
+    assert [k for k, _, _ in BestOfNPolicy(model, tok, reward, n=64).frontier_points()] == [1, 4, 16]
+    # A point's samples are copies: an evaluator writing onto one does not write onto the final policy's.
+    points[1][2].sample(prompts, gen, seed=3)[0].values["x"] = 1.0
+    assert "x" not in policy.sample(prompts, gen, seed=3)[0].values
+
+
 def test_n_below_one_is_a_user_error_and_leaves_nothing(cache_dir, tmp_path):
     with pytest.raises(UserError, match="best-of-n.n=0: must be at least 1"):
         BestOfN(Config(n=0))
@@ -76,6 +112,14 @@ def test_a_run_reports_the_analytic_kl_bound_and_the_reward_model_accuracy(cache
     assert metrics["kl"]["estimator"] == "analytic bound" and "kl_mc" not in metrics
     assert 0 <= metrics["reward_model_accuracy"]["mean"] <= 1
     assert metrics["n_samples"] == 6 * 4 and metrics["gold_reward"]["n"] == 6
+    # best-of-1 from the same candidates, before the final row: the frontier's low-KL end.
+    rows = [json.loads(line) for line in (run / "checkpoints.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["total_steps"], r.get("final")) for r in rows[:1]] == [(1, 4, None)]
+    assert len(rows) == 2 and rows[1]["final"]
+    assert rows[0]["metrics"]["kl"]["mean"] == 0.0 and rows[0]["metrics"]["gold_reward"]["n"] == 6
+    assert rows[1]["metrics"] == metrics
+    cost = json.loads((run / "cost.json").read_text())
+    assert cost["wall_time_s"]["checkpoints"] > 0 and "gold-reward" in cost["evaluator_time_s"]
 
 
 def test_the_kl_evaluator_uses_the_bound_for_a_policy_without_a_model():
