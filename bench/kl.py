@@ -23,6 +23,7 @@ from bench.logprobs import (
     AUTO,
     chunk_logits,
     chunked_map,
+    eval_tokens,
     one_chunk,
     scored_in_length_order,
     scored_logits,
@@ -46,8 +47,8 @@ def sequence_kl(
 
     Both models score `logits / temperature`: the distribution the completions were sampled
     from. An empty completion has KL 0. Sequences are batched in length order with right padding;
-    both models' vocabulary-wide logits exist for at most `max_tokens` positions at a time (None: a
-    whole batch at once).
+    both models' vocabulary-wide logits exist for at most `max_tokens` positions at a time (AUTO: the
+    evaluation budget bench.logprobs.EVAL_LOGITS; None: a whole batch at once).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"sequence_kl: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -57,6 +58,8 @@ def sequence_kl(
         )
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("sequence_kl: every prompt needs at least one token")
+    if max_tokens == AUTO:
+        max_tokens = eval_tokens(policy)
     encoded = [(p + c, len(p)) for p, c in zip(prompt_ids, completion_ids)]
     scores = scored_in_length_order(
         [policy, reference],

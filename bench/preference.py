@@ -23,6 +23,7 @@ from bench.logprobs import (
     concatenated_forward,
     encode,
     pad_id,
+    sequence_logps,
     token_logps,
 )
 from bench.policy import ModelPolicy
@@ -41,20 +42,37 @@ def demonstration_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     return mean_token_nll(logps, mask), {}
 
 
-def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: str = "train") -> ModelPolicy:
+MISMATCHED = "mismatched_"
+"""Key prefix of a batch's mismatched rows (fit_on_pairs(mismatched=True)): prompt i with pair i+1's chosen."""
+
+
+def fit_on_pairs(
+    ctx, loss_fn: PairLoss, *, needs_reference: bool = True, mismatched: bool = False, desc: str = "train"
+) -> ModelPolicy:
     """Train ctx.policy on ctx.preferences with a pairwise loss; returns the trained policy.
 
     The training loop (optimizer, warmup, clipping, accumulation, checkpoints, log windows, the
     harness's intermediate evaluations) is bench.train.train_loop with ctx.train's settings.
+
+    mismatched: each pair also brings the sequence (its prompt, the next pair's chosen completion),
+    whose log-probs under the policy (no gradient) and the reference (cached) reach the loss as
+    out["mismatched_logps"] and out["ref_mismatched_logps"]: completions unrelated to their prompts,
+    for a batch estimate of KL(pi || pi_ref) such as KTO's reference point.
     """
     tok, max_length, pad = ctx.tokenizer, ctx.train.max_length, pad_id(ctx.tokenizer)
+    prefs = ctx.preferences
     pairs = [
         {
             "chosen": encode(tok, p["prompt"], p["chosen"], max_length),
             "rejected": encode(tok, p["prompt"], p["rejected"], max_length),
             "index": i,
+            **(
+                {"mismatched": encode(tok, p["prompt"], prefs[(i + 1) % len(prefs)]["chosen"], max_length)}
+                if mismatched
+                else {}
+            ),
         }
-        for i, p in enumerate(ctx.preferences)
+        for i, p in enumerate(prefs)
     ]
 
     reference = None
@@ -71,20 +89,33 @@ def fit_on_pairs(ctx, loss_fn: PairLoss, *, needs_reference: bool = True, desc: 
                 ctx.task.reference_key,
                 desc=f"reference log-probs ({side})",
             )
-            for side in ("chosen", "rejected")
+            for side in ("chosen", "rejected", "mismatched")
+            if side in pairs[0]
         }
 
     def loss(model, batch):
         out = concatenated_forward(model, batch)
+        if mismatched:
+            rows = {k.removeprefix(MISMATCHED): v for k, v in batch.items() if k.startswith(MISMATCHED)}
+            with torch.no_grad():
+                out["mismatched_logps"] = sequence_logps(model, rows)
         if reference is None:
             return loss_fn(out, None, None)
         index, device = batch["index"].cpu(), out["chosen_logps"].device
+        if mismatched:
+            out["ref_mismatched_logps"] = reference["mismatched"][index].to(device)
         return loss_fn(out, reference["chosen"][index].to(device), reference["rejected"][index].to(device))
+
+    def collate_batch(batch: list[dict]) -> dict:
+        out = collate_pairs(batch, pad)
+        if mismatched:
+            out.update({MISMATCHED + k: v for k, v in collate([p["mismatched"] for p in batch], pad).items()})
+        return out
 
     model = train_loop(
         ctx.policy,
         pairs,
-        lambda batch: collate_pairs(batch, pad),
+        collate_batch,
         loss,
         ctx.train,
         seed=ctx.seed,

@@ -83,6 +83,27 @@ PRESETS: dict[str, dict[str, Preset]] = {
             sets=["run.eval_checkpoints=4"],
         ),
     },
+    # The 2024 methods beside the paper's, each with its main knob swept, at the paper preset's seeds and
+    # checkpoints; the paper's methods at their defaults, as the reference points.
+    "modern": {
+        "sentiment": Preset(
+            entries=[
+                PresetEntry("simpo", {"beta": ["2", "5", "10"]}),
+                PresetEntry("orpo", {"lam": ["0.05", "0.1", "0.5"]}),
+                PresetEntry("kto", {"beta": ["0.05", "0.1", "0.5"]}),
+                PresetEntry("rloo", {"beta": ["0.02", "0.05", "0.1"]}),
+                PresetEntry("grpo", {"beta": ["0.02", "0.05", "0.1"]}),
+                PresetEntry("online-dpo", {"beta": ["0.05", "0.1", "0.5"]}),
+                PresetEntry("dpo"),
+                PresetEntry("ppo"),
+                PresetEntry("ppo-gt"),
+                PresetEntry("best-of-n", {"n": ["64"]}),
+                PresetEntry("sft"),
+            ],
+            seeds=[0, 1, 2],
+            sets=["run.eval_checkpoints=4"],
+        ),
+    },
 }
 
 POLL_SECONDS = 5.0

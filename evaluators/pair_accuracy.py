@@ -19,6 +19,8 @@ class PairAccuracy:
     name = "pair-accuracy"
     description = "implicit-reward accuracy of the policy on held-out preference pairs"
     higher_is_better = True
+    # A property of the final policy, not a frontier coordinate: intermediate policies skip its forwards.
+    at_checkpoints = False
 
     def applies(self, ctx) -> bool:
         return optional(ctx.trained, "policy", "model") is not None and bool(ctx.test_preferences)
@@ -26,7 +28,7 @@ class PairAccuracy:
     def evaluate(self, samples, ctx) -> Evaluation:
         import torch
 
-        from bench.logprobs import cached_dataset_logps, dataset_logps, encode
+        from bench.logprobs import cached_dataset_logps, dataset_logps, encode, eval_tokens
 
         tok, max_len = ctx.tokenizer, ctx.train.max_length
         pad, bs = pad_id(tok), ctx.generation.batch_size
@@ -35,7 +37,8 @@ class PairAccuracy:
         for side in ("chosen", "rejected"):
             enc = [encode(tok, p["prompt"], p[side], max_len) for p in ctx.test_preferences]
             ref = cached_dataset_logps(ctx.reference, enc, pad, bs, ctx.cache_dir / "ref_logps", key)
-            logps = dataset_logps(optional(ctx.trained, "policy", "model"), enc, pad, bs)
+            model = optional(ctx.trained, "policy", "model")
+            logps = dataset_logps(model, enc, pad, bs, max_tokens=eval_tokens(model))
             n_tokens = torch.tensor([len(ids) - n_prompt for ids, n_prompt in enc])
             rewards[side] = ctx.implicit_reward(logps, ref, n_tokens)
         margins = (rewards["chosen"] - rewards["rejected"]).tolist()

@@ -200,7 +200,8 @@ def test_no_vocabulary_wide_tensor_spans_more_than_one_chunk(arch):
 
 
 def test_auto_scores_a_batch_whole_when_it_fits_and_in_chunks_when_it_does_not(monkeypatch):
-    """AUTO: the whole-batch path (bitwise today's results) while logits fit MAX_LOGITS, bounded chunks beyond."""
+    """AUTO: the whole-batch path (bitwise today's results) while logits fit the budget (MAX_LOGITS; the exact
+    KL's EVAL_LOGITS), bounded chunks beyond."""
     from bench import logprobs
 
     policy, reference = tiny_gpt2(vocab_size=VOCAB, seed=10), tiny_gpt2(vocab_size=VOCAB, seed=11)
@@ -215,6 +216,7 @@ def test_auto_scores_a_batch_whole_when_it_fits_and_in_chunks_when_it_does_not(m
     assert torch.equal(whole, token_logps(policy, batch, max_tokens=None)[0])
 
     monkeypatch.setattr(logprobs, "MAX_LOGITS", 8 * VOCAB)
+    monkeypatch.setattr(logprobs, "EVAL_LOGITS", 8 * VOCAB)  # the exact KL's budget (evaluation)
     heads.shapes.clear()
     chunked = token_logps(policy, batch)[0]
     kl_chunked = sequence_kl(policy, reference, prompts, completions, pad_id=PAD, batch_size=8)
