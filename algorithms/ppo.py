@@ -49,6 +49,7 @@ from bench.logprobs import (
     split_head,
     token_logps,
 )
+from bench.online import minibatch, training_prompts
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
@@ -236,9 +237,7 @@ class PPO:
                 f"rollout_batch_size ({c.rollout_batch_size})"
             )
         reward = self.reward(ctx)
-        prompts = list(dict.fromkeys(p["prompt"] for p in ctx.preferences)) or list(
-            dict.fromkeys(e["prompt"] for e in ctx.sft_examples)
-        )
+        prompts = training_prompts(ctx)
         updates = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.rollout_batch_size)
 
         policy = ctx.policy
@@ -381,7 +380,7 @@ class PPOStep:
         # 5. Optimise: ppo_epochs over the rollout in minibatches, on the run's one optimizer.
         metrics = loop.minibatch_epochs(
             list(range(len(rows))),
-            lambda idx: _minibatch(rollout, idx),
+            lambda idx: minibatch(rollout, idx),
             self.loss,
             epochs=c.ppo_epochs,
             seed=seeds.stream(ctx.seed, update),
@@ -400,15 +399,6 @@ class PPOStep:
             "objective/kl_coef": kl_coef,
             "objective/entropy": -(old_logps * mask).sum(-1).mean().item(),
             "sampled_tokens": sum(len(y) for y in completions),
+            "reward_calls": len(rows),
             "episodes": len(rows),
         }
-
-
-def _minibatch(rollout: dict, idx: list[int]) -> dict:
-    """Rows `idx` of the rollout, cut to their longest sequence (right padding beyond it is never computed)."""
-    idx_t = torch.tensor(idx, device=rollout["input_ids"].device)
-    width = int(rollout["attention_mask"][idx_t].sum(-1).max())
-    return {
-        k: v[idx_t, :width] if v.shape[1] == rollout["input_ids"].shape[1] else v[idx_t, : width - 1]
-        for k, v in rollout.items()
-    }

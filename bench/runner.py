@@ -579,6 +579,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     log_rows = bench_io.read_jsonl(log_path) if log_path.exists() else []
     cost["train_tokens"] = sum(row.get("tokens", 0) for row in log_rows)
     cost["sampled_tokens"] = sum(row.get("sampled_tokens", 0) for row in log_rows)
+    cost["reward_calls"] = sum(row.get("reward_calls", 0) for row in log_rows)
     model = optional(trained, "policy", "model")
     if model is not None:
         n_params = sum(p.numel() for p in model.parameters())

@@ -31,7 +31,7 @@ CHECKPOINT = "train_state.pt"
 _KEYS = {"model", "optimizer", "scheduler", "rng", "step", "window", "extra"}  # what every CHECKPOINT holds
 STATE_FILE = "train_state.json"
 """The sidecar beside CHECKPOINT that names its step, so the harness reads the resume step without loading weights."""
-COUNTS = ("tokens", "sampled_tokens", "episodes")
+COUNTS = ("tokens", "sampled_tokens", "episodes", "reward_calls")
 """Log keys summed over a window (the costs that bench.runner adds up); the others are averaged."""
 LAST = ("epoch", "lr")
 """Log keys that say where a window ends: its last value, not an average."""

@@ -1,6 +1,6 @@
-"""An outside package adds an online algorithm (RLOO) that runs on the harness's loop with no checkpoint code of its
-own: `bench run` trains it, a run killed with SIGKILL resumes to the uninterrupted record, and `bench table` and
-`bench report` show it beside the outside SLiC plugin."""
+"""An outside package adds an online algorithm (a minimal RLOO, as reinforce-loo) that runs on the harness's loop
+with no checkpoint code of its own: `bench run` trains it, a run killed with SIGKILL resumes to the uninterrupted
+record, and `bench table` and `bench report` show it beside the outside SLiC plugin."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from plugins import install
 RLOO = [
     "run",
     "--algo",
-    "rloo",
+    "reinforce-loo",
     "--task",
     "sentiment",
     *TINY,
     *("--set", "train.max_steps=4"),
     *("--set", "train.checkpoint_every=2"),
     *("--set", "train.batch_size=8"),
-    *("--set", "rloo.k=2"),
-    *("--set", "rloo.prompts_per_update=4"),
+    *("--set", "reinforce-loo.k=2"),
+    *("--set", "reinforce-loo.prompts_per_update=4"),
     *("--set", "eval.max_prompts=8"),
     *("--set", "run.eval_checkpoints=1"),
     *("--set", "run.save_model=false"),
@@ -70,9 +70,9 @@ def _record(results: Path, algo: str) -> Path:
 
 
 def test_rloo_runs_through_bench_run(results):
-    record = _record(results, "rloo")
+    record = _record(results, "reinforce-loo")
     config = json.loads((record / "config.json").read_text())["config"]
-    assert config["algo"] == {"name": "rloo", "k": 2, "prompts_per_update": 4, "beta": 0.05}
+    assert config["algo"] == {"name": "reinforce-loo", "k": 2, "prompts_per_update": 4, "beta": 0.05}
     log = [json.loads(line) for line in (record / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]
     assert all(row["episodes"] == 8 and row["tokens"] > row["sampled_tokens"] > 0 for row in log)
@@ -102,18 +102,20 @@ def test_rloo_killed_with_sigkill_resumes_to_the_uninterrupted_record(plugin_sit
     assert proc.returncode == 0, proc.stderr
     assert "resuming from step 2" in proc.stdout, proc.stdout
     for name in RECORD_FILES:
-        assert (_record(tmp_path, "rloo") / name).read_text() == (_record(results, "rloo") / name).read_text(), name
+        assert (_record(tmp_path, "reinforce-loo") / name).read_text() == (
+            _record(results, "reinforce-loo") / name
+        ).read_text(), name
 
 
 def test_table_and_report_show_both_outside_plugins(plugin_site, cache_dir, tmp_path, results):
     table = run_cli(["table", "--task", "sentiment", "--results", str(results)], cache_dir, plugin_site)
     assert table.returncode == 0, table.stderr
-    assert "| rloo |" in table.stdout and "| slic |" in table.stdout
+    assert "| reinforce-loo |" in table.stdout and "| slic |" in table.stdout
     out = tmp_path / "report"
     report = run_cli(
         ["report", "--task", "sentiment", "--results", str(results), "--out", str(out)], cache_dir, plugin_site
     )
     assert report.returncode == 0, report.stderr
     text = (out / "report.md").read_text()
-    assert "rloo" in text and "slic" in text
-    assert (out / "curves-rloo.png").exists()  # the online plugin's training curves, from its train log
+    assert "reinforce-loo" in text and "slic" in text
+    assert (out / "curves-reinforce-loo.png").exists()  # the online plugin's training curves, from its train log

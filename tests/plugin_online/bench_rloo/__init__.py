@@ -37,7 +37,7 @@ class Config:
 
 
 class RLOO:
-    name = "rloo"
+    name = "reinforce-loo"
     description = "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt, gold reward minus KL"
     Config = Config
     uses_preferences = False  # the gold reward replaces the preference labels
@@ -50,7 +50,7 @@ class RLOO:
     def fit(self, ctx) -> ModelPolicy:
         c, tok, policy = self.config, ctx.tokenizer, ctx.policy
         if ctx.reward is None:
-            raise UserError(f"rloo needs a gold reward and the task {ctx.task.name!r} has none")
+            raise UserError(f"reinforce-loo needs a gold reward and the task {ctx.task.name!r} has none")
         prompts = list(dict.fromkeys(row["prompt"] for row in ctx.preferences or ctx.sft_examples))
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
