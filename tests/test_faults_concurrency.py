@@ -46,6 +46,26 @@ PPO_SMALL = [
     "--set",
     "run.save_model=false",
 ]
+ONLINE = ("rloo", "grpo", "online-dpo")
+
+
+def online_small(algo: str) -> list[str]:
+    """Four updates of a group-sampling online algorithm, checkpointed every two; grpo on the learned reward."""
+    reward = "model" if algo == "grpo" else "gold"
+    return [
+        *TINY,
+        *("--set", "train.max_steps=4"),
+        *("--set", "train.log_every=1"),
+        *("--set", "train.checkpoint_every=2"),
+        *("--set", f"train.batch_size={2 if algo == 'online-dpo' else 8}"),  # online DPO's minibatches are pairs
+        *("--set", "eval.max_prompts=8"),
+        *("--set", "run.save_model=false"),
+        *("--set", f"{algo}.prompts_per_update=4"),
+        *("--set", f"{algo}.reward={reward}"),
+        *("--set", "run.eval_checkpoints=1"),
+    ]
+
+
 RECORD_FILES = ("metrics.json", "train_log.jsonl", "samples.jsonl", "checkpoints.jsonl")
 
 # Runs `bench ARGS` and kills its own process with SIGKILL at a named moment: no finally block, no
@@ -129,7 +149,7 @@ def _twice_at_once(args: list[str], cache: Path) -> str:
 def uninterrupted(cache_dir, tmp_path_factory) -> dict[str, Path]:
     """The reference records: each command run once, start to end."""
     out = {}
-    for algo, sets in (("dpo", SMALL), ("ppo-gt", PPO_SMALL)):
+    for algo, sets in (("dpo", SMALL), ("ppo-gt", PPO_SMALL), *((a, online_small(a)) for a in ONLINE)):
         results = tmp_path_factory.mktemp(f"whole-{algo}")
         proc = run_cli(["run", "--algo", algo, "--task", "sentiment", *sets, "--results", str(results)], cache_dir)
         assert proc.returncode == 0, proc.stderr
@@ -263,12 +283,13 @@ def test_two_identical_sweeps_at_once_do_each_run_once(cache_dir, tmp_path):
         ("dpo", "metrics"),
         ("ppo-gt", "checkpoint"),
         ("ppo-gt", "evaluate"),
+        *((algo, "checkpoint") for algo in ONLINE),
     ],
 )
 def test_killed_with_sigkill_then_rerun_gives_the_uninterrupted_record(
     algo, moment, cache_dir, tmp_path, uninterrupted
 ):
-    sets = SMALL if algo == "dpo" else PPO_SMALL
+    sets = SMALL if algo == "dpo" else PPO_SMALL if algo == "ppo-gt" else online_small(algo)
     args = ["run", "--algo", algo, "--task", "sentiment", *sets, "--results", str(tmp_path)]
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AT, moment, *args],
