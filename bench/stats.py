@@ -37,6 +37,54 @@ def pairwise_win(score: float, other: float) -> float:
     return 1.0 if score > other else 0.5 if score == other else 0.0
 
 
+def length_controlled_win_rate(wins: Sequence[float], length_differences: Sequence[float]) -> dict:
+    """The win rate a judge would give at equal lengths: {"mean", "se", "n", "slope"} (NaN where it cannot be fit).
+
+    AlpacaEval 2's length control, in its two-parameter form: a logistic model of each comparison's
+    outcome w in [0, 1] (ties and log-prob preferences are fractions) on the standardised length
+    difference, logit P(win) = a + b * tanh(d / sd(d)), fit by maximum likelihood (scipy), then
+    predicted at d = 0: sigmoid(a). Its standard error is the delta method's, sigmoid'(a) * se(a), with
+    se(a) from the inverse of the observed information. `slope` is b, the judge's pull toward the
+    longer answer.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    w = np.asarray(wins, dtype=float)
+    d = np.asarray(length_differences, dtype=float)
+    keep = np.isfinite(w) & np.isfinite(d)
+    w, d = w[keep], d[keep]
+    n = len(w)
+    nan = {"mean": math.nan, "se": math.nan, "n": n, "slope": math.nan}
+    sd = d.std(ddof=1) if n > 1 else 0.0
+    if n < 3 or not sd > 0:
+        return nan
+    x = np.stack([np.ones(n), np.tanh(d / sd)], axis=1)
+
+    def loss(theta):
+        z = x @ theta
+        # -log-likelihood of fractional outcomes: w log s(z) + (1 - w) log(1 - s(z)), stable in z.
+        value = np.sum(np.logaddexp(0, z) - w * z)
+        grad = x.T @ (1 / (1 + np.exp(-z)) - w)
+        return value, grad
+
+    fit = minimize(loss, np.zeros(2), jac=True, method="BFGS")
+    if not fit.success and not np.all(np.isfinite(fit.x)):
+        return nan
+    a, b = fit.x
+    p = 1 / (1 + np.exp(-(x @ fit.x)))
+    information = (x * (p * (1 - p))[:, None]).T @ x
+    try:
+        cov = np.linalg.inv(information)
+    except np.linalg.LinAlgError:
+        return nan
+    rate = 1 / (1 + math.exp(-a))
+    se = rate * (1 - rate) * math.sqrt(max(cov[0, 0], 0.0))
+    if not (math.isfinite(rate) and math.isfinite(se)) or abs(a) > 30:  # a separable fit: no finite answer
+        return nan
+    return {"mean": rate, "se": se, "n": n, "slope": float(b)}
+
+
 def bootstrap_mean_ci(
     values: Sequence[float], resamples: int, seed: int | Sequence[int], level: float = 0.95
 ) -> tuple[float, float]:

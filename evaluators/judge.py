@@ -15,10 +15,14 @@ Baselines: the evaluation prompts' reference completions (TL;DR reference summar
 responses, CNN/DM highlights), the samples of another complete run on the same prompts (head to
 head), or completions sampled from the starting (SFT) policy.
 
-Judges are biased toward the first position and toward longer answers, so the record also
-carries the share of verdicts preferring position A, the win rate split by whether the policy's
-completion is the longer one, position consistency when every pair is judged in both orders,
-and agreement with the gold reward where the task has one.
+Judges are biased toward the first position and toward longer answers. Every pair is judged in
+both orders by default (a verdict that flips with the order is a tie), and the record carries
+position consistency, the share of verdicts preferring position A, the win rate split by whether
+the policy's completion is the longer one, a length-controlled win rate (AlpacaEval 2's: a logistic
+model of the verdict on the standardised length difference, predicted at zero difference;
+bench.stats.length_controlled_win_rate) with a warning when it differs from the raw one by more
+than LC_WARNING, and agreement with the gold reward where the task has one. Before the first call
+the planned calls, tokens and price are printed; `judge.dry_run=true` stops there.
 
 This file is the evaluator: its settings, which completions are compared with which, and the
 aggregates. Templates, verdict parsing, the verdict cache (a rerun costs no calls) and the API
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,11 +43,13 @@ from bench import distributed, seeds
 from bench.contracts import Evaluation
 from bench.errors import UserError
 from bench.evaluators.judge_client import ChatJudge, VerdictCache, load_template, public_url
-from bench.stats import bootstrap_mean_ci, by_prompt, pairwise_win, per_prompt_means
+from bench.stats import bootstrap_mean_ci, by_prompt, length_controlled_win_rate, pairwise_win, per_prompt_means
 
 DEFAULT_TEMPLATE = "continuation-positive"
 """For tasks without a judge prompt (e.g. sentiment): which continuation is more positive."""
 BASELINES = ("auto", "reference", "run", "sft")
+LC_WARNING = 0.10
+"""A length-controlled win rate this far from the raw one gets a warning line: the judge's length bias moves it."""
 
 
 @dataclass
@@ -64,8 +71,14 @@ class Config:
     """Directory of a complete run on the same prompts, for a head-to-head comparison."""
     samples_per_prompt: int = 1
     """Completions judged per prompt (the first ones; the paper judged one); 0 judges all."""
-    both_orders: bool = False
-    """Judge every pair in both orders: the win is their mean, and position consistency is reported."""
+    both_orders: bool = True
+    """Judge every pair in both orders: the win is their mean (a flip is a tie, 1/2) and position consistency is
+    reported; false halves the calls, one order drawn per pair from the run's seed."""
+    logprobs: bool = False
+    """Ask for token log-probs and score a verdict as P(policy's letter) / (P(A) + P(B)) at the verdict token (as
+    AlpacaEval's weighted annotators), where the server returns them; the letter itself elsewhere."""
+    dry_run: bool = False
+    """Print the plan (calls, tokens, price estimate) and make no call; the record keeps the plan, not a win rate."""
     temperature: float = 0.0
     """Judge sampling temperature."""
     max_tokens: int = 256
@@ -189,6 +202,8 @@ class Judge:
         else:
             extra, record = self._chat(pairs, ctx, index, win, first, counts, oracle_win, record)
 
+        if record.get("dry_run"):
+            return Evaluation(aggregates=extra)
         rate = _rate(win, index)
         low, high = bootstrap_mean_ci(
             per_prompt_means(*_judged(win, index)), cfg.bootstrap, [ctx.seed, BOOTSTRAP_STREAM]
@@ -199,6 +214,17 @@ class Judge:
         for name, keep in (("longer", lambda d: d > 0), ("shorter", lambda d: d < 0)):
             split = [win[i] if i in longer and keep(longer[i]) else math.nan for i in range(n)]
             aggregates[f"judge_win_rate_policy_{name}"] = _rate(split, index)
+        judged = [i for i in range(n) if i in longer and win[i] == win[i]]
+        lc = length_controlled_win_rate([win[i] for i in judged], [longer[i] for i in judged])
+        lc["length"] = "words"
+        if abs(lc["mean"] - rate["mean"]) > LC_WARNING:  # False for NaN
+            lc["warning"] = True
+            sys.stderr.write(
+                f"judge: the length-controlled win rate {lc['mean']:.3f} differs from the raw {rate['mean']:.3f} by "
+                f"more than {LC_WARNING:.2f}: the judge favours the {'longer' if lc['slope'] > 0 else 'shorter'} "
+                "answer and the raw rate carries it\n"
+            )
+        aggregates["judge_win_rate_length_controlled"] = lc
         aggregates.update(extra)
         per_sample = {"judge_win": win}
         if not oracle and not cfg.both_orders:
@@ -249,6 +275,26 @@ class Judge:
         cache = VerdictCache(Path(ctx.cache_dir) / "judge" / "verdicts.sqlite")
         try:
             client = ChatJudge(cfg, cache)
+            plan = client.plan(texts)
+            orders = "both orders" if cfg.both_orders else "one order each"
+            sys.stderr.write(
+                f"judge: {len(pairs)} comparisons, {len(texts)} prompts ({orders}): {plan['calls']} calls to "
+                f"{public_url(client.base_url)} ({plan['cached']} cached), ~{plan['prompt_tokens_estimate']} prompt "
+                f"tokens, at most {plan['completion_tokens_max']} answer tokens, ~${plan['cost_usd_estimate']:.4f} at "
+                f"the set prices{'; dry run: no call made' if cfg.dry_run else ''}\n"
+            )
+            if cfg.dry_run:
+                planned = {**plan, "comparisons": len(pairs), "prompts": len(texts), "dry_run": True}
+                return {
+                    "judge_plan": {
+                        "mean": float(plan["calls"]),
+                        "se": 0.0,
+                        "n": len(pairs),
+                        "unit": "calls",
+                        "higher_is_better": None,
+                        **planned,
+                    }
+                }, {**record, "dry_run": True}
             outcomes = client.judge(texts, template.verdict_key)
         finally:
             cache.close()
@@ -272,7 +318,12 @@ class Judge:
                 counts[status] += 1
                 continue
             policy_won = [(o.verdict == "A") == pf for pf, o in results]
-            win[p.sample] = sum(policy_won) / len(policy_won)
+            # With log-probs: P(the policy's letter) at the verdict, where the server returned them.
+            preference = [
+                (o.prob_a if pf else 1 - o.prob_a) if cfg.logprobs and o.prob_a is not None else float(won)
+                for (pf, o), won in zip(results, policy_won)
+            ]
+            win[p.sample] = sum(preference) / len(preference)
             counts["ties"] += win[p.sample] == 0.5
             first_pos[p.sample] = sum(o.verdict == "A" for _, o in results) / len(results)
             if cfg.both_orders:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -88,19 +89,28 @@ def load_template(spec: str) -> Template:
     return Template(str(path), text)
 
 
+def _bare(text: str) -> str:
+    """The text without quotes, brackets, Markdown emphasis and a final period, upper-cased."""
+    return text.replace("*", "").strip().strip("\"'`<>()[]").rstrip(".").strip().strip("\"'`").upper()
+
+
 def parse_verdict(answer: str, key: str) -> str | None:
-    """ "A" or "B" from the answer's `KEY: X` line; None unless exactly one letter is given that way.
+    """ "A" or "B" from the answer's `KEY: X` line, or from an answer that is the letter alone; else None.
 
     Strict on purpose: a verdict line must hold nothing but the letter (quotes, a final period
-    and Markdown emphasis aside), so "Preferred: Summary A" or "Preferred: A or B" is invalid.
+    and Markdown emphasis aside), so "Preferred: Summary A" or "Preferred: A or B" is invalid. An
+    answer that is exactly one letter and nothing else ("A", "**B**", "A.") counts: small models
+    answer that way. Anything else without a verdict line is invalid.
     """
+    if _bare(answer) in ("A", "B"):
+        return _bare(answer)
     line_re = re.compile(rf"^\s*#*\s*{re.escape(key)}\s*:(.*)$", re.IGNORECASE)
     letters = set()
     for line in answer.splitlines():
         m = line_re.match(line.replace("*", ""))
         if not m:
             continue
-        value = m.group(1).strip().strip("\"'`<>()[]").rstrip(".").strip().strip("\"'`").upper()
+        value = _bare(m.group(1))
         if value not in ("A", "B"):
             return None
         letters.add(value)
@@ -122,24 +132,34 @@ class VerdictCache:
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, answer TEXT, "
                 "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
             )
+            # The verdict letter's probability, for answers asked with log-probs (a table of its own, so
+            # caches written before it keep working).
+            self.db.execute("CREATE TABLE IF NOT EXISTS preferences (key TEXT PRIMARY KEY, prob_a REAL)")
             self.db.commit()
 
     @staticmethod
-    def key(model: str, temperature: float, max_tokens: int, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([model, temperature, max_tokens, prompt]).encode()).hexdigest()
+    def key(model: str, temperature: float, max_tokens: int, prompt: str, logprobs: bool = False) -> str:
+        fields = [model, temperature, max_tokens, prompt] + (["logprobs"] if logprobs else [])
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> tuple[str, float | None] | None:
+        """(answer, P(A) or None), or None when the prompt was never answered."""
         if self.db is None:
             return None
         row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        prob = self.db.execute("SELECT prob_a FROM preferences WHERE key = ?", (key,)).fetchone()
+        return row[0], None if prob is None else prob[0]
 
-    def put(self, key: str, model: str, answer: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def put(self, key: str, model: str, answer: str, prompt_tokens: int, completion_tokens: int, prob_a=None) -> None:
         if self.db is not None:
             self.db.execute(
                 "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
                 (key, model, answer, prompt_tokens, completion_tokens, time.time()),
             )
+            if prob_a is not None:
+                self.db.execute("INSERT OR REPLACE INTO preferences VALUES (?, ?)", (key, prob_a))
             self.db.commit()
 
     def close(self) -> None:
@@ -166,6 +186,28 @@ class Outcome:
     """Completion tokens the server counted, over every request for this prompt."""
     cached: bool = False
     """Whether the answer came from the verdict cache (no call)."""
+    prob_a: float | None = None
+    """With judge.logprobs: P(A) / (P(A) + P(B)) at the verdict letter, where the server returned log-probs."""
+
+
+def verdict_probability(logprobs, verdict: str) -> float | None:
+    """P(A) / (P(A) + P(B)) at the answer's last token that reads as the verdict letter, from its top log-probs.
+
+    `logprobs` is a chat completion choice's `logprobs.content` (tokens with `top_logprobs`). Token variants
+    that read as the same letter (" A", "A", "**A") are summed. None when there is no such token, or
+    neither letter is among its alternatives.
+    """
+    for token in reversed(logprobs or []):
+        if _bare(token.token) != verdict:
+            continue
+        mass = {"A": 0.0, "B": 0.0}
+        for alt in token.top_logprobs or []:
+            letter = _bare(alt.token)
+            if letter in mass:
+                mass[letter] += math.exp(alt.logprob)
+        total = mass["A"] + mass["B"]
+        return mass["A"] / total if total > 0 else None
+    return None
 
 
 def public_url(url: str) -> str:
@@ -220,6 +262,28 @@ class ChatJudge:
         except openai.APIStatusError:
             pass  # some servers have no /models; the chat endpoint may still work
 
+    def _cache_key(self, prompt: str) -> str:
+        cfg = self.config
+        return VerdictCache.key(cfg.model, cfg.temperature, cfg.max_tokens, prompt, bool(getattr(cfg, "logprobs", 0)))
+
+    def plan(self, prompts: list[str]) -> dict:
+        """What judging `prompts` would cost, before any call: distinct prompts to send (the rest are cached or
+        repeated), their prompt tokens estimated at 4 characters a token, and at most max_tokens answer tokens
+        each (retries aside); the price estimate where prices are set."""
+        cfg = self.config
+        keys = {self._cache_key(p): p for p in prompts}
+        to_send = [p for k, p in keys.items() if self.cache.get(k) is None]
+        prompt_tokens = sum(math.ceil(len(p) / 4) for p in to_send)
+        completion_tokens = len(to_send) * cfg.max_tokens
+        cost = (prompt_tokens * cfg.price_prompt_per_1k + completion_tokens * cfg.price_completion_per_1k) / 1000
+        return {
+            "calls": len(to_send),
+            "cached": len(keys) - len(to_send),
+            "prompt_tokens_estimate": prompt_tokens,
+            "completion_tokens_max": completion_tokens,
+            "cost_usd_estimate": cost,
+        }
+
     def judge(self, prompts: list[str], verdict_key: str) -> list[Outcome]:
         """One outcome per prompt, in order. Identical prompts are sent once; cached answers not at all."""
         from tqdm.auto import tqdm
@@ -228,13 +292,14 @@ class ChatJudge:
         outcomes: list[Outcome | None] = [None] * len(prompts)
         todo: dict[str, list[int]] = {}
         for i, prompt in enumerate(prompts):
-            key = VerdictCache.key(cfg.model, cfg.temperature, cfg.max_tokens, prompt)
-            answer = self.cache.get(key)
-            if answer is None:
+            key = self._cache_key(prompt)
+            hit = self.cache.get(key)
+            if hit is None:
                 todo.setdefault(key, []).append(i)
                 continue
+            answer, prob_a = hit
             verdict = parse_verdict(answer, verdict_key)
-            outcomes[i] = Outcome("ok" if verdict else "invalid", verdict, answer, cached=True)
+            outcomes[i] = Outcome("ok" if verdict else "invalid", verdict, answer, cached=True, prob_a=prob_a)
             self.stats["cache_hits"] += 1
         bar = tqdm(total=len(todo), desc="judge", unit="prompt", dynamic_ncols=True, leave=False)
         pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
@@ -244,7 +309,9 @@ class ChatJudge:
                 key, outcome = futures[future], future.result()
                 if outcome.status in ("ok", "invalid"):
                     # Cache writes stay on this thread: an SQLite connection belongs to one thread.
-                    self.cache.put(key, cfg.model, outcome.answer, outcome.prompt_tokens, outcome.completion_tokens)
+                    self.cache.put(
+                        key, cfg.model, outcome.answer, outcome.prompt_tokens, outcome.completion_tokens, outcome.prob_a
+                    )
                 for i in todo[key]:
                     outcomes[i] = outcome
                 bar.update(1)
@@ -261,11 +328,12 @@ class ChatJudge:
             reply = self._complete(prompt)
             if isinstance(reply, str) and reply in ("failed", "not_judged"):
                 return Outcome(reply, None, answer, *tokens)
-            answer, usage = reply
+            answer, usage, logprobs = reply
             tokens = [tokens[0] + usage[0], tokens[1] + usage[1]]
             verdict = parse_verdict(answer, verdict_key)
             if verdict:
-                return Outcome("ok", verdict, answer, *tokens)
+                prob_a = verdict_probability(logprobs, verdict) if logprobs else None
+                return Outcome("ok", verdict, answer, *tokens, prob_a=prob_a)
         return Outcome("invalid", None, answer, *tokens)
 
     def _take_call(self) -> bool:
@@ -281,10 +349,12 @@ class ChatJudge:
             return True
 
     def _complete(self, prompt: str):
-        """(answer, (prompt_tokens, completion_tokens)), or "failed" / "not_judged"."""
+        """(answer, (prompt_tokens, completion_tokens), token log-probs or None), or "failed" / "not_judged"."""
         import openai
 
         cfg, last = self.config, None
+        # With judge.logprobs, the top alternatives of each answer token (OpenAI allows up to 20).
+        extra = {"logprobs": True, "top_logprobs": 5} if getattr(cfg, "logprobs", False) else {}
         for attempt in range(cfg.max_retries + 1):
             if not self._take_call():
                 return "not_judged"
@@ -294,6 +364,7 @@ class ChatJudge:
                     messages=[{"role": "user", "content": prompt}],
                     temperature=cfg.temperature,
                     max_tokens=cfg.max_tokens,
+                    **extra,
                 )
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise UserError(self._refused(exc)) from None
@@ -323,7 +394,8 @@ class ChatJudge:
                 self.stats["prompt_tokens"] += tokens[0]
                 self.stats["completion_tokens"] += tokens[1]
             content = response.choices[0].message.content if response.choices else None
-            return (content or "", tokens)
+            logprobs = getattr(response.choices[0], "logprobs", None) if response.choices else None
+            return (content or "", tokens, getattr(logprobs, "content", None))
         if last is None:
             return "not_judged"
         if (

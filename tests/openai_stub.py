@@ -7,12 +7,14 @@
 `script(n, prompt)` decides the reply to chat request number n (0-based) whose user message is
 `prompt`: a string is sent back as the assistant's message; `Status(code)` answers with that
 HTTP error (optionally with a Retry-After header); `Sleep(seconds, then)` waits before replying
-`then`, to provoke client timeouts. GET /v1/models lists one model.
+`then`, to provoke client timeouts; `WithLogprobs(content, prob_a)` adds token log-probs whose last token is
+the verdict letter. GET /v1/models lists one model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -32,6 +34,14 @@ class Status:
 class Sleep:
     seconds: float
     then: Any
+
+
+@dataclass
+class WithLogprobs:
+    """Reply `content` with token log-probs: its last token is the verdict letter, with alternatives A and B."""
+
+    content: str
+    prob_a: float
 
 
 def shown(prompt: str) -> tuple[str, str]:
@@ -92,6 +102,21 @@ class StubServer:
                         headers,
                     )
                 pt, ct = server.usage
+                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+                if isinstance(reply, WithLogprobs):
+                    head, letter = reply.content[:-1], reply.content[-1]
+                    alternatives = [
+                        {"token": f" {x}", "logprob": math.log(q), "bytes": None}
+                        for x, q in (("A", reply.prob_a), ("B", 1 - reply.prob_a))
+                        if q > 0
+                    ]
+                    choice["message"]["content"] = reply.content
+                    choice["logprobs"] = {
+                        "content": [
+                            {"token": head, "logprob": -0.1, "bytes": None, "top_logprobs": []},
+                            {"token": f" {letter}", "logprob": -0.2, "bytes": None, "top_logprobs": alternatives},
+                        ]
+                    }
                 self._send(
                     200,
                     {
@@ -99,9 +124,7 @@ class StubServer:
                         "object": "chat.completion",
                         "created": 0,
                         "model": body.get("model", ""),
-                        "choices": [
-                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
-                        ],
+                        "choices": [choice],
                         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
                     },
                 )

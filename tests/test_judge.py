@@ -71,6 +71,7 @@ def make_judge(server, **kw) -> Judge:
         max_retries=3,
         concurrency=4,
         bootstrap=500,
+        both_orders=False,  # one order a pair unless a test asks for both (the default; see the tests of it)
     )
     return Judge(Config(**{**base, **kw}))
 
@@ -135,6 +136,12 @@ def test_paper_templates_and_verdict_keys():
         ("I prefer A.", None),  # no verdict line
         ("", None),
         ("Comparison: x\nMore helpful: A", None),  # the other template's key
+        ("A", "A"),  # a bare letter, as small models answer
+        ("  **B**.\n", "B"),
+        ('"a"', "A"),
+        ("A B", None),  # ambiguous stays invalid
+        ("A, because it is shorter", None),
+        ("Answer A", None),
     ],
 )
 def test_parse_verdict_is_strict(text, expected):
@@ -536,6 +543,153 @@ def test_bootstrap_ci_against_normal_approximation(tmp_path):
     assert again.aggregates["judge_win_rate"]["ci_low"] == agg["ci_low"]  # fixed seed
 
 
+# ---------------------------------------------------------------- both orders, length control, log-probs, the plan
+
+
+def test_both_orders_by_default_and_a_flip_is_a_tie(tmp_path):
+    """Default config: every pair twice; a judge that keeps its verdict across orders wins or loses the pair,
+    one that flips with the order (here: on odd prompts, always the first position) ties it."""
+    assert Config().both_orders is True
+    policy, refs = good_bad(4, 8)
+
+    def script(n, prompt):
+        a, b = shown(prompt)
+        i = int(prompt.split("post number ")[1].split("\n")[0])
+        return answer("A") if i % 2 else answer("A" if "GOOD" in a else "B")
+
+    with StubServer(script) as server:
+        ev = Judge(Config(model="stub", base_url=server.url, bootstrap=200)).evaluate(
+            make_samples(policy), make_ctx(tmp_path, refs)
+        )
+        assert len(server.chat_requests) == 16
+    assert ev.per_sample["judge_win"] == [1.0, 0.5, 1.0, 0.5, 0.0, 0.5, 0.0, 0.5]
+    agg = ev.aggregates
+    assert agg["judge_win_rate"]["mean"] == pytest.approx(0.5) and agg["judge_win_rate"]["ties"] == 4
+    assert agg["judge_position_consistency"]["mean"] == pytest.approx(0.5)
+    assert agg["judge_first_position_rate"]["mean"] == pytest.approx(0.75)  # 4 always-A pairs, 4 balanced
+
+
+def test_length_controlled_win_rate_recovers_a_known_preference():
+    """Synthetic verdicts: logit P(win) = a + b tanh(d / sd), the policy mostly longer. The raw rate carries the
+    length bias; the length-controlled one is sigmoid(a), within its standard error; no bias, no difference."""
+    import numpy as np
+
+    from bench.stats import length_controlled_win_rate
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(2.0, 3.0, 4000)
+    for a, b in ((0.4, 1.5), (-0.3, 0.0)):
+        p = 1 / (1 + np.exp(-(a + b * np.tanh(d / d.std(ddof=1)))))
+        w = (rng.random(len(d)) < p).astype(float)
+        lc = length_controlled_win_rate(w.tolist(), d.tolist())
+        truth = 1 / (1 + math.exp(-a))
+        assert abs(lc["mean"] - truth) < 3 * lc["se"] and lc["se"] < 0.02 and lc["n"] == 4000
+        assert lc["slope"] == pytest.approx(b, abs=0.25)
+        if b:
+            assert w.mean() - truth > 0.07  # the raw rate is biased
+        else:
+            assert abs(w.mean() - lc["mean"]) < 0.01
+    # Ties and fractional preferences are outcomes in [0, 1]; no spread in length leaves nothing to fit.
+    half = length_controlled_win_rate([0.5] * 50, list(np.linspace(-3, 3, 50)))
+    assert half["mean"] == pytest.approx(0.5, abs=1e-6)
+    assert math.isnan(length_controlled_win_rate([1.0, 0.0, 1.0], [2, 2, 2])["mean"])
+
+
+def test_a_length_biased_judge_gets_a_warning_and_a_controlled_rate(tmp_path, capsys):
+    """The stub judge prefers the longer answer 80% of the time, whatever it says; the policy is longer on 3 of 4
+    prompts. Raw rate ~0.65; controlled for length, ~0.5 (the judge has no other preference)."""
+    n = 400
+    rng = random.Random(1)
+    longer = [rng.random() < 0.75 for _ in range(n)]
+    policy = [("word " * (12 if x else 3)).strip() + f" p{i}" for i, x in enumerate(longer)]
+    refs = [("word " * (3 if x else 12)).strip() + f" r{i}" for i, x in enumerate(longer)]
+
+    def script(n_, prompt):
+        a, b = shown(prompt)
+        keep = random.Random(prompt).random() < 0.8
+        return answer("A" if (len(a) > len(b)) == keep else "B")
+
+    with StubServer(script) as server:
+        ev = make_judge(server, concurrency=8).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
+    raw, lc = ev.aggregates["judge_win_rate"]["mean"], ev.aggregates["judge_win_rate_length_controlled"]
+    assert 0.58 < raw < 0.72
+    assert abs(lc["mean"] - 0.5) < 3 * lc["se"] + 0.02 and lc["slope"] > 0 and lc["warning"] is True
+    assert "length-controlled win rate" in capsys.readouterr().err
+
+
+def test_log_prob_preference_replaces_the_letter(tmp_path):
+    """With judge.logprobs the win is P(policy's letter) from the verdict token's alternatives; the request asks
+    for them; answers without log-probs fall back to the letter; a rerun reads the probabilities from the cache."""
+    from openai_stub import WithLogprobs
+
+    policy, refs = good_bad(2, 4)
+
+    def script(n, prompt):
+        a, b = shown(prompt)
+        i = int(prompt.split("post number ")[1].split("\n")[0])
+        if i == 3:
+            return answer("A" if "GOOD" in a else "B")  # no log-probs for this one
+        p_a = 0.7 if "GOOD" in a else 0.3
+        return WithLogprobs(answer("A" if p_a > 0.5 else "B"), p_a)
+
+    with StubServer(script) as server:
+        ev = make_judge(server, logprobs=True, both_orders=True).evaluate(
+            make_samples(policy), make_ctx(tmp_path, refs)
+        )
+        sent = server.chat_requests
+    assert all(r["body"]["logprobs"] is True and r["body"]["top_logprobs"] == 5 for r in sent)
+    assert ev.per_sample["judge_win"] == pytest.approx([0.7, 0.7, 0.3, 0.0])
+    with StubServer(lambda n, p: "not called") as server:
+        again = make_judge(server, logprobs=True, both_orders=True).evaluate(
+            make_samples(policy), make_ctx(tmp_path, refs)
+        )
+        assert server.chat_requests == []
+    assert again.per_sample["judge_win"] == pytest.approx([0.7, 0.7, 0.3, 0.0])
+    # Without the option the same server's letters decide.
+    with StubServer(script) as server:
+        plain = make_judge(server, both_orders=True).evaluate(make_samples(policy), make_ctx(tmp_path / "b", refs))
+    assert plain.per_sample["judge_win"] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_bare_letter_answers_count(tmp_path):
+    policy, refs = good_bad(3, 4)
+    with StubServer(lambda n, p: "A" if "GOOD" in shown(p)[0] else "B") as server:
+        ev = make_judge(server).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
+    assert ev.aggregates["judge_win_rate"]["invalid"] == 0
+    assert ev.aggregates["judge_win_rate"]["mean"] == pytest.approx(0.75)
+
+
+def test_dry_run_prints_the_plan_and_makes_no_call(tmp_path, capsys):
+    policy, refs = good_bad(3, 6)
+    with StubServer(prefer("GOOD")) as server:
+        ev = Judge(
+            Config(
+                model="stub",
+                base_url=server.url,
+                dry_run=True,
+                max_tokens=100,
+                price_prompt_per_1k=0.03,
+                price_completion_per_1k=0.06,
+            )
+        ).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
+        assert server.chat_requests == []
+    plan = ev.aggregates["judge_plan"]
+    assert set(ev.aggregates) == {"judge_plan"} and ev.per_sample == {}
+    assert plan["calls"] == 12 and plan["mean"] == 12.0 and plan["cached"] == 0 and plan["dry_run"] is True
+    assert plan["completion_tokens_max"] == 1200 and plan["prompt_tokens_estimate"] > 12 * 20
+    expected = (plan["prompt_tokens_estimate"] * 0.03 + 1200 * 0.06) / 1000
+    assert plan["cost_usd_estimate"] == pytest.approx(expected)
+    err = capsys.readouterr().err
+    assert "12 calls" in err and "dry run: no call made" in err and f"${expected:.4f}" in err
+    # After a real evaluation the same plan finds every prompt cached.
+    with StubServer(prefer("GOOD")) as server:
+        Judge(Config(model="stub", base_url=server.url)).evaluate(make_samples(policy), make_ctx(tmp_path, refs))
+        planned = Judge(Config(model="stub", base_url=server.url, dry_run=True)).evaluate(
+            make_samples(policy), make_ctx(tmp_path, refs)
+        )
+    assert planned.aggregates["judge_plan"]["calls"] == 0 and planned.aggregates["judge_plan"]["cached"] == 12
+
+
 # ---------------------------------------------------------------- opt-in: a real small judge
 
 LIVE = os.environ.get("BENCH_JUDGE_LIVE") == "1"
@@ -712,7 +866,12 @@ def test_cli_sentiment_runs_judged_against_the_real_continuations(algo, cache_di
     win = json.loads((run / "metrics.json").read_text())["judge_win_rate"]
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert win["n"] == 6 and win["baseline"] == "reference" and win["template"] == "continuation-positive"
-    # The stub always answers A: the policy wins exactly where it was shown first (ties: identical texts).
-    assert win["mean"] == pytest.approx(sum(s["judge_policy_first"] for s in samples) / 6)
-    assert 0 < len(asked) <= 6 and all("sk-test" not in text for text in asked)
+    # The stub always answers A, and every pair is judged in both orders (the default): each verdict flips with
+    # the order, so every pair is a tie, the judge is never consistent and always picks the first position.
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert win["mean"] == 0.5 and all(s["judge_win"] == 0.5 for s in samples)
+    assert metrics["judge_position_consistency"]["mean"] == 0.0
+    assert metrics["judge_first_position_rate"]["mean"] == 1.0
+    assert "judge_win_rate_length_controlled" in metrics
+    assert 0 < len(asked) <= 12 and len(asked) % 2 == 0 and all("sk-test" not in text for text in asked)
     assert "sk-test" not in (run / "config.json").read_text()

@@ -222,6 +222,6 @@ def test_cli_run_end_to_end(algo, task, settings, cache, tmp_path):
     assert "imdb: data:" not in out.stderr  # the module's build was reused, not rebuilt
     win = metrics["judge_win_rate"]
     assert win["n"] == 4 and win["baseline"] == "reference" and win["template"] == "continuation-positive"
-    assert win["mean"] == pytest.approx(sum(s["judge_policy_first"] for s in samples) / 4)
+    assert win["mean"] == 0.5  # an always-A judge in both orders (the default) ties every pair
     references = {r["prompt"]: r["reference"] for r in task.eval_prompts()[:4]}
-    assert len(asked) <= 4 and all(any(ref.strip() in text for ref in references.values()) for text in asked)
+    assert len(asked) <= 8 and all(any(ref.strip() in text for ref in references.values()) for text in asked)
