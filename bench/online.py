@@ -126,8 +126,12 @@ class GroupOnline:
     """The fit of a group-sampling online algorithm. A subclass sets name, description and Config (an
     OnlineConfig) and defines `update(rollout, loop, seed) -> metrics`."""
 
-    uses_preferences = True  # with reward=model the reward model learns from them (reward=gold: none are used)
     train_defaults = {"lr": 1e-4, "batch_size": 16, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 10}
+
+    @property
+    def uses_preferences(self) -> bool:
+        """With reward=model the reward model learns from the preference labels; with reward=gold none are used."""
+        return self.config.reward == "model"
 
     def __init__(self, config=None):
         self.config = config or self.Config()

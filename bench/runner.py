@@ -414,9 +414,7 @@ def _record(
                     **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
                 },
             )
-        # Labels are a cost only for algorithms that learn from them (not SFT, not PPO on the gold reward).
-        labels = len(data["preferences"]) if optional(r.algo_cls, "algorithm", "uses_preferences") else 0
-        cost = {"wall_time_s": {"build": t_build}, "preference_labels": labels}
+        cost = {"wall_time_s": {"build": t_build}}
         metrics = _fit_and_evaluate(r, data, partial, checkpoint_dir, cost)
         if main:
             bench_io.atomic_write_json(partial / "metrics.json", metrics)
@@ -492,6 +490,10 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     reference.requires_grad_(False)
     reference.eval()
     algorithm = r.algo_cls(config=r.algo_config)
+    # Labels are a cost only for algorithms that learn from them (not SFT, not PPO on the gold reward); the
+    # algorithm, configured, says (an online method scoring with the gold reward uses none).
+    uses = optional(algorithm, "algorithm", "uses_preferences")
+    cost["preference_labels"] = len(data["preferences"]) if uses else 0
     ctx = Context(
         task=r.task,
         policy=policy.to(dev),

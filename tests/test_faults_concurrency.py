@@ -7,6 +7,7 @@ it holds a run's lock does not block the rerun; two processes needing one artifa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -155,6 +156,15 @@ def uninterrupted(cache_dir, tmp_path_factory) -> dict[str, Path]:
         assert proc.returncode == 0, proc.stderr
         (out[algo],) = _records(results)
     return out
+
+
+def test_online_runs_record_their_sampled_tokens_reward_calls_and_labels(uninterrupted):
+    """cost.json of the online runs: 4 updates x 4 prompts x k reward calls; preference labels only where the
+    learned reward model (trained on them) scores the samples."""
+    for algo, k in (("rloo", 4), ("grpo", 4), ("online-dpo", 2)):
+        cost = json.loads((uninterrupted[algo] / "cost.json").read_text())
+        assert cost["reward_calls"] == 4 * 4 * k and 0 < cost["sampled_tokens"] <= 4 * 4 * k * 48, algo
+        assert (cost["preference_labels"] > 0) == (algo == "grpo"), algo  # grpo: reward=model; the others: gold
 
 
 def test_two_identical_runs_at_once_make_one_record_of_one_run(cache_dir, tmp_path, uninterrupted):
