@@ -238,7 +238,11 @@ OPTIONAL: dict[str, dict[str, Attribute]] = {
         "train_defaults": Attribute(
             {}, "{TrainConfig field: value}: this algorithm's train.* defaults, e.g. {'lr': 1e-4}; --set overrides them"
         ),
-        "uses_preferences": Attribute(True, "whether it learns from preference labels (counted as the run's cost)"),
+        "uses_preferences": Attribute(
+            True,
+            "whether it learns from preference labels (counted as the run's cost); the runner reads it from the "
+            "configured instance, which may set its own (an online method on the gold reward uses none)",
+        ),
         "implicit_reward": Attribute(
             dpo_implicit_reward, "method (logps, ref_logps, n_tokens) -> rewards [N] that pair accuracy ranks pairs by"
         ),

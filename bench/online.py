@@ -127,15 +127,12 @@ class GroupOnline:
     OnlineConfig) and defines `update(rollout, loop, seed) -> metrics`."""
 
     train_defaults = {"lr": 1e-4, "batch_size": 16, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 10}
-
-    @property
-    def uses_preferences(self) -> bool:
-        """With reward=model the reward model learns from the preference labels; with reward=gold none are used."""
-        return self.config.reward == "model"
+    uses_preferences = True  # the default reward=model learns from them; an instance says for its own config
 
     def __init__(self, config=None):
         self.config = config or self.Config()
         self.config.check(self.name)
+        self.uses_preferences = self.config.reward == "model"  # with reward=gold no label is used
 
     def update(self, rollout: Rollout, loop, seed: int) -> dict:
         raise NotImplementedError
