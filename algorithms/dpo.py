@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.checks import between, one_of, positive, require
 from bench.logprobs import collate_pairs, concatenated_forward
-from bench.preference import fit_on_pairs
+from bench.preference import fit_on_pairs, pair_metrics
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -154,14 +154,7 @@ class DPO:
         # Rewards are reported on whole-sequence log-ratios for every loss type, as TRL does.
         chosen_rewards = c.beta * (chosen - ref_chosen_logps).detach()
         rejected_rewards = c.beta * (rejected - ref_rejected_logps).detach()
-        return losses.mean(), {
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-            "logps/chosen": chosen.detach().mean(),
-            "logps/rejected": rejected.detach().mean(),
-        }
+        return losses.mean(), pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
 
     def fit(self, ctx):
         return fit_on_pairs(ctx, self.loss, needs_reference=not self.config.reference_free, desc="dpo")

@@ -25,6 +25,7 @@ from bench.algorithms.dpo import dpo_loss
 from bench.checks import one_of, positive
 from bench.logprobs import token_logps
 from bench.online import GroupOnline, OnlineConfig, Rollout, minibatch
+from bench.preference import pair_metrics
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -89,11 +90,4 @@ class OnlineDPO(GroupOnline):
             beta=c.beta,
             loss_type=c.loss_type,
         )
-        return losses.mean(), {
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-            "logps/chosen": sequence[:n].detach().mean(),
-            "logps/rejected": sequence[n:].detach().mean(),
-        }
+        return losses.mean(), pair_metrics(chosen_rewards, rejected_rewards, sequence[:n], sequence[n:])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.checks import non_negative
-from bench.preference import fit_on_pairs, mean_token_nll
+from bench.preference import fit_on_pairs, mean_token_nll, pair_metrics
 
 LOG_HALF = -0.6931471805599453
 """log(1 - exp(x)) switches formula at x = -ln 2, where the two are equally accurate."""
@@ -63,17 +63,11 @@ class ORPO:
         ratio, log_odds = odds_ratio_term(chosen.float(), rejected.float())
         nll = mean_token_nll(out["chosen_token_logps"], out["chosen_mask"])
         lam = self.config.lam
-        chosen_rewards, rejected_rewards = lam * chosen.detach(), lam * rejected.detach()
         return nll - lam * ratio.mean(), {
             "nll_loss": nll.detach(),
             "log_odds_ratio": ratio.detach().mean(),
             "log_odds_chosen": log_odds.detach().mean(),
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-            "logps/chosen": chosen.detach().mean(),
-            "logps/rejected": rejected.detach().mean(),
+            **pair_metrics(lam * chosen, lam * rejected, chosen, rejected),  # as TRL's ORPO: lambda x mean log-probs
         }
 
     def fit(self, ctx):

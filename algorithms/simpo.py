@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.checks import non_negative, positive
-from bench.preference import fit_on_pairs
+from bench.preference import fit_on_pairs, pair_metrics
 
 
 @dataclass
@@ -58,15 +58,8 @@ class SimPO:
         chosen = out["chosen_logps"] / out["chosen_mask"].sum(-1).clamp(min=1)
         rejected = out["rejected_logps"] / out["rejected_mask"].sum(-1).clamp(min=1)
         losses = simpo_loss(chosen, rejected, beta=c.beta, gamma=c.gamma_beta_ratio * c.beta)
-        chosen_rewards, rejected_rewards = c.beta * chosen.detach(), c.beta * rejected.detach()
-        return losses.mean(), {
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-            "logps/chosen": chosen.detach().mean(),
-            "logps/rejected": rejected.detach().mean(),
-        }
+        # As TRL's CPO: rewards are beta x the mean token log-probs, and logps/* those means.
+        return losses.mean(), pair_metrics(c.beta * chosen, c.beta * rejected, chosen, rejected)
 
     def fit(self, ctx):
         return fit_on_pairs(ctx, self.loss, needs_reference=False, desc=self.name)

@@ -36,6 +36,20 @@ def mean_token_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return -(token_logps * mask).sum() / mask.sum().clamp(min=1)
 
 
+def pair_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict[str, torch.Tensor]:
+    """TRL's preference-training log metrics from per-pair implicit rewards and log-probs, each [B] (detached here):
+    rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "logps/chosen": chosen_logps.detach().mean(),
+        "logps/rejected": rejected_logps.detach().mean(),
+    }
+
+
 def demonstration_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """The SFT loss of a `collate` batch: mean token negative log-likelihood of the completions."""
     logps, mask = token_logps(model, batch)

@@ -138,27 +138,27 @@ def _reward_model(policy, tok):
     return from_policy(policy, tok, seed=0).eval().requires_grad_(False)
 
 
-def _rloo_trainer(policy_dir, reward_model, tok, tmp_path):
+def _trl_trainer(kind: str, policy_dir, reward_model, tok, tmp_path, generations: int, epochs: int, **options):
+    """TRL's RLOOTrainer or GRPOTrainer (`kind`) for one generation of PROMPTS completions: the prompts' groups of
+    `generations`, `epochs` passes in minibatches of MINIBATCH, NEW_TOKENS each; `options` are the trainer's own."""
+    import trl
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import RLOOConfig, RLOOTrainer
 
     text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
-    generations = 4
     prompts = [{"prompt": text(p)} for p in _prompt_ids(PROMPTS // generations)]
-    args = RLOOConfig(
+    args = getattr(trl, f"{kind}Config")(
         output_dir=str(tmp_path),
         per_device_train_batch_size=MINIBATCH,
         gradient_accumulation_steps=1,
         steps_per_generation=PROMPTS // MINIBATCH,
         num_generations=generations,
-        num_iterations=EPOCHS,
-        max_steps=EPOCHS * PROMPTS // MINIBATCH,
+        num_iterations=epochs,
+        max_steps=epochs * PROMPTS // MINIBATCH,
         max_completion_length=NEW_TOKENS,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        beta=0.05,
         learning_rate=1e-5,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -173,8 +173,9 @@ def _rloo_trainer(policy_dir, reward_model, tok, tmp_path):
         dataloader_num_workers=0,
         seed=0,
         disable_tqdm=True,
+        **options,
     )
-    trainer = RLOOTrainer(
+    trainer = getattr(trl, f"{kind}Trainer")(
         model=str(policy_dir),
         reward_funcs=reward_model,
         args=args,
@@ -186,12 +187,35 @@ def _rloo_trainer(policy_dir, reward_model, tok, tmp_path):
     return trainer
 
 
-def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
+def _context(base, tok, reward_model, prompts: list[str], train, rows: list, tmp_path):
+    """A run context for one online iteration of ours: a fresh copy of `base` to train, the reward model as the
+    reward, `prompts` as the training prompts; the log rows go to `rows`."""
     from pathlib import Path
 
-    from bench.algorithms.ppo import PPOGT, Config
     from bench.contracts import Context, Generation
     from bench.reward import score
+
+    return Context(
+        task=None,
+        policy=copy.deepcopy(base).requires_grad_(True),
+        tokenizer=tok,
+        reference=base,
+        train=train,
+        seed=0,
+        log=rows.append,
+        checkpoint_dir=Path(tmp_path / "ours"),
+        cache_dir=tmp_path,
+        sft_examples=[],
+        preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
+        test_preferences=[],
+        generation=Generation(max_new_tokens=NEW_TOKENS),
+        reward=lambda p, c: score(reward_model, tok, p, c, max_length=128),
+    )
+
+
+def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
+
+    from bench.algorithms.ppo import PPOGT, Config
     from bench.train import TrainConfig
 
     torch.set_num_threads(THREADS)
@@ -200,7 +224,9 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
     base.save_pretrained(tmp_path / "policy")  # TRL loads policy and reference by path
     tok.save_pretrained(tmp_path / "policy")
     reward_model = _reward_model(base, tok)
-    trainer = _rloo_trainer(tmp_path / "policy", copy.deepcopy(reward_model), tok, tmp_path / "trl")
+    trainer = _trl_trainer(
+        "RLOO", tmp_path / "policy", copy.deepcopy(reward_model), tok, tmp_path / "trl", 4, EPOCHS, beta=0.05
+    )
 
     prompts = [" ".join(f"w{i}" for i in p) for p in _prompt_ids(PROMPTS)]
     train = TrainConfig(lr=1e-5, batch_size=MINIBATCH, max_steps=1, warmup_steps=0, log_every=1, max_length=128)
@@ -213,23 +239,7 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
         peer_times.append(time.perf_counter() - start)
 
     def ppo_iteration():
-        ctx = Context(
-            task=None,
-            policy=copy.deepcopy(base).requires_grad_(True),
-            tokenizer=tok,
-            reference=base,
-            train=train,
-            seed=0,
-            log=rows.append,
-            checkpoint_dir=Path(tmp_path / "ours"),
-            cache_dir=tmp_path,
-            sft_examples=[],
-            preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
-            test_preferences=[],
-            generation=Generation(max_new_tokens=NEW_TOKENS),
-            reward=lambda p, c: score(reward_model, tok, p, c, max_length=128),
-        )
-        PPOGT(config).fit(ctx)
+        PPOGT(config).fit(_context(base, tok, reward_model, prompts, train, rows, tmp_path))
 
     base.requires_grad_(False)
     benchmark.pedantic(ppo_iteration, setup=rloo_iteration, rounds=ROUNDS, warmup_rounds=WARMUP)
@@ -247,61 +257,9 @@ def test_ppo_iteration_vs_trl_rloo(benchmark, tmp_path):
 GRPO_GENERATIONS = 4
 
 
-def _grpo_trainer(policy_dir, reward_model, tok, tmp_path):
-    from datasets import Dataset
-    from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
-    prompts = [{"prompt": text(p)} for p in _prompt_ids(PROMPTS // GRPO_GENERATIONS)]
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=MINIBATCH,
-        gradient_accumulation_steps=1,
-        steps_per_generation=PROMPTS // MINIBATCH,
-        num_generations=GRPO_GENERATIONS,
-        num_iterations=1,
-        max_steps=PROMPTS // MINIBATCH,
-        max_completion_length=NEW_TOKENS,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=0.04,
-        loss_type="grpo",
-        scale_rewards="group",
-        learning_rate=1e-5,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        max_grad_norm=1.0,
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        disable_dropout=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10_000,
-        dataloader_num_workers=0,
-        seed=0,
-        disable_tqdm=True,
-    )
-    trainer = GRPOTrainer(
-        model=str(policy_dir),
-        reward_funcs=reward_model,
-        args=args,
-        processing_class=tok,
-        reward_processing_classes=tok,
-        train_dataset=Dataset.from_list(prompts),
-    )
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
 def test_grpo_iteration_vs_trl_grpo(benchmark, tmp_path):
-    from pathlib import Path
 
     from bench.algorithms.grpo import GRPO, Config
-    from bench.contracts import Context, Generation
-    from bench.reward import score
     from bench.train import TrainConfig
 
     torch.set_num_threads(THREADS)
@@ -310,7 +268,18 @@ def test_grpo_iteration_vs_trl_grpo(benchmark, tmp_path):
     base.save_pretrained(tmp_path / "policy")
     tok.save_pretrained(tmp_path / "policy")
     reward_model = _reward_model(base, tok)
-    trainer = _grpo_trainer(tmp_path / "policy", copy.deepcopy(reward_model), tok, tmp_path / "trl")
+    trainer = _trl_trainer(
+        "GRPO",
+        tmp_path / "policy",
+        copy.deepcopy(reward_model),
+        tok,
+        tmp_path / "trl",
+        GRPO_GENERATIONS,
+        1,
+        beta=0.04,
+        loss_type="grpo",
+        scale_rewards="group",
+    )
 
     prompts = [" ".join(f"w{i}" for i in p) for p in _prompt_ids(PROMPTS // GRPO_GENERATIONS)]
     train = TrainConfig(lr=1e-5, batch_size=MINIBATCH, max_steps=1, warmup_steps=0, log_every=1, max_length=128)
@@ -325,23 +294,7 @@ def test_grpo_iteration_vs_trl_grpo(benchmark, tmp_path):
         peer_times.append(time.perf_counter() - start)
 
     def grpo_iteration():
-        ctx = Context(
-            task=None,
-            policy=copy.deepcopy(base).requires_grad_(True),
-            tokenizer=tok,
-            reference=base,
-            train=train,
-            seed=0,
-            log=rows.append,
-            checkpoint_dir=Path(tmp_path / "ours"),
-            cache_dir=tmp_path,
-            sft_examples=[],
-            preferences=[{"prompt": p, "chosen": "w2", "rejected": "w3"} for p in prompts],
-            test_preferences=[],
-            generation=Generation(max_new_tokens=NEW_TOKENS),
-            reward=lambda p, c: score(reward_model, tok, p, c, max_length=128),
-        )
-        GRPO(config).fit(ctx)
+        GRPO(config).fit(_context(base, tok, reward_model, prompts, train, rows, tmp_path))
 
     base.requires_grad_(False)
     benchmark.pedantic(grpo_iteration, setup=trl_iteration, rounds=ROUNDS, warmup_rounds=WARMUP)
