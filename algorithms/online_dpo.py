@@ -9,7 +9,7 @@ the highest-scoring one as chosen and the lowest as rejected; then
 (algorithms/dpo.py's dpo_loss, also its ipo form) over those pairs, in minibatches of
 train.batch_size pairs. Unlike offline DPO the pairs follow the policy, so the labels stay on its
 distribution. The rollout is bench.online's; this module is the pairing and the loss. Defaults:
-k 2, beta 0.1 (TRL's), 16 prompts per update for 0.4 epochs over the training prompts.
+k 2, beta 0.1 (TRL's), 16 prompts per update for 2 epochs over the training prompts.
 
 The loss is TRL 1.16's OnlineDPOTrainer.training_step's (sigmoid and ipo on summed log-probs), which
 is dpo_loss, checked against TRL's DPOTrainer in tests/test_losses.py.
@@ -60,7 +60,9 @@ class OnlineDPO(GroupOnline):
     name = "online-dpo"
     description = "online DPO: the DPO loss on the best and worst of k samples from the current policy, by reward"
     Config = Config
-    train_defaults = {**GroupOnline.train_defaults, "epochs": 0.4}
+    # Two passes over the training prompts: one pair per prompt per pass (about 1,400 pairs on the default task).
+    # At 0.4 passes (288 pairs, as many episodes as ppo) it did not beat SFT; at 2 it reached 0.687 gold reward.
+    train_defaults = {**GroupOnline.train_defaults, "epochs": 2.0}
 
     def examples_per_update(self) -> int:
         return self.config.prompts_per_update  # one pair per prompt
