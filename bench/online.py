@@ -79,10 +79,6 @@ class Rollout:
     """[N, T-1] the same under the reference."""
     k: int
 
-    def grouped(self, values: torch.Tensor) -> torch.Tensor:
-        """[N] -> [prompts, k]."""
-        return values.view(-1, self.k)
-
 
 def training_prompts(ctx) -> list[str]:
     """The distinct prompts of the preference pairs (or, without pairs, of the SFT demonstrations), in order."""
