@@ -78,6 +78,9 @@ PRESETS: dict[str, dict[str, Preset]] = {
                 PresetEntry("best-of-n", {"n": ["64"]}),
                 PresetEntry("sft"),
                 PresetEntry("preferred-ft"),
+                # The starting policy, the frontier's origin (KL 0), scored like the others; it trains the
+                # reward model PPO and best-of-N share, once per seed.
+                PresetEntry("reward-model"),
             ],
             seeds=[0, 1, 2],
             sets=["run.eval_checkpoints=4"],
@@ -99,6 +102,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
                 PresetEntry("ppo-gt"),
                 PresetEntry("best-of-n", {"n": ["64"]}),
                 PresetEntry("sft"),
+                PresetEntry("reward-model"),  # the starting policy: the origin
             ],
             seeds=[0, 1, 2],
             sets=["run.eval_checkpoints=4"],

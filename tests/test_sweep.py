@@ -222,6 +222,7 @@ def test_paper_preset_skips_algorithms_that_are_not_installed():
             assert any(repr(entry.algo) in note for note in notes)
     assert len(specs) == expected and {s.seed for s in specs} == {0, 1, 2}
     assert all("run.eval_checkpoints=4" in s.sets for s in specs)
+    assert sum(s.algo == "reward-model" for s in specs) == 3  # the starting policy, the report's origin
     assert {x for s in specs if s.algo == "dpo" for x in s.sets if "beta" in x} == {
         "algo.beta=0.05",
         "algo.beta=0.1",
@@ -242,7 +243,7 @@ def test_modern_preset_sweeps_each_new_method_beside_the_papers():
     for s in specs:
         by_algo.setdefault(s.algo, set()).update(x for x in s.sets if x.startswith("algo."))
     new = {"simpo", "orpo", "kto", "rloo", "grpo", "online-dpo"}
-    assert new <= set(by_algo) and {"dpo", "ppo", "sft", "best-of-n"} <= set(by_algo)
+    assert new <= set(by_algo) and {"dpo", "ppo", "sft", "best-of-n", "reward-model"} <= set(by_algo)
     for algo in new:  # each swept over three values of its main knob, which its Config has
         (key,) = {x.split("=")[0] for x in by_algo[algo]}
         assert len(by_algo[algo]) == 3, algo
