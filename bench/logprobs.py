@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from bench import distributed
 from bench.io import atomic_write_bytes
+from bench.lock import file_lock
 
 Encoded = tuple[list[int], int]
 """Token ids of prompt + completion, and how many of them belong to the prompt."""
@@ -192,7 +193,8 @@ class PickedLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         logits, labels, log_z = ctx.saved_tensors
-        out = torch.exp(logits - log_z.unsqueeze(-1))
+        out = logits - log_z.unsqueeze(-1)  # exp in place: one vocabulary-wide tensor, not two at once
+        out.exp_()
         out.mul_(-grad.unsqueeze(-1))
         out.scatter_add_(-1, labels.unsqueeze(-1), grad.unsqueeze(-1))
         return out, None
@@ -446,17 +448,29 @@ def cached_dataset_logps(
     for ids, n_prompt in encoded:
         digest.update(array("q", [len(ids), n_prompt, *ids]).tobytes())
     path = Path(cache_dir) / f"logps-{digest.hexdigest()}.pt"
-    cached = None
-    if path.exists():
+
+    def read() -> torch.Tensor | None:
+        if not path.exists():
+            return None
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.shape != (len(encoded),):
-            cached = None
-    # With several processes: all use the file or all compute (sharded), and the main process writes it.
-    if distributed.all_true(cached is not None):
+        return cached if cached.shape == (len(encoded),) else None
+
+    def compute() -> torch.Tensor:
+        logps = dataset_logps(model, encoded, pad_id, batch_size, desc=desc)
+        if distributed.is_main():
+            buffer = io.BytesIO()
+            torch.save(logps, buffer)
+            atomic_write_bytes(path, buffer.getvalue())
+        return logps
+
+    if distributed.world_size() > 1:
+        # With several processes: all use the file or all compute (sharded), and the main process writes it.
+        cached = read()
+        return cached if distributed.all_true(cached is not None) else compute()
+    if (cached := read()) is not None:
         return cached
-    logps = dataset_logps(model, encoded, pad_id, batch_size, desc=desc)
-    if distributed.is_main():
-        buffer = io.BytesIO()
-        torch.save(logps, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-    return logps
+    # One process computes a file at a time: runs of `bench sweep --jobs N` on the same data (dpo and kto beside
+    # each other) wait for the first and read its file instead of each scoring the whole data set.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.parent / f".{path.name}.lock"):
+        return cached if (cached := read()) is not None else compute()

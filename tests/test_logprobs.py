@@ -210,3 +210,48 @@ def test_picked_logps_is_gather_minus_logsumexp_with_autograds_own_gradient():
     assert torch.equal(got, want) and torch.equal(got_grad, want_grad)  # the same arithmetic, not merely close
     double = torch.randn(3, 5, 6, dtype=torch.double, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(picked_logps, (double, torch.randint(0, 6, (3, 5), generator=g)))
+
+
+_SCORER = r"""
+import sys, time
+import torch
+sys.path.insert(0, sys.argv[3])
+from tiny import tiny_llama
+import bench.logprobs as lp
+
+scored = lp.dataset_logps
+
+def slow(*args, **kwargs):  # long enough for the other process to arrive while this one computes
+    with open(sys.argv[2], "a") as log:
+        log.write("computed\n")
+    time.sleep(1.5)
+    return scored(*args, **kwargs)
+
+lp.dataset_logps = slow
+encoded = [([1 + i % 7, 2 + i % 5, 3, 4 + i % 3], 1) for i in range(6)]
+out = lp.cached_dataset_logps(tiny_llama(vocab_size=64, seed=7), encoded, 0, 2, sys.argv[1], key="reference-a")
+print(" ".join(f"{v:.6f}" for v in out.tolist()))
+"""
+
+
+def test_two_processes_on_one_reference_cache_score_it_once(tmp_path):
+    """`bench sweep --jobs 2`: two runs needing the same reference log-probs; the second reads the first's file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log, tests = tmp_path / "computed.txt", str(Path(__file__).parent)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SCORER, str(tmp_path / "cache"), str(log), tests],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert log.read_text().splitlines() == ["computed"]  # without the lock both compute
+    assert outs[0][0] == outs[1][0] and outs[0][0].strip()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f.name for f in (tmp_path / "cache").glob("*.pt")]
