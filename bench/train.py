@@ -438,7 +438,7 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
         unwrap(loop.model).load_state_dict(state["model"])
         loop.optimizer.load_state_dict(state["optimizer"])
         loop.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state)
         done, window = state["step"], state["window"]
         if hasattr(step, "load_state_dict"):
             step.load_state_dict(state["extra"])
@@ -479,6 +479,23 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
     return model
 
 
+def rng_state() -> dict:
+    """The random states a resumed run must continue from: the CPU generator's and each GPU's (dropout and
+    sampling on a GPU draw from the latter)."""
+    return {
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`; GPU states only onto as many GPUs as they were saved from (or none, on a CPU)."""
+    torch.set_rng_state(state["rng"])
+    cuda = state.get("cuda_rng", [])  # absent in checkpoints written before GPU states were kept
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
 def load_checkpoint(path: Path) -> dict:
     """A resume checkpoint, read as tensors and plain data only: a file that holds anything else is
     refused, never unpickled, so a crafted checkpoint in a shared results directory cannot run code."""
@@ -517,7 +534,7 @@ def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extr
         "model": loop.accelerator.unwrap_model(loop.model).state_dict(),
         "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict(),
-        "rng": torch.get_rng_state(),
+        **rng_state(),
         "step": step,
         "window": window,  # rows logged since the last log row: a resumed window averages the same rows
         "extra": extra.state_dict() if hasattr(extra, "state_dict") else {},

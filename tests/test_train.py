@@ -268,3 +268,23 @@ def test_activation_checkpointing_recomputes_layers_and_trains_to_the_same_weigh
 def test_activation_checkpointing_on_a_model_without_it_is_a_user_error():
     with pytest.raises(UserError, match="train.activation_checkpointing=false"):
         train_loop(_model(), _examples(), _collate, _loss, _cfg(activation_checkpointing=True), seed=0)
+
+
+def test_checkpoints_keep_each_gpus_random_state(monkeypatch):
+    from bench import train
+
+    saved, restored = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)], []
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(train.torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(train.torch.cuda, "set_rng_state_all", restored.append)
+    state = train.rng_state()
+    assert state["cuda_rng"] is saved and torch.equal(state["rng"], torch.get_rng_state())
+    train.set_rng_state(state)
+    assert restored == [saved]
+    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 1)  # resumed on another number of GPUs
+    train.set_rng_state(state)
+    train.set_rng_state({"rng": state["rng"]})  # a checkpoint from before GPU states were kept
+    assert restored == [saved]
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    assert train.rng_state()["cuda_rng"] == []
