@@ -64,11 +64,13 @@ def cmd_list(args) -> None:
     from bench.contracts import Generation, optional
     from bench.train import TrainConfig
 
+    # One name column wide enough for the longest registered name (heldout-sentiment), so descriptions line up.
+    width = max([16, *(len(name) for kind in LIST_TITLES for name in registry.names(kind))])
     for kind, title in LIST_TITLES.items():
         print(f"{(title if args.verbose else title.split(' (')[0])}:")
         for name in registry.names(kind):
             cls = registry.load(kind, name)
-            print(f"  {name:<16} {_describe(cls, kind)}")
+            print(f"  {name:<{width}} {_describe(cls, kind)}")
             if not args.verbose:
                 continue
             config_cls = cls.Config if kind != "evaluator" else optional(cls, kind, "Config")

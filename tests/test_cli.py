@@ -37,6 +37,10 @@ def test_list_shows_every_plugin(cache_dir):
         "pair-accuracy",
     ):
         assert f"  {name} " in proc.stdout
+    # One name column: every description starts where the longest name's does.
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    starts = {len(line) - len(line[2:].split(" ", 1)[1].lstrip()) for line in rows}
+    assert len(rows) > 10 and len(starts) == 1, rows
     verbose = run_cli(["list", "--verbose"], cache_dir)
     assert verbose.returncode == 0, verbose.stderr
     assert "beta = 0.1" in verbose.stdout
