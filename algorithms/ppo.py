@@ -49,7 +49,7 @@ from bench.logprobs import (
     split_head,
     token_logps,
 )
-from bench.online import minibatch, training_prompts
+from bench.online import minibatch, rollout_prompts
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
@@ -236,8 +236,8 @@ class PPO:
                 f"{self.name}: train.batch_size ({ctx.train.batch_size}) is the minibatch and cannot exceed "
                 f"rollout_batch_size ({c.rollout_batch_size})"
             )
+        prompts, prompt_ids, max_new_tokens = rollout_prompts(ctx, self.name, c.max_new_tokens)
         reward = self.reward(ctx)
-        prompts = training_prompts(ctx)
         updates = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.rollout_batch_size)
 
         policy = ctx.policy
@@ -248,7 +248,7 @@ class PPO:
         on_step = None if ctx.on_step is None else lambda update, total, model: ctx.on_step(update, total, model.policy)
         train_online(
             model,
-            PPOStep(self, ctx, reward, prompts),
+            PPOStep(self, ctx, reward, prompts, prompt_ids, max_new_tokens),
             ctx.train,
             updates=updates,
             seed=ctx.seed,
@@ -313,12 +313,10 @@ class PPOStep:
     Its extra state, checkpointed with the loop's, is the KL weight and the score statistics.
     """
 
-    def __init__(self, algo: PPO, ctx, reward, prompts: list[str]):
+    def __init__(self, algo: PPO, ctx, reward, prompts: list[str], prompt_ids, max_new_tokens: int):
         self.config, self.ctx, self.reward, self.prompts, self.loss = algo.config, ctx, reward, prompts, algo._loss
-        tok = ctx.tokenizer
-        self.prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        self.pad = pad_id(tok)
-        self.max_new_tokens = self.config.max_new_tokens or ctx.generation.max_new_tokens
+        self.prompt_ids, self.max_new_tokens = prompt_ids, max_new_tokens
+        self.pad = pad_id(ctx.tokenizer)
         self.kl_ctl = AdaptiveKLController(self.config.init_kl_coef, self.config.target_kl, self.config.kl_horizon)
         self.score_mean: float | None = None
         self.score_std: float | None = None

@@ -22,7 +22,7 @@ import torch
 from bench import seeds
 from bench.checks import at_least, non_negative, one_of, positive
 from bench.errors import UserError
-from bench.logprobs import collate, pad_id, token_logps
+from bench.logprobs import collate, context_length, pad_id, token_logps
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
 from bench.sampling import sample
@@ -86,6 +86,31 @@ def training_prompts(ctx) -> list[str]:
     return list(dict.fromkeys(row["prompt"] for row in rows))
 
 
+def rollout_prompts(ctx, name: str, max_new_tokens: int) -> tuple[list[str], list[list[int]], int]:
+    """(training prompts, their token ids, new tokens per rollout sample), checked to fit the policy's context.
+
+    max_new_tokens is the algorithm's own option (`name.max_new_tokens`); 0 takes eval.max_new_tokens. Past the
+    context a model indexes beyond its position table, so a prompt that leaves too little room is one line here,
+    before any reward model is trained, naming the setting to lower.
+    """
+    prompts = training_prompts(ctx)
+    ids = [ctx.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    new = max_new_tokens or ctx.generation.max_new_tokens
+    setting = f"{name}.max_new_tokens" if max_new_tokens else "eval.max_new_tokens"
+    context, longest = context_length(ctx.policy), max(map(len, ids), default=0)
+    if context is not None and longest >= context:
+        raise UserError(
+            f"{name}: a training prompt is {longest} tokens long and the policy's context {context} tokens; "
+            "shorten the prompts of the preference data (data.preferences) so a completion fits after them"
+        )
+    if context is not None and longest + new > context:
+        raise UserError(
+            f"--set {setting}={new}: the longest training prompt ({longest} tokens) leaves {context - longest} of "
+            f"the policy's {context}-token context for {name}'s samples; use at most {context - longest}"
+        )
+    return prompts, ids, new
+
+
 def rollout_reward(ctx, config: OnlineConfig, name: str):
     """(reward function, its fit_metrics): the learned reward model or the task's gold reward."""
     if config.reward == "gold":
@@ -144,16 +169,16 @@ class GroupOnline:
                 f"{self.name}: train.batch_size ({ctx.train.batch_size}) is the minibatch and cannot exceed the "
                 f"{self.examples_per_update()} examples of one update (raise {self.name}.prompts_per_update)"
             )
-        reward, fit_metrics = rollout_reward(ctx, c, self.name)
-        prompts = training_prompts(ctx)
+        prompts, prompt_ids, max_new_tokens = rollout_prompts(ctx, self.name, c.max_new_tokens)
         if not prompts:
             raise UserError(f"{self.name}: the task has no training prompts (no preference pairs, no demonstrations)")
+        reward, fit_metrics = rollout_reward(ctx, c, self.name)
         updates = ctx.train.max_steps or math.ceil(ctx.train.epochs * len(prompts) / c.prompts_per_update)
         disable_dropout(ctx.policy)  # log-probs must be the same function of the weights in rollout and update
         torch.manual_seed(ctx.seed)
         model = train_online(
             ctx.policy,
-            _Step(self, ctx, reward, prompts),
+            _Step(self, ctx, reward, prompts, prompt_ids, max_new_tokens),
             ctx.train,
             updates=updates,
             seed=ctx.seed,
@@ -168,11 +193,10 @@ class GroupOnline:
 class _Step:
     """bench.train.train_online's step: the rollout, then the algorithm's update."""
 
-    def __init__(self, algo: GroupOnline, ctx, reward, prompts: list[str]):
+    def __init__(self, algo: GroupOnline, ctx, reward, prompts: list[str], prompt_ids, max_new_tokens: int):
         self.algo, self.ctx, self.reward, self.prompts = algo, ctx, reward, prompts
-        tok = ctx.tokenizer
-        self.prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        self.pad = pad_id(tok)
+        self.prompt_ids, self.max_new_tokens = prompt_ids, max_new_tokens
+        self.pad = pad_id(ctx.tokenizer)
 
     def rollout(self, update: int, loop) -> Rollout:
         c, ctx, tok = self.algo.config, self.ctx, self.ctx.tokenizer
@@ -183,7 +207,7 @@ class _Step:
         completions = sample(
             ctx.policy,
             queries,
-            max_new_tokens=c.max_new_tokens or ctx.generation.max_new_tokens,
+            max_new_tokens=self.max_new_tokens,
             temperature=c.temperature,
             eos_token_id=tok.eos_token_id,
             pad_token_id=self.pad,

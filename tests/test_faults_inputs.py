@@ -113,6 +113,12 @@ def _seed(value: str, fragment: str) -> Case:
 ROOM_FOR_120 = "the longest evaluation prompt (8 tokens) leaves 120 of the policy's 128-token context; use at most 120"
 """The tiny task's policy has a 128-token context and evaluation prompts of up to 8 tokens."""
 
+ROLLOUT_ROOM = (
+    "the longest training prompt (8 tokens) leaves 120 of the policy's 128-token context for {}'s samples; "
+    "use at most 120"
+)
+"""Its training prompts (those of the preference pairs) are up to 8 tokens long too."""
+
 CATALOGUE: dict[str, Case] = {
     # train.*: non-finite and out of range (the first ones as the user met them)
     "train-epochs-inf": _setting("train.epochs=inf", "expected a finite number"),
@@ -178,6 +184,13 @@ CATALOGUE: dict[str, Case] = {
     "ppo-gamma-0": _setting("ppo.gamma=0", "must lie in (0, 1]", algo="ppo"),
     "ppo-gt-lam": _setting("ppo-gt.lam=1.5", "must lie in [0, 1]", algo="ppo-gt"),
     "ppo-temperature-0": _setting("ppo.temperature=0", "must be > 0", algo="ppo"),
+    # rollout lengths past the policy's 128-token context, caught before any reward model is trained
+    "ppo-gt-max_new_tokens-context": _setting(
+        "ppo-gt.max_new_tokens=1000",
+        ROLLOUT_ROOM.format("ppo-gt"),
+        algo="ppo-gt",
+    ),
+    "grpo-max_new_tokens-context": _setting("grpo.max_new_tokens=128", ROLLOUT_ROOM.format("grpo"), algo="grpo"),
     "best-of-n-n-0": _setting("best-of-n.n=0", "must be at least 1", algo="best-of-n"),
     "best-of-n-n-inf": _setting("best-of-n.n=inf", "expected an integer", algo="best-of-n"),
     # --seed
