@@ -87,7 +87,12 @@ def test_rloo_loss_matches_trl(epsilon):
     trl = RLOOTrainer._compute_loss(trainer, trainer.model, inputs)
     assert ours.item() == pytest.approx(trl.item(), abs=1e-6, rel=0)
     assert clipped.item() == pytest.approx(trainer._metrics["train"]["clip_ratio/region_mean"][0], abs=1e-6)
-    assert 0 < clipped.item() < 1 or epsilon == 0.2  # the small range clips some sequences and not others
+    # By hand: a sequence is clipped where its ratio left [1 - eps, 1 + eps] in its advantage's direction.
+    ratio = torch.exp(((logps - old) * mask).sum(-1))
+    by_hand = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + epsilon) & (advantages > 0))
+    assert clipped.item() == pytest.approx(by_hand.float().mean().item(), abs=1e-6)
+    if epsilon == 0.05:  # this range clips some sequences and not others, so both branches are exercised
+        assert 0 < clipped.item() < 1
 
 
 def test_rloo_with_one_pass_is_reinforce_with_the_baseline():
