@@ -177,24 +177,25 @@ def chunk_logits(head, states: torch.Tensor, temperature: float) -> torch.Tensor
 class PickedLogProbs(torch.autograd.Function):
     """log softmax(logits)[label] for each position: [..., V] logits and [...] labels -> [...] log-probs.
 
-    The forward is gather - logsumexp (never a second vocabulary-wide tensor, unlike log_softmax(...).gather).
-    The backward writes the gradient, g * (onehot(label) - softmax(logits)), into ONE new tensor: autograd's own
-    backward of the same expression allocates and fills a zero tensor for the gather, another for the softmax
-    term and a third for their sum, three passes over the vocabulary-wide activations of every position. The
-    values are autograd's: the same products and sums in the same order.
+    The forward is torch.log_softmax (one fused pass, faster on a CPU than gather - logsumexp, which builds the
+    shifted logits and their exp) and a gather; the log-softmax is what it keeps for the backward, in place of the
+    logits. The backward turns that tensor into the gradient, g * (onehot(label) - softmax(logits)), in place: no
+    new vocabulary-wide tensor, where autograd's own backward of the same expression allocates and fills three
+    (the gather's zeros, the softmax term, their sum), each fresh memory and a pass over every position's
+    logits. Values: autograd's of log_softmax(...).gather(...) exactly. A second backward through the same
+    graph (retain_graph) is refused by autograd, the saved tensor having been changed in place.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        log_z = torch.logsumexp(logits, dim=-1)
-        ctx.save_for_backward(logits, labels, log_z)
-        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_z
+        log_probs = torch.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(log_probs, labels)
+        return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        logits, labels, log_z = ctx.saved_tensors
-        out = logits - log_z.unsqueeze(-1)  # exp in place: one vocabulary-wide tensor, not two at once
-        out.exp_()
+        log_probs, labels = ctx.saved_tensors
+        out = log_probs.exp_()  # the softmax, in the saved tensor's memory: it is needed for nothing else
         out.mul_(-grad.unsqueeze(-1))
         out.scatter_add_(-1, labels.unsqueeze(-1), grad.unsqueeze(-1))
         return out, None
@@ -302,6 +303,13 @@ def scored_logits(model, batch: dict, temperature: float = 1.0) -> tuple[torch.T
     """
     input_ids = batch["input_ids"]
     start = _first_scored(batch)
+    split = split_head(model)
+    if split is not None:
+        # The head runs on exactly the scored positions: slicing its input, not its output, keeps the backward
+        # from building a zero tensor of the logits' shape for the last column that no row scores.
+        backbone, head = split
+        hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False)
+        return chunk_logits(head, hidden.last_hidden_state[:, start:-1], temperature), start
     logits = model(
         input_ids=input_ids,
         attention_mask=batch["attention_mask"],

@@ -194,9 +194,8 @@ def test_no_vocabulary_wide_tensor_spans_more_than_one_chunk(arch):
     token_logps(policy, batch, max_tokens=None)
     rows, width = batch["input_ids"].shape
     start = int(batch["completion_mask"][:, 1:].any(0).int().argmax())
-    assert heads.largest() == rows * (
-        width - start
-    )  # all at once: the model's own forward from the first scored column
+    # All at once: the head on every column from the first scored one, less the last (it predicts no token).
+    assert heads.largest() == rows * (width - 1 - start)
 
 
 def test_auto_scores_a_batch_whole_when_it_fits_and_in_chunks_when_it_does_not(monkeypatch):

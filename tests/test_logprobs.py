@@ -196,20 +196,43 @@ def test_cache_hit_does_not_call_the_model(tmp_path):
         )
 
 
-def test_picked_logps_is_gather_minus_logsumexp_with_autograds_own_gradient():
+def test_picked_logps_is_gathered_log_softmax_with_autograds_own_gradient():
     from bench.logprobs import picked_logps
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 7, 33, generator=g, requires_grad=True)
     labels = torch.randint(0, 33, (4, 7), generator=g)
     weights = torch.randn(4, 7, generator=g)
-    want = logits.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    want = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
     (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
     got = picked_logps(logits, labels)
     (got_grad,) = torch.autograd.grad((got * weights).sum(), logits)
-    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)  # the same arithmetic, not merely close
-    double = torch.randn(3, 5, 6, dtype=torch.double, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(picked_logps, (double, torch.randint(0, 6, (3, 5), generator=g)))
+    assert torch.equal(got, want)  # the same arithmetic, not merely close
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-7, rtol=0)
+    other = logits.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)  # TRL's formulation
+    torch.testing.assert_close(got, other, atol=1e-6, rtol=0)
+    with torch.no_grad():  # the reference's scores: the same values as the trained policy's, bit for bit
+        assert torch.equal(picked_logps(logits, labels), got)
+    # Against central differences in float64 (gradcheck itself backpropagates through one graph many times).
+    double, small = torch.randn(3, 5, 6, dtype=torch.double, generator=g), torch.randint(0, 6, (3, 5), generator=g)
+    w = torch.randn(3, 5, dtype=torch.double, generator=g)
+    leaf = double.clone().requires_grad_(True)
+    (analytic,) = torch.autograd.grad((picked_logps(leaf, small) * w).sum(), leaf)
+    numeric = torch.zeros_like(double)
+    for i in range(double.numel()):
+        step = torch.zeros(double.numel(), dtype=torch.double)
+        step[i] = 1e-6
+        step = step.view_as(double)
+        with torch.no_grad():
+            up, down = (picked_logps(double + step, small) * w).sum(), (picked_logps(double - step, small) * w).sum()
+        numeric.view(-1)[i] = (up - down) / 2e-6
+    torch.testing.assert_close(analytic, numeric, atol=1e-6, rtol=0)
+    # The backward reuses the saved log-softmax: a second backward through the same graph is an error, not a
+    # silently wrong gradient.
+    twice = picked_logps(logits, labels).sum()
+    twice.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        twice.backward()
 
 
 _SCORER = r"""
