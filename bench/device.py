@@ -1,6 +1,8 @@
 """Device, precision and thread choice: CUDA with bf16 where present, CPU fp32 otherwise."""
 
+import ctypes
 import os
+import sys
 
 import torch
 
@@ -22,6 +24,31 @@ def threads_from_environment() -> None:
     text = os.environ.get("OMP_NUM_THREADS", "")
     if text.strip().isdigit() and int(text) > 0:
         torch.set_num_threads(int(text))
+
+
+HEAP_MMAP_THRESHOLD = 4 * 2**20
+"""Bytes from which glibc serves an allocation by its own mmap (returned to the system when freed) instead of its heap.
+
+glibc's default is a threshold that rises to the largest block freed so far, up to 32 MB. Tensors of 4-32 MB (a
+real model's activations: 3,584 positions x 576 channels is 8 MB) then come from the heap, where memory freed
+between small live blocks is never handed back: a DPO step of SmolLM2-135M peaked at 4.3 GiB of resident memory
+with the rising threshold and 3.2 GiB with this fixed one, its live tensors (two models, gradients, Adam) being
+~2.7 GiB. Fresh pages for tensors of 4 MB and more cost little beside the kernels that fill them: the default
+task's DPO step took the same time either way (best of 5: 432 and 428 ms at one thread)."""
+
+
+def allocator_from_environment() -> bool:
+    """Fix glibc's mmap threshold at HEAP_MMAP_THRESHOLD, unless the environment sets glibc's malloc tunables itself.
+
+    Returns whether the setting was made (not on other C libraries or systems, where it is left as it is)."""
+    if sys.platform != "linux" or any(name.startswith(("MALLOC_", "GLIBC_TUNABLES")) for name in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl and other C libraries: no mallopt, their own policy
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    return bool(getattr(libc, "mallopt", lambda *_: 0)(m_mmap_threshold, HEAP_MMAP_THRESHOLD))
 
 
 def fused_gelu(model: torch.nn.Module) -> torch.nn.Module:

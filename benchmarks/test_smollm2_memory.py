@@ -9,7 +9,9 @@ one's allocations cannot hide another's:
                  shape, the reference scored in the step as TRL does, Adam;
 - dpo-ac:        the same with train.activation_checkpointing=true;
 - trl:           TRL 1.16 DPOTrainer's training step plus its optimizer step on the same 32 pairs, reference
-                 forward per step (precompute_ref_log_probs=False), activation checkpointing off (its default).
+                 forward per step (precompute_ref_log_probs=False), activation checkpointing off (its default);
+- trl-fixed:     the same under the allocator setting `bench run` makes (bench.device.allocator_from_environment:
+                 glibc's mmap threshold fixed, so freed activations go back to the system), which ours run under.
 
 Whole-batch logits of 256 x 56 positions at this vocabulary are ~2.8 GB per copy in float32; the chunked
 scoring in bench.logprobs keeps at most MAX_LOGITS elements of them at a time. Nothing asserts a size:
@@ -38,6 +40,10 @@ from pathlib import Path
 torch.set_num_threads(2)
 mode, cache_dir = sys.argv[1], Path(sys.argv[2])
 rows, pairs, n_prompt, n_completion = json.loads(sys.argv[3])
+if mode != "trl":  # as `bench run` sets it; "trl-fixed" is TRL under the same allocator setting
+    from bench.device import allocator_from_environment
+    allocator_from_environment()
+    mode = mode.removesuffix("-fixed")
 
 from bench.hub import load_causal_lm
 
@@ -140,7 +146,7 @@ def test_smollm2_peak_memory_kl_and_dpo_step(benchmark):
     from bench.cli import default_cache_dir
 
     cache_dir = default_cache_dir()
-    results = {mode: _measure(mode, cache_dir) for mode in ("dpo", "dpo-ac", "trl")}
+    results = {mode: _measure(mode, cache_dir) for mode in ("dpo", "dpo-ac", "trl", "trl-fixed")}
     results["kl"] = benchmark.pedantic(_measure, args=("kl", cache_dir), rounds=1, iterations=1)
     gib = {mode: r["peak_mib"] / 1024 for mode, r in results.items()}
     benchmark.extra_info.update({f"{mode}_peak_gib": v for mode, v in gib.items()})
@@ -150,6 +156,7 @@ def test_smollm2_peak_memory_kl_and_dpo_step(benchmark):
     print(f"  DPO step, {PAIRS} pairs, ours:                                {gib['dpo']:.2f} GiB")
     print(f"  DPO step, {PAIRS} pairs, ours, activation checkpointing:      {gib['dpo-ac']:.2f} GiB")
     print(f"  DPO step, {PAIRS} pairs, TRL DPOTrainer:                      {gib['trl']:.2f} GiB")
+    print(f"  DPO step, {PAIRS} pairs, TRL DPOTrainer, allocator as ours:   {gib['trl-fixed']:.2f} GiB")
     print(f"  (both models loaded, before scoring: {results['kl']['baseline_mib'] / 1024:.2f} GiB)")
     # Not a size assertion: both sides must have run the same step for the comparison to mean anything.
     assert results["dpo"]["loss"] == pytest.approx(results["trl"]["loss"], abs=1e-4)
