@@ -141,3 +141,34 @@ def test_one_step_top_p_frequencies_match_nucleus():
 def test_rejects_empty_prompt():
     with pytest.raises(ValueError):
         sample(tiny_gpt2(vocab_size=VOCAB), [[1], []], max_new_tokens=2, eos_token_id=None, pad_token_id=PAD, seed=0)
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_the_preallocated_cache_samples_what_transformers_cache_does(arch, monkeypatch):
+    """The same draws, bit for bit, from padded prompts of several lengths whose rows stop at eos at different steps."""
+    from bench import sampling
+
+    model = MODELS[arch](vocab_size=VOCAB, seed=3)
+    prompts = _prompts(24, seed=5)
+    args = dict(max_new_tokens=20, temperature=1.3, eos_token_id=5, pad_token_id=PAD, seed=7, batch_size=8)
+    made = []
+    real = sampling.preallocated_cache
+    monkeypatch.setattr(sampling, "preallocated_cache", lambda *a: made.append(real(*a)) or made[-1])
+    ours = sample(model, prompts, **args)
+    assert made and all(cache is not None for cache in made)
+    monkeypatch.setattr(sampling, "preallocated_cache", lambda *a: None)  # transformers' own DynamicCache
+    theirs = sample(model, prompts, **args)
+    assert ours == theirs
+    lengths = {len(c) for c in ours}
+    assert len(lengths) > 2 and max(lengths) == 20  # rows stopped at eos at several steps, others ran to the end
+
+
+def test_models_with_a_sliding_window_keep_their_own_cache():
+    from bench.sampling import preallocated_cache
+
+    model = tiny_llama(vocab_size=VOCAB, seed=3)
+    assert preallocated_cache(model, 16) is not None
+    model.config.sliding_window = 8
+    assert preallocated_cache(model, 16) is None
+    model.config.sliding_window, model.config.model_type = None, "gemma3"
+    assert preallocated_cache(model, 16) is None
