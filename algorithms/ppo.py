@@ -43,16 +43,14 @@ from bench.errors import UserError
 from bench.logprobs import (
     MAX_LOGITS,
     chunked_logps_entropy,
-    collate,
     output_vocab,
     pad_id,
     split_head,
     token_logps,
 )
-from bench.online import minibatch, rollout_prompts
+from bench.online import minibatch, rollout_prompts, sample_and_score
 from bench.policy import ModelPolicy
 from bench.reward import disable_dropout, learned_reward
-from bench.sampling import sample
 from bench.train import example_order, train_online
 
 
@@ -328,32 +326,18 @@ class PPOStep:
         self.kl_ctl.value, self.score_mean, self.score_std = state["kl_coef"], state["score_mean"], state["score_std"]
 
     def __call__(self, update: int, loop) -> dict:
-        c, ctx, tok, model = self.config, self.ctx, self.ctx.tokenizer, loop.model
-        policy = ctx.policy
-        device = next(policy.parameters()).device
+        c, ctx, model = self.config, self.ctx, loop.model
+        device = next(ctx.policy.parameters()).device
         # 1. Rollout: the same prompts and draws for a given (seed, update), so a resumed run repeats them.
         rows = example_order(len(self.prompts), ctx.seed, update * c.rollout_batch_size, c.rollout_batch_size)
-        queries = [self.prompt_ids[i] for i in rows]
-        completions = sample(
-            policy,
-            queries,
-            max_new_tokens=self.max_new_tokens,
-            temperature=c.temperature,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=self.pad,
-            seed=seeds.stream(ctx.seed, update),
-            batch_size=len(queries),
-        )
         # 2. Score the full completions.
-        texts = tok.batch_decode(completions, skip_special_tokens=True)
-        scores = torch.tensor(self.reward([self.prompts[i] for i in rows], texts), dtype=torch.float32)
+        seed = seeds.stream(ctx.seed, update)
+        completions, scores, batch = sample_and_score(ctx, self, rows, c.temperature, seed, device)
         if self.score_mean is None:
             std = scores.std().item() if len(scores) > 1 else 0.0
             self.score_mean, self.score_std = scores.mean().item(), std if std > 1e-6 else 1.0
         whitened = (scores - self.score_mean) / self.score_std if c.whiten_rewards else scores
 
-        encoded = [(q + y, len(q)) for q, y in zip(queries, completions)]
-        batch = {k: v.to(device) for k, v in collate(encoded, self.pad).items()}
         mask = batch["completion_mask"][:, 1:].float()
         with torch.no_grad():
             old_logps, _, old_values = model(batch)

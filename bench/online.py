@@ -111,6 +111,33 @@ def rollout_prompts(ctx, name: str, max_new_tokens: int) -> tuple[list[str], lis
     return prompts, ids, new
 
 
+def sample_and_score(ctx, step, rows: list[int], temperature: float, seed: int, device) -> tuple:
+    """One rollout's samples: a completion of each of the prompts `rows` (indices, repeats allowed) from the current
+    policy, their rewards, and the collated prompt + completion batch on `device`.
+
+    step holds the prompts, their token ids (`rollout_prompts`), max_new_tokens, the pad id and the reward function;
+    the draws depend on `seed` only, so a resumed run samples what the uninterrupted one did.
+    Returns (completions, scores [len(rows)] float32 on the CPU, batch).
+    """
+    tok = ctx.tokenizer
+    queries = [step.prompt_ids[i] for i in rows]
+    completions = sample(
+        ctx.policy,
+        queries,
+        max_new_tokens=step.max_new_tokens,
+        temperature=temperature,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=step.pad,
+        seed=seed,
+        batch_size=len(queries),
+    )
+    texts = tok.batch_decode(completions, skip_special_tokens=True)
+    scores = torch.tensor(step.reward([step.prompts[i] for i in rows], texts), dtype=torch.float32)
+    encoded = [(q + y, len(q)) for q, y in zip(queries, completions)]
+    batch = {k: v.to(device) for k, v in collate(encoded, step.pad).items()}
+    return completions, scores, batch
+
+
 def rollout_reward(ctx, config: OnlineConfig, name: str):
     """(reward function, its fit_metrics): the learned reward model or the task's gold reward."""
     if config.reward == "gold":
@@ -199,27 +226,13 @@ class _Step:
         self.pad = pad_id(ctx.tokenizer)
 
     def rollout(self, update: int, loop) -> Rollout:
-        c, ctx, tok = self.algo.config, self.ctx, self.ctx.tokenizer
+        c, ctx = self.algo.config, self.ctx
         start = update * c.prompts_per_update
         picked = example_order(len(self.prompts), ctx.seed, start, c.prompts_per_update)
         rows = [i for i in picked for _ in range(c.k)]
-        queries = [self.prompt_ids[i] for i in rows]
-        completions = sample(
-            ctx.policy,
-            queries,
-            max_new_tokens=self.max_new_tokens,
-            temperature=c.temperature,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=self.pad,
-            seed=seeds.stream(ctx.seed, update),
-            batch_size=len(queries),
+        completions, scores, batch = sample_and_score(
+            ctx, self, rows, c.temperature, seeds.stream(ctx.seed, update), loop.device
         )
-        texts = tok.batch_decode(completions, skip_special_tokens=True)
-        scores = torch.tensor(self.reward([self.prompts[i] for i in rows], texts), dtype=torch.float32)
-        batch = {
-            k: v.to(loop.device)
-            for k, v in collate([(q + y, len(q)) for q, y in zip(queries, completions)], self.pad).items()
-        }
         with torch.no_grad():
             old_logps, mask = token_logps(loop.model, batch, c.temperature)
             ref_logps, _ = token_logps(ctx.reference, batch, c.temperature)

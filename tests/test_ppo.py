@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bench import online
 from bench.algorithms import ppo
 from bench.errors import UserError
 from bench.runner import RunSpec, execute
@@ -128,7 +129,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir
     whole = execute(spec, results=tmp_path / "whole", cache_dir=cache_dir, echo=lambda _: None)
 
     calls = []
-    sample = ppo.sample
+    sample = online.sample  # the rollouts' sampler (bench.online.sample_and_score)
 
     def killed_in_the_fourth_rollout(*args, **kwargs):
         calls.append(1)
@@ -136,7 +137,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir
             raise KeyboardInterrupt
         return sample(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "sample", killed_in_the_fourth_rollout)
+    monkeypatch.setattr(online, "sample", killed_in_the_fourth_rollout)
     with pytest.raises(KeyboardInterrupt):
         execute(spec, results=tmp_path / "resumed", cache_dir=cache_dir, echo=lambda _: None)
     partial = next((tmp_path / "resumed" / ".partial").iterdir())
@@ -144,7 +145,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cache_dir
     # PPO's own state (the KL weight, the score statistics) is in the shared loop's checkpoint, as plain data.
     extra = load_checkpoint(partial / "checkpoints" / CHECKPOINT)["extra"]
     assert set(extra) == {"kl_coef", "score_mean", "score_std"} and extra["kl_coef"] != 0.1
-    monkeypatch.setattr(ppo, "sample", sample)
+    monkeypatch.setattr(online, "sample", sample)
     messages = []
     resumed = execute(spec, results=tmp_path / "resumed", cache_dir=cache_dir, echo=messages.append)
     assert any("resuming from step 2" in m for m in messages)
