@@ -42,9 +42,11 @@ from bench.checks import at_least, between, non_negative, positive
 from bench.errors import UserError
 from bench.logprobs import (
     MAX_LOGITS,
+    chunk_logits,
     chunked_logps_entropy,
     output_vocab,
     pad_id,
+    picked_logps_entropy,
     split_head,
     token_logps,
 )
@@ -168,7 +170,7 @@ class PolicyWithValue(torch.nn.Module):
         tensor exists for models that `split_head` splits; others fall back to their full logits.
         """
         fits = batch["input_ids"].numel() * output_vocab(self.policy) <= MAX_LOGITS
-        split = None if fits else split_head(self.policy)
+        split = split_head(self.policy)
         if split is None:
             out = self.policy(
                 input_ids=batch["input_ids"],
@@ -177,23 +179,20 @@ class PolicyWithValue(torch.nn.Module):
                 output_hidden_states=True,
             )
             hidden, states, head = out.hidden_states[-1][:, :-1], out.logits[:, :-1], None
-        else:
+        else:  # the head on exactly the positions that predict a token (slicing its input, not its output)
             backbone, head = split
             hidden = backbone(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
             ).last_hidden_state[:, :-1]
             states = hidden
         values = self.value_head(hidden.float()).squeeze(-1)
+        labels = batch["input_ids"][:, 1:]
         if fits:
-            logits = states.float() / self.temperature
-            log_z = torch.logsumexp(logits, dim=-1)
-            logps = logits.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) - log_z
-            with torch.no_grad():  # a logged metric, not part of the loss: no graph for a [B, T, V] product
-                entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+            logits = chunk_logits(head or (lambda x: x), states, self.temperature)
+            logps, entropy = picked_logps_entropy(logits, labels)
             return logps, entropy, values
         B, T = states.shape[:2]
-        labels = batch["input_ids"][:, 1:].reshape(B * T)
-        logps, entropy = chunked_logps_entropy(states.reshape(B * T, -1), head, labels, self.temperature)
+        logps, entropy = chunked_logps_entropy(states.reshape(B * T, -1), head, labels.reshape(B * T), self.temperature)
         return logps.view(B, T), entropy.view(B, T), values
 
 

@@ -206,17 +206,46 @@ def picked_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return PickedLogProbs.apply(logits, labels)
 
 
+class PickedLogProbsEntropy(torch.autograd.Function):
+    """`PickedLogProbs` that also returns each position's entropy (a logged metric: no gradient flows through it).
+
+    The forward keeps the softmax, made in place from the log-softmax, for the backward (which turns it into the
+    gradient in place, as PickedLogProbs does); the entropy log Z - sum(p * logits) is a batched dot product, with
+    no vocabulary-wide product tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        logps = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        log_z = logits[..., 0] - log_probs[..., 0]
+        probs = log_probs.exp_()
+        vocab = logits.shape[-1]
+        expected = torch.bmm(probs.reshape(-1, 1, vocab), logits.reshape(-1, vocab, 1)).view(log_z.shape)
+        entropy = log_z - expected
+        ctx.save_for_backward(probs, labels)
+        ctx.mark_non_differentiable(entropy)
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _entropy_grad):
+        probs, labels = ctx.saved_tensors
+        out = probs.mul_(-grad.unsqueeze(-1))
+        out.scatter_add_(-1, labels.unsqueeze(-1), grad.unsqueeze(-1))
+        return out, None
+
+
+def picked_logps_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(logits)[label], entropy of softmax(logits)) per position; the first differentiable in logits."""
+    return PickedLogProbsEntropy.apply(logits, labels)
+
+
 def _picked_logps(head, temperature: float, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return picked_logps(chunk_logits(head, states, temperature), labels)
 
 
 def _picked_logps_entropy(head, temperature: float, states: torch.Tensor, labels: torch.Tensor):
-    logits = chunk_logits(head, states, temperature)
-    log_z = torch.logsumexp(logits, dim=-1)
-    logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_z
-    with torch.no_grad():  # a logged metric, not part of any loss: no graph for a second [N, V] product
-        entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logps, entropy
+    return picked_logps_entropy(chunk_logits(head, states, temperature), labels)
 
 
 def chunked_logps_entropy(

@@ -278,3 +278,21 @@ def test_two_processes_on_one_reference_cache_score_it_once(tmp_path):
     assert log.read_text().splitlines() == ["computed"]  # without the lock both compute
     assert outs[0][0] == outs[1][0] and outs[0][0].strip()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f.name for f in (tmp_path / "cache").glob("*.pt")]
+
+
+def test_picked_logps_entropy_gives_the_entropy_beside_the_same_log_probs_and_gradient():
+    from bench.logprobs import picked_logps, picked_logps_entropy
+
+    g = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(5, 6, 40, generator=g)).requires_grad_(True)
+    labels = torch.randint(0, 40, (5, 6), generator=g)
+    weights = torch.randn(5, 6, generator=g)
+    logps, entropy = picked_logps_entropy(logits, labels)
+    assert torch.equal(logps, picked_logps(logits, labels))
+    p = torch.softmax(logits.detach().double(), -1)
+    torch.testing.assert_close(entropy.double(), -(p * p.log()).sum(-1), atol=1e-5, rtol=0)
+    assert not entropy.requires_grad  # a logged metric
+    (got,) = torch.autograd.grad((logps * weights).sum(), logits)
+    want = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
+    (expected,) = torch.autograd.grad((want * weights).sum(), logits)
+    torch.testing.assert_close(got, expected, atol=1e-7, rtol=0)
