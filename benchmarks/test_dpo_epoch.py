@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-THREADS = 2
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+"""Torch threads of both sides (and of the matmul peak): BENCH_THREADS=1 measures what one `--jobs 2` run has."""
 SCALE = os.environ.get("BENCH_DPO_EPOCH_SCALE", "default")
 """The task's scale: "tiny" only to try the benchmark out in seconds."""
 BATCH, LR, WARMUP, MAX_LENGTH, BETA = 32, 1e-4, 10, 128, 0.1

@@ -36,7 +36,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-THREADS = 2
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+"""Torch threads of both sides (and of the matmul peak): BENCH_THREADS=1 measures what one `--jobs 2` run has."""
 ROUNDS, WARMUP = 5, 1
 PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 64, 8, 48
 MINIBATCH, EPOCHS = 16, 4
