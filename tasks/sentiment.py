@@ -58,7 +58,7 @@ from bench.tasks.review_prefix import (
 )
 
 TASK = "sentiment"
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 """Bump when a change to this file or to tasks/review_prefix.py changes what a build produces: old caches are then
 ignored."""
 EOS = "<|endoftext|>"
@@ -316,27 +316,103 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
     )
 
 
-def train_gold_classifier(reviews: list[tuple[str, int]], window_words: int):
-    """TF-IDF (1-2 grams) + logistic regression on word windows of the reviews, labelled by their review.
+FUNCTION_WORDS = tuple(
+    sorted(
+        set(
+            (
+                "i me my mine myself we us our ours ourselves you your yours yourself yourselves he him his himself "
+                "she her hers herself it its itself they them their theirs themselves this that these those the a an "
+                "and or but if then so because as of at by for with about against between into through during before "
+                "after above below to from up down in out on off over under again further once here there when where "
+                "why how all any both each other some such own same than who whom whose which what is are was were be "
+                "been being have has had having do does did doing will would shall should can could may might must "
+                "while until also just ever yet still one two three first second later"
+            ).split()
+        )
+    )
+)
+"""Closed-class words (pronouns, determiners, prepositions, conjunctions, auxiliaries, a few sequence words): the
+style of a window (plot summary or verdict), not its sentiment. Negators and degree words (not, no, never, very,
+too, ...) are left out: they carry sentiment. Picked by grammar, not from any sentiment lexicon."""
+GOLD_STYLE_FOLDS = 5
+GOLD_STYLE_CLIP = 0.2
+"""A window's weight is 0.5 / P_style(its label), with P_style clipped to [0.2, 0.8] (weights at most 2.5x)."""
+
+
+def _style_model():
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        CountVectorizer(vocabulary=FUNCTION_WORDS, token_pattern=r"(?u)\b\w+\b"),
+        TfidfTransformer(sublinear_tf=True),
+        LogisticRegression(C=1.0, max_iter=2000),
+    )
+
+
+def style_weights(texts: list[str], labels: list[int], groups: list[int], seed: int) -> tuple[list[float], float]:
+    """Sample weights that make the windows' style uninformative of their label, and the style model's accuracy.
+
+    The style model predicts the label from function words only (FUNCTION_WORDS), cross-fitted: each window is
+    scored by a model trained on the other folds' reviews (`groups`: the window's review). A window whose style
+    predicts its label gets less weight, one whose style predicts the other label more (0.5 / P_style(label),
+    clipped, then scaled to mean 1), so that in the weighted data plot-summary style is as common in negative as
+    in positive windows, and what is left to learn is what the window says.
+    """
+    import numpy as np
+
+    y = np.asarray(labels)
+    reviews = sorted(set(groups))
+    order = np.random.RandomState(seed).permutation(len(reviews))
+    fold_of = {reviews[i]: k % GOLD_STYLE_FOLDS for k, i in enumerate(order)}
+    fold = np.array([fold_of[g] for g in groups])
+    p_label = np.full(len(texts), 0.5)
+    for k in range(GOLD_STYLE_FOLDS):
+        train, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        if len(held) == 0 or len(set(y[train])) < 2:
+            continue
+        model = _style_model().fit([texts[i] for i in train], y[train])
+        p = model.predict_proba([texts[i] for i in held])[:, 1]
+        p_label[held] = np.where(y[held] == 1, p, 1 - p)
+    weights = 0.5 / np.clip(p_label, GOLD_STYLE_CLIP, 1 - GOLD_STYLE_CLIP)
+    return (weights / weights.mean()).tolist(), float(np.mean(p_label > 0.5))
+
+
+def train_gold_classifier(reviews: list[tuple[str, int]], window_words: int, seed: int = 0):
+    """TF-IDF (1-2 grams) + logistic regression on word windows of the reviews, labelled by their review and
+    weighted so that their style does not predict the label (style_weights). Returns (classifier, its stats).
 
     Whole reviews would teach it to rely on evidence spread over 230 words; the texts it scores
-    are ~40 words of prompt + completion, so it learns from windows of comparable length.
+    are ~40 words of prompt + completion, so it learns from windows of comparable length. A window carries its
+    review's label, and positive reviews hold more plot summary than negative ones: unweighted, the classifier
+    learns that "and, his, her, family, series" mean praise (a neutral synopsis sentence scored ~0.73) and
+    policies optimised on it write synopses. The weights remove the part of that signal that function words
+    show; C = 2 (not 4) spreads less weight over rare topic words. Measured on the default build's split against
+    the 64k completions of the paper grid: per-completion Spearman with VADER 0.359 -> 0.384 and with AFINN
+    0.374 -> 0.403 (bootstrap SE of each gain 0.002), plot-synopsis sentences 0.73 -> 0.66, held-out window
+    accuracy 0.780 -> 0.771. Neither VADER nor any other sentiment lexicon is used here.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    texts, labels = [], []
-    for text, label in reviews:
+    texts, labels, groups = [], [], []
+    for r, (text, label) in enumerate(reviews):
         for window in word_windows(text, window_words):
             texts.append(window)
             labels.append(label)
-    # C = 4: the best held-out accuracy on 50-word texts among C in {1, 4, 16}.
+            groups.append(r)
+    weights, style_accuracy = style_weights(texts, labels, groups, seed)
     classifier = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(C=4.0, max_iter=2000)
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(C=2.0, max_iter=2000)
     )
-    classifier.fit(texts, labels)
-    return classifier, len(texts)
+    classifier.fit(texts, labels, logisticregression__sample_weight=weights)
+    return classifier, {
+        "train_windows": len(texts),
+        "style_model_accuracy": style_accuracy,
+        "max_weight": max(weights),
+    }
 
 
 def _accuracy(classifier, texts: list[str], labels: list[int]) -> float:
@@ -498,13 +574,15 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
     stages.done("prompts", message)
 
     # 4. Gold reward: its own reviews, accuracy on held-out full reviews and on short texts.
-    classifier, n_windows = train_gold_classifier([reviews[i] for i in splits["gold"]], cfg.gold_window_words)
+    classifier, gold_stats = train_gold_classifier(
+        [reviews[i] for i in splits["gold"]], cfg.gold_window_words, cfg.seed
+    )
     joblib.dump(classifier, out / "gold_reward.joblib")
     test = [reviews[i] for i in splits["gold_test"]]
     labels = [y for _, y in test]
     windows = [(w, y) for text, y in test for w in word_windows(text, cfg.gold_window_words)]
     build_log["gold_reward"] = {
-        "train_windows": n_windows,
+        **gold_stats,
         "accuracy_full_review": _accuracy(classifier, [t for t, _ in test], labels),
         "accuracy_first_window": _accuracy(
             classifier, [word_windows(t, cfg.gold_window_words)[0] for t, _ in test], labels
@@ -517,7 +595,8 @@ def _build(cfg: Config, out: Path, cache_dir: Path | None = None) -> dict:
     g = build_log["gold_reward"]
     stages.done(
         "gold reward",
-        f"TF-IDF + logistic regression on {n_windows} windows of {cfg.gold_window_words} words; "
+        f"TF-IDF + logistic regression on {g['train_windows']} style-weighted windows of {cfg.gold_window_words} "
+        f"words; "
         f"held-out accuracy {g['accuracy_full_review']:.3f} on full reviews, {g['accuracy_first_window']:.3f} on their "
         f"first {cfg.gold_window_words} words, {g['accuracy_all_windows']:.3f} on all windows",
     )
