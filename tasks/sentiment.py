@@ -8,8 +8,10 @@ sentiment, and the gold reward is P(positive) of prompt + completion. Everything
   (the paper fine-tunes gpt2-large on IMDb). Its training is the build's longest stage, so the default
   build's trained weights ship in tasks/sentiment_policy/ (`make policy` retrains and re-ships them): a build
   whose policy recipe matches recipe.json there loads them instead of training, and gets the same artifacts,
-- the gold reward: TF-IDF (1-2 grams) + logistic regression, trained on reviews of its own
-  (the paper uses siebert/sentiment-roberta-large-english),
+- the gold reward: TF-IDF (1-2 grams) + logistic regression, trained on 50-word windows of reviews of its own,
+  each weighted so that its style (function words: plot summary or verdict) does not predict its review's label,
+  so that it rewards what a text says about the film rather than synopsis-writing (train_gold_classifier; the
+  paper uses siebert/sentiment-roberta-large-english),
 - preference pairs as in the paper: 4 completions sampled from the SFT policy per prefix, all 6
   pairs, labelled by the gold reward.
 

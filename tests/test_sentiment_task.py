@@ -147,6 +147,62 @@ def test_gold_reward_is_a_probability_that_knows_praise_from_scorn(task):
         task.gold_reward(["a"], [])
 
 
+def _confounded_reviews(n: int = 400, seed: int = 0) -> list[tuple[str, int]]:
+    """Reviews whose label shows in a sentiment word (half of them) and, more often than not, in narrative style (he,
+    his, her): 4 in 5 positive reviews tell a plot, 1 in 5 negative ones do."""
+    import random
+
+    rng = random.Random(seed)
+    filler = "film scene night town car road house story movie picture actor script music camera".split()
+    reviews = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(filler) for _ in range(40)]
+        if i % 4 < 2:
+            words[rng.randrange(40)] = "superb" if label else "dreadful"
+        if rng.random() < (0.8 if label else 0.2):
+            words += "he and his wife and her brother in the house of his father".split()
+        reviews.append((" ".join(words), label))
+    return reviews
+
+
+def test_gold_classifier_does_not_pay_for_narrative_style():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    reviews = _confounded_reviews()
+    weighted, stats = sentiment.train_gold_classifier(reviews, 60, seed=0)
+    assert stats["train_windows"] == len(reviews) and 1 < stats["max_weight"] < 4
+    assert stats["style_model_accuracy"] > 0.7  # the style does predict the label here
+    plain = make_pipeline(  # the same classifier without the weights
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(C=2.0, max_iter=2000)
+    ).fit([t for t, _ in reviews], [y for _, y in reviews])
+    # New plot-telling reviews that say nothing of the film: the label is a coin flip given what they say.
+    plots = [
+        t for t, _ in _confounded_reviews(seed=1) if "his father" in t and not {"superb", "dreadful"} & set(t.split())
+    ]
+    p_plain, p_weighted = (sum(m.predict_proba(plots)[:, 1]) / len(plots) for m in (plain, weighted))
+    assert p_plain > 0.7 and abs(p_weighted - 0.5) < 0.12 and p_weighted < p_plain - 0.1
+    praise, scorn = weighted.predict_proba(["superb " * 3, "dreadful " * 3])[:, 1]
+    assert praise > 0.6 > 0.4 > scorn
+
+
+def test_style_weights_balance_the_style_model_and_are_cross_fitted():
+    reviews = _confounded_reviews()
+    texts, labels = [t for t, _ in reviews], [y for _, y in reviews]
+    weights, accuracy = sentiment.style_weights(texts, labels, list(range(len(texts))), seed=0)
+    assert weights == sentiment.style_weights(texts, labels, list(range(len(texts))), seed=0)[0]
+    assert sum(weights) / len(weights) == pytest.approx(1.0)
+    narrative = ["his father" in t for t in texts]
+    # Narrative positives are the common case and weigh less than narrative negatives, the rare one.
+    pos = [w for w, y, n in zip(weights, labels, narrative) if n and y == 1]
+    neg = [w for w, y, n in zip(weights, labels, narrative) if n and y == 0]
+    assert max(pos) < min(neg)
+    # One class in the training folds: no style estimate, equal weights.
+    assert sentiment.style_weights(["a b", "c d"], [1, 1], [0, 1], seed=0)[0] == [1.0, 1.0]
+
+
 def test_build_log_reports_stages_and_quality(task):
     log = task.build_log()
     assert set(log["stage_seconds"]) == {"data", "tokenizer", "prompts", "gold reward", "policy", "preferences"}
