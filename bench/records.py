@@ -261,7 +261,8 @@ def _parse(text: str, row: bool = False) -> Any:
     except json.JSONDecodeError as exc:
         where = f"column {exc.colno}" if row else f"line {exc.lineno}"
         end = ""
-        if exc.pos >= len(text.rstrip()):  # stopping at the very end is what a write cut short looks like
+        # Stopping at the very end is what a write cut short looks like; so is a string still open there.
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             end = f", at the end of the {'line' if row else 'file'}: cut short?"
         raise _Mismatch(f"not valid JSON ({where}: {exc.msg}{end})") from None
     except RecursionError:

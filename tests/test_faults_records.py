@@ -33,10 +33,16 @@ def _write(name: str, data: str | bytes):
     return corrupt
 
 
-def _truncate(name: str):
+def _truncate(name: str, in_string: bool | None = None):
+    """Cut the file at its middle; in_string: at the nearest cut inside a string (True) or outside any (False)."""
+
     def corrupt(run: Path) -> None:
         text = (run / name).read_text()
-        (run / name).write_text(text[: len(text) // 2])
+        cut = len(text) // 2
+        if in_string is not None:
+            inside = [text[:i].count('"') % 2 == 1 for i in range(len(text))]
+            cut = next(i for i in range(cut, len(text)) if inside[i] == in_string and text[i - 1] != "\\")
+        (run / name).write_text(text[:cut])
 
     return corrupt
 
@@ -118,7 +124,8 @@ def _dropping(key):
 
 # (id, file the warning names, corruption, what the warning says is wrong)
 CASES = [
-    ("metrics-truncated", "metrics.json", _truncate("metrics.json"), "at the end of the file: cut short?)"),
+    ("metrics-truncated", "metrics.json", _truncate("metrics.json", False), "at the end of the file: cut short?)"),
+    ("metrics-truncated-mid-string", "metrics.json", _truncate("metrics.json", True), "file: cut short?)"),
     ("metrics-empty", "metrics.json", _write("metrics.json", ""), "empty file"),
     ("metrics-whitespace", "metrics.json", _write("metrics.json", "\n  \n"), "empty file"),
     ("metrics-list", "metrics.json", _write("metrics.json", "[1, 2, 3]\n"), "should be an object, got a list"),
