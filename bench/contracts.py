@@ -15,7 +15,8 @@ Task (constructed as `Task(config, cache_dir)`):
     preference_data(split) -> [{"prompt", "chosen", "rejected"}]   split: "train" or "test"
     eval_prompts() -> [{"prompt", "reference"?, "query"?}]   all of them: eval.max_prompts limits them
                                                               (query: what a judge reads instead of the prompt)
-    optional: OPTIONAL["task"] (generation, gold_reward, judge_prompt, run_defaults, eval_only, train_task, config)
+    optional: OPTIONAL["task"] (generation, gold_reward, judge_prompt, run_defaults, eval_only, train_task, config,
+              eos_after_completion)
 
 Algorithm (constructed as `Algorithm(config=Config(...))`):
     name, description, Config (dataclass, `--set algo.KEY=VALUE` or `--set <name>.KEY=VALUE`)
@@ -232,6 +233,11 @@ OPTIONAL: dict[str, dict[str, Attribute]] = {
         "eval_only": Attribute(False, "True: the task only evaluates (--eval-task); training on it is an error"),
         "train_task": Attribute(None, "for an eval_only task: the task to train on, named in that error"),
         "config": Attribute(None, "the Config the task runs with, recorded in config.json; None: the one it was given"),
+        "eos_after_completion": Attribute(
+            False,
+            "True: each completion is a whole response (a summary, an answer), so training and pair accuracy append "
+            "the tokenizer's eos to it and the policy learns to stop; False: text cut mid-stream (review windows)",
+        ),
     },
     "algorithm": {
         "description": Attribute("", "one line for `bench list`; empty: the first line of the class docstring"),

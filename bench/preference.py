@@ -9,13 +9,17 @@
 - `fit_on_demonstrations(ctx, examples)`: SFT and preferred-FT, the mean token negative
   log-likelihood of completions with the prompt masked out (`train_on_demonstrations` is the
   same without a run context, for tasks that fine-tune a starting policy at build time).
+
+Where the task's completions are whole responses (its `eos_after_completion`), every completion
+is encoded with the tokenizer's eos after it, as TRL's SFT and DPO trainers do: a policy that
+never sees eos in training never learns to stop, and samples run to eval.max_new_tokens.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bench.contracts import PairLoss
+from bench.contracts import PairLoss, optional
 from bench.logprobs import (
     cached_dataset_logps,
     collate,
@@ -28,6 +32,11 @@ from bench.logprobs import (
 )
 from bench.policy import ModelPolicy
 from bench.train import train_loop
+
+
+def ends_with_eos(task) -> bool:
+    """Whether the task's completions are whole responses, encoded with eos after them (its eos_after_completion)."""
+    return bool(optional(task, "task", "eos_after_completion"))
 
 
 def mean_token_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,14 +83,14 @@ def fit_on_pairs(
     for a batch estimate of KL(pi || pi_ref) such as KTO's reference point.
     """
     tok, max_length, pad = ctx.tokenizer, ctx.train.max_length, pad_id(ctx.tokenizer)
-    prefs = ctx.preferences
+    prefs, eos = ctx.preferences, ends_with_eos(ctx.task)
     pairs = [
         {
-            "chosen": encode(tok, p["prompt"], p["chosen"], max_length),
-            "rejected": encode(tok, p["prompt"], p["rejected"], max_length),
+            "chosen": encode(tok, p["prompt"], p["chosen"], max_length, eos),
+            "rejected": encode(tok, p["prompt"], p["rejected"], max_length, eos),
             "index": i,
             **(
-                {"mismatched": encode(tok, p["prompt"], prefs[(i + 1) % len(prefs)]["chosen"], max_length)}
+                {"mismatched": encode(tok, p["prompt"], prefs[(i + 1) % len(prefs)]["chosen"], max_length, eos)}
                 if mismatched
                 else {}
             ),
@@ -152,14 +161,16 @@ def train_on_demonstrations(
     checkpoint_dir=None,
     on_step=None,
     desc: str = "train",
+    add_eos: bool = False,
 ):
     """Maximum likelihood on {"prompt", "completion"} examples (prompt tokens masked); returns the trained model.
 
     Also what tasks use at build time to make a starting policy (e.g. a base model fine-tuned on
-    the task's demonstrations or chosen responses).
+    the task's demonstrations or chosen responses). add_eos: each completion is followed by the
+    tokenizer's eos (whole responses; see the module docstring).
     """
     pad = pad_id(tokenizer)
-    encoded = [encode(tokenizer, e["prompt"], e["completion"], train.max_length) for e in examples]
+    encoded = [encode(tokenizer, e["prompt"], e["completion"], train.max_length, add_eos) for e in examples]
     return train_loop(
         model,
         encoded,
@@ -186,5 +197,6 @@ def fit_on_demonstrations(ctx, examples: list[dict], desc: str = "train") -> Mod
         checkpoint_dir=ctx.checkpoint_dir,
         on_step=ctx.on_step,
         desc=desc,
+        add_eos=ends_with_eos(ctx.task),
     )
     return ModelPolicy(model, ctx.tokenizer)

@@ -29,13 +29,15 @@ class PairAccuracy:
         import torch
 
         from bench.logprobs import cached_dataset_logps, dataset_logps, encode, eval_tokens
+        from bench.preference import ends_with_eos
 
-        tok, max_len = ctx.tokenizer, ctx.train.max_length
+        tok, max_len, eos = ctx.tokenizer, ctx.train.max_length, ends_with_eos(ctx.task)
         pad, bs = pad_id(tok), ctx.generation.batch_size
         key = ctx.task.reference_key  # same file name scheme as training: shared across runs
         rewards = {}
         for side in ("chosen", "rejected"):
-            enc = [encode(tok, p["prompt"], p[side], max_len) for p in ctx.test_preferences]
+            # Encoded as training encodes them (eos after whole responses), so the cached reference values match.
+            enc = [encode(tok, p["prompt"], p[side], max_len, eos) for p in ctx.test_preferences]
             ref = cached_dataset_logps(ctx.reference, enc, pad, bs, ctx.cache_dir / "ref_logps", key)
             model = optional(ctx.trained, "policy", "model")
             logps = dataset_logps(model, enc, pad, bs, max_tokens=eval_tokens(model))

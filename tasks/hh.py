@@ -57,7 +57,7 @@ SKIPS = {
     "long_prompts": "prompt over {tokens} tokens",
 }
 """Why a pair is skipped (the keys of HH.stats) and how the build summary names it."""
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 """Bump when a change to the preferred-FT build changes what it produces: old caches are then ignored."""
 SFT_OPTIMIZER, SFT_MAX_GRAD_NORM, SFT_MAX_LENGTH, SFT_SEED = "rmsprop", 10.0, 512, 0
 """Fixed settings of the preferred-FT build, those of the paper's code."""
@@ -151,6 +151,8 @@ class HH(PreferenceRows):
     )
     judge_prompt = "dialogue"
     gold_reward = None
+    eos_after_completion = True
+    """A response is a whole turn: training (the preferred-FT build too) ends it with eos, so the policy stops."""
     run_defaults = {"dpo.beta": 0.1, "train.max_length": 512}
     """The paper's beta; room for a 256-token prompt and its response (the paper code's 512; the harness's 128 would
     cut them)."""
@@ -273,6 +275,7 @@ class HH(PreferenceRows):
             seed=SFT_SEED,
             log=log.append,
             desc="hh preferred-FT",
+            add_eos=self.eos_after_completion,
         )
         model.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")

@@ -123,6 +123,8 @@ class TLDR(PreferenceRows):
     )
     judge_prompt = "summarization-concise"
     gold_reward = None
+    eos_after_completion = True
+    """A summary is a whole response: training ends it with eos, so the policy learns to stop after one."""
     run_defaults = {"dpo.beta": 0.5, "train.max_length": 640}
     """The paper's TL;DR beta; room for a 512-token prompt and its summary (the harness's 128 would cut the posts)."""
 

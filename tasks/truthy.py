@@ -120,6 +120,9 @@ class Truthy(PreferenceRows):
     )
     judge_prompt = "dialogue"
     gold_reward = None
+    eos_after_completion = True
+    """An answer is a whole response: training ends it with eos (a chat template's end of turn), so the policy
+    stops."""
     run_defaults = {
         "dpo.beta": 0.2,
         "train.lr": 5e-7,

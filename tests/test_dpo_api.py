@@ -131,7 +131,17 @@ def _ctx(tmp_path, steps: int = 3, lr: float = 1e-3, **train) -> tuple[Context, 
         policy=tiny_gpt2(vocab_size=len(tok), seed=0),
         tokenizer=tok,
         reference=tiny_gpt2(vocab_size=len(tok), seed=1).requires_grad_(False),
-        train=TrainConfig(lr=lr, batch_size=2, max_steps=steps, warmup_steps=0, log_every=1, max_length=16, **train),
+        train=TrainConfig(
+            **{
+                "lr": lr,
+                "batch_size": 2,
+                "max_steps": steps,
+                "warmup_steps": 0,
+                "log_every": 1,
+                "max_length": 16,
+                **train,
+            }
+        ),
         seed=0,
         log=log.append,
         checkpoint_dir=tmp_path / "checkpoints",
@@ -226,3 +236,58 @@ def test_model_policy_samples_every_prompt_repeatedly_and_saves(tmp_path):
     ids = torch.tensor([samples[0].prompt_ids])
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, policy.model(ids).logits, atol=1e-6)
+
+
+# ---- whole responses end with eos ------------------------------------------------------------------
+
+
+def _encoded_in_training(tmp_path, monkeypatch, algorithm, eos_after_completion: bool, **train) -> list:
+    """The examples each algorithm hands the training loop, on a task with or without eos_after_completion."""
+    from bench import preference
+
+    seen = []
+    real = preference.train_loop
+    monkeypatch.setattr(preference, "train_loop", lambda model, examples, *a, **kw: seen.extend(examples) or model)
+    ctx, _ = _ctx(tmp_path, steps=1, **train)
+    ctx.task = types.SimpleNamespace(reference_key="tiny-gpt2-seed1", eos_after_completion=eos_after_completion)
+    algorithm.fit(ctx)
+    monkeypatch.setattr(preference, "train_loop", real)
+    return [(ids, n) for e in seen for ids, n in ([e["chosen"], e["rejected"]] if isinstance(e, dict) else [e])]
+
+
+@pytest.mark.parametrize("algorithm", [SFT(), DPO()], ids=["sft", "dpo"])
+def test_whole_responses_are_trained_with_eos_and_windows_without(tmp_path, monkeypatch, algorithm):
+    eos = tiny_tokenizer().eos_token_id
+    whole = _encoded_in_training(tmp_path, monkeypatch, algorithm, True, max_length=64)
+    windows = _encoded_in_training(tmp_path, monkeypatch, algorithm, False, max_length=64)
+    assert whole and all(ids[-1] == eos for ids, _ in whole)
+    assert [ids[:-1] for ids, _ in whole] == [ids for ids, _ in windows]
+    assert not any(eos in ids for ids, _ in windows)
+    # A completion cut at train.max_length is not whole any more: no eos where it was cut.
+    cut = _encoded_in_training(tmp_path, monkeypatch, algorithm, True, max_length=4)
+    assert all(len(ids) == 4 and ids[-1] != eos for ids, n in cut if n < 3)
+
+
+def test_sft_on_whole_responses_teaches_the_policy_to_stop(tmp_path):
+    """Trained without eos, the policy never stops and every sample runs to max_new_tokens (what SmolLM2-135M did on
+    tldr); trained with it, greedy samples end right after the demonstrated response."""
+    lengths = {}
+    for eos_after_completion in (False, True):
+        ctx, _ = _ctx(tmp_path / str(eos_after_completion), steps=40, lr=1e-2)
+        ctx.task = types.SimpleNamespace(reference_key="tiny", eos_after_completion=eos_after_completion)
+        ctx.sft_examples = [{"prompt": "the movie was", "completion": " great"}]
+        policy = SFT().fit(ctx)
+        (sample,) = policy.sample(
+            ["the movie was"], Generation(max_new_tokens=8, samples_per_prompt=1, temperature=0), 0
+        )
+        lengths[eos_after_completion] = len(sample.completion_ids)
+        if eos_after_completion:
+            assert sample.completion == " great" and sample.completion_ids[-1] == ctx.tokenizer.eos_token_id
+    assert lengths[False] == 8 and lengths[True] < 8
+
+
+def test_paper_tasks_declare_whole_responses_and_the_review_tasks_do_not():
+    from bench.registry import load
+
+    assert all(load("task", t).eos_after_completion for t in ("tldr", "hh", "truthy"))
+    assert not any(getattr(load("task", t), "eos_after_completion", False) for t in ("sentiment", "imdb"))
