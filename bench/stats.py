@@ -45,7 +45,8 @@ def length_controlled_win_rate(wins: Sequence[float], length_differences: Sequen
     difference, logit P(win) = a + b * tanh(d / sd(d)), fit by maximum likelihood (scipy), then
     predicted at d = 0: sigmoid(a). Its standard error is the delta method's, sigmoid'(a) * se(a), with
     se(a) from the inverse of the observed information. `slope` is b, the judge's pull toward the
-    longer answer.
+    longer answer. Where every difference has the same sign (the policy always the longer, or always
+    the shorter), d = 0 lies outside the data and sigmoid(a) would be an extrapolation: NaN.
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -57,7 +58,7 @@ def length_controlled_win_rate(wins: Sequence[float], length_differences: Sequen
     n = len(w)
     nan = {"mean": math.nan, "se": math.nan, "n": n, "slope": math.nan}
     sd = d.std(ddof=1) if n > 1 else 0.0
-    if n < 3 or not sd > 0:
+    if n < 3 or not sd > 0 or not d.min() <= 0 <= d.max():
         return nan
     x = np.stack([np.ones(n), np.tanh(d / sd)], axis=1)
 

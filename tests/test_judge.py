@@ -593,6 +593,11 @@ def test_length_controlled_win_rate_recovers_a_known_preference():
     half = length_controlled_win_rate([0.5] * 50, list(np.linspace(-3, 3, 50)))
     assert half["mean"] == pytest.approx(0.5, abs=1e-6)
     assert math.isnan(length_controlled_win_rate([1.0, 0.0, 1.0], [2, 2, 2])["mean"])
+    # The policy longer every time (SmolLM2 running to max_new_tokens on tldr): equal length is outside the data,
+    # and the fit's value there (0.02 +- 32 on that run, 1.0 +- 1e-7 here) is no estimate.
+    assert math.isnan(length_controlled_win_rate([1, 0, 1, 1, 0, 1, 1, 1], [3, 5, 8, 2, 9, 4, 6, 7])["mean"])
+    assert math.isnan(length_controlled_win_rate([1, 0, 1], [-3, -5, -8])["mean"])
+    assert math.isfinite(length_controlled_win_rate([1, 0, 1, 1], [0, 5, 8, 2])["mean"])
 
 
 def test_a_length_biased_judge_gets_a_warning_and_a_controlled_rate(tmp_path, capsys):
