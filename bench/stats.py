@@ -50,6 +50,7 @@ def length_controlled_win_rate(wins: Sequence[float], length_differences: Sequen
     """
     import numpy as np
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     w = np.asarray(wins, dtype=float)
     d = np.asarray(length_differences, dtype=float)
@@ -66,22 +67,23 @@ def length_controlled_win_rate(wins: Sequence[float], length_differences: Sequen
         z = x @ theta
         # -log-likelihood of fractional outcomes: w log s(z) + (1 - w) log(1 - s(z)), stable in z.
         value = np.sum(np.logaddexp(0, z) - w * z)
-        grad = x.T @ (1 / (1 + np.exp(-z)) - w)
+        grad = x.T @ (expit(z) - w)
         return value, grad
 
     fit = minimize(loss, np.zeros(2), jac=True, method="BFGS")
-    if not fit.success and not np.all(np.isfinite(fit.x)):
-        return nan
     a, b = fit.x
-    p = 1 / (1 + np.exp(-(x @ fit.x)))
+    # A (quasi-)separable fit walks off to infinity (every shorter answer lost, say): no finite answer.
+    if not np.all(np.isfinite(fit.x)) or abs(a) > 30:
+        return nan
+    p = expit(x @ fit.x)
     information = (x * (p * (1 - p))[:, None]).T @ x
     try:
         cov = np.linalg.inv(information)
     except np.linalg.LinAlgError:
         return nan
-    rate = 1 / (1 + math.exp(-a))
+    rate = float(expit(a))
     se = rate * (1 - rate) * math.sqrt(max(cov[0, 0], 0.0))
-    if not (math.isfinite(rate) and math.isfinite(se)) or abs(a) > 30:  # a separable fit: no finite answer
+    if not (math.isfinite(rate) and math.isfinite(se)):
         return nan
     return {"mean": rate, "se": se, "n": n, "slope": float(b)}
 

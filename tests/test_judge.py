@@ -11,6 +11,7 @@ import math
 import os
 import random
 import socket
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -598,6 +599,13 @@ def test_length_controlled_win_rate_recovers_a_known_preference():
     assert math.isnan(length_controlled_win_rate([1, 0, 1, 1, 0, 1, 1, 1], [3, 5, 8, 2, 9, 4, 6, 7])["mean"])
     assert math.isnan(length_controlled_win_rate([1, 0, 1], [-3, -5, -8])["mean"])
     assert math.isfinite(length_controlled_win_rate([1, 0, 1, 1], [0, 5, 8, 2])["mean"])
+    # Every shorter answer lost (quasi-separation; an hh DPO run with SmolLM2 died of OverflowError on such data):
+    # the fit has no finite maximum, so NaN, and no numpy overflow warning on the way.
+    d = [3, 53, -16, 29, -2, -8, 23, 23, 50, 32, 32, 21, 28, 26, -18, 32, 19, 49, 6, 24, 7, 28, 56, 4, -7]
+    w = [0, 1, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(length_controlled_win_rate(w, d)["mean"])
 
 
 def test_a_length_biased_judge_gets_a_warning_and_a_controlled_rate(tmp_path, capsys):
