@@ -130,6 +130,22 @@ def is_adapter(name: str) -> bool:
     return is_local(name) and (Path(_source(name)) / "adapter_config.json").is_file()
 
 
+def _check_adapter_base(task: str, key: str, name: str) -> None:
+    """UserError if a local adapter names a local base model that is gone (a moved cache or results folder)."""
+    import json
+
+    path = Path(_source(name)) / "adapter_config.json"
+    try:
+        base = str(json.loads(path.read_text()).get("base_model_name_or_path") or "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"task {task}: {path} ({key}): not a readable adapter config: {exc}") from None
+    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists():
+        raise UserError(
+            f"task {task}: {name} ({key}) is a LoRA adapter of {base}, which does not exist (base_model_name_or_path "
+            f"in {path}); restore that model there or point the field at a copy of it"
+        )
+
+
 def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: Path | None = None, dtype=None):
     """(model, tokenizer) of a causal LM: hub id, local directory, or an alias (`smollm2-135m`); model in eval mode.
 
@@ -144,6 +160,8 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
 
     from bench.device import fused_gelu
 
+    if is_adapter(name):
+        _check_adapter_base(task, key, name)
     try:
         if is_adapter(name):
             from peft import AutoPeftModelForCausalLM

@@ -155,3 +155,7 @@ def test_a_lora_run_s_saved_adapter_loads_merged_and_trains_on_top(tmp_path):
     again, _ = hub.load_causal_lm(str(tmp_path / "chained-model"), task="t")
     with torch.no_grad():
         assert torch.allclose(again(ids).logits, expected, atol=1e-5)
+    # An adapter whose base model was moved away: one line naming both and the field to fix.
+    (tmp_path / "base").rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=r"is a LoRA adapter of .*base, which does not exist \(base_model_name_or_path"):
+        hub.load_causal_lm(str(tmp_path / "run-model"), task="t")
