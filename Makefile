@@ -30,7 +30,9 @@ setup: $(STAMP)
 # Runs already complete are skipped, so an interrupted demo continues where it stopped.
 # DEMO_JOBS: how many runs at once (bench sweep --jobs), each with its share of the cores (one thread each
 # on 2 cores): a policy this small uses one thread nearly as well as two.
-DEMO_ALGOS ?= sft,preferred-ft,unlikelihood,dpo,reward-model,ppo,ppo-gt,best-of-n
+# Their order is the one that keeps both jobs busy: the reward model first (PPO and best-of-N wait for it),
+# then the longest runs (best-of-N's 16,384 samples, DPO, PPO), the short ones last to fill the gaps.
+DEMO_ALGOS ?= reward-model,dpo,best-of-n,ppo,unlikelihood,ppo-gt,sft,preferred-ft
 DEMO_JOBS ?= 2
 # Intermediate policies each trained run evaluates: with the final one, a frontier of 4 points per run
 # (best-of-N's points, N = 1, 4, 16, come from its one set of 16 candidates).
