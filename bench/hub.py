@@ -160,10 +160,11 @@ def load_causal_lm(name: str, *, task: str, key: str = "task.model", cache_dir: 
 
     from bench.device import fused_gelu
 
-    if is_adapter(name):
+    adapter = is_adapter(name)
+    if adapter:
         _check_adapter_base(task, key, name)
     try:
-        if is_adapter(name):
+        if adapter:
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(_source(name), dtype=dtype or "auto").merge_and_unload()
