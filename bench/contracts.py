@@ -26,7 +26,7 @@ Algorithm (constructed as `Algorithm(config=Config(...))`):
 Evaluator (constructed as `Evaluator(config)`, or `Evaluator()` when it has no Config):
     name, description
     evaluate(samples: list[Sample], ctx: Context) -> Evaluation
-    optional: OPTIONAL["evaluator"] (Config, higher_is_better, applies, preflight, at_checkpoints)
+    optional: OPTIONAL["evaluator"] (Config, higher_is_better, enabled, applies, preflight, at_checkpoints)
 
 Policy (what fit returns; see `Policy`):
     sample(prompts, generation, seed) -> list[Sample]
@@ -209,6 +209,10 @@ def _no_preflight() -> None:
     return None
 
 
+def _enabled_always() -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Attribute:
     """An optional attribute of a plugin or Policy: what the harness uses when it is absent or None, and its meaning."""
@@ -257,6 +261,11 @@ OPTIONAL: dict[str, dict[str, Attribute]] = {
         "description": Attribute("", "one line for `bench list`; empty: the first line of the class docstring"),
         "Config": Attribute(None, "dataclass of options (`--set NAME.KEY=VALUE`); None: no options"),
         "higher_is_better": Attribute(None, "direction of its metrics, recorded beside them; None: neither"),
+        "enabled": Attribute(
+            _enabled_always,
+            "method () -> bool: whether its options turn it on at all (a judge with no model: False); a disabled "
+            "evaluator never runs and its options stay out of the run's record and id",
+        ),
         "applies": Attribute(_applies_always, "method (ctx) -> bool: whether it runs on this run (default: always)"),
         "preflight": Attribute(_no_preflight, "method () -> None: check settings and services before training starts"),
         "at_checkpoints": Attribute(True, "False: evaluate the final policy only (e.g. a paid judge)"),

@@ -120,7 +120,10 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
             if ev_config is None:
                 raise UserError(f"--set {name}.*: the evaluator {name!r} has no options")
             ev_config = cfg.apply_overrides(ev_config, sets.pop(name), name)
-        evaluators.append((ev_cls, ev_config))
+        evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
+        if optional(evaluator, "evaluator", "enabled")():
+            # A disabled one (a judge with no model) is left out: its options cannot change the run's id.
+            evaluators.append((ev_cls, ev_config))
 
     algo_config = cfg.apply_overrides(algo_cls.Config(), algo_sets, spec.algo)
     algo_cls(config=algo_config)  # a plugin may still check in its constructor: fail before anything is built

@@ -102,7 +102,7 @@ class Fluency:
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
 
-    def applies(self, ctx) -> bool:
+    def enabled(self) -> bool:
         return bool(self.config.model.strip())
 
     def preflight(self) -> None:

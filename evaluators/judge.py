@@ -160,12 +160,12 @@ class Judge:
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
 
-    def applies(self, ctx) -> bool:
+    def enabled(self) -> bool:
         return bool(self.config.model.strip())
 
     def preflight(self) -> None:
         """Check the options, the key and the server before any training is spent (no judging)."""
-        if not self.applies(None):
+        if not self.enabled():
             return  # not enabled for this run
         self._check()
         if self.config.model != "oracle":

@@ -66,6 +66,19 @@ def test_resolution_is_deterministic_and_seed_changes_the_id(tmp_path):
     assert a.name.startswith("sentiment-dpo-")
 
 
+def test_options_of_a_disabled_evaluator_leave_the_record_and_the_id_alone(tmp_path):
+    base = ["task.scale=tiny"]
+    plain = resolve(RunSpec("dpo", "sentiment", 0, base), tmp_path)
+    off = resolve(RunSpec("dpo", "sentiment", 0, [*base, "judge.both_orders=false", "fluency.batch_size=4"]), tmp_path)
+    on = resolve(RunSpec("dpo", "sentiment", 0, [*base, "judge.model=oracle"]), tmp_path)
+    other = resolve(RunSpec("dpo", "sentiment", 0, [*base, "judge.model=oracle", "judge.both_orders=false"]), tmp_path)
+    assert "judge" not in plain.record["evaluators"] and "fluency" not in plain.record["evaluators"]
+    assert "judge" not in [e.name for e, _ in plain.evaluators]
+    assert plain.run_id == off.run_id
+    assert on.record["evaluators"]["judge"]["model"] == "oracle" and "judge" in [e.name for e, _ in on.evaluators]
+    assert len({plain.run_id, on.run_id, other.run_id}) == 3
+
+
 def test_algorithm_train_defaults_apply_and_can_be_overridden(tmp_path):
     from bench import registry
 

@@ -146,8 +146,8 @@ def test_fluency_is_exp_mean_nll_of_the_completion_tokens(tiny_lm_dir, monkeypat
 
 
 def test_fluency_is_off_unless_a_model_is_named():
-    assert not Fluency().applies(_ctx())
-    assert Fluency(FluencyConfig(model="smollm2-135m")).applies(_ctx())
+    assert not Fluency().enabled()
+    assert Fluency(FluencyConfig(model="smollm2-135m")).enabled()
 
 
 def test_fluency_model_must_be_the_alias_or_a_local_directory(cache_dir, tmp_path):

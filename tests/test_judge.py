@@ -419,8 +419,8 @@ def test_rejected_key_and_unknown_model(tmp_path):
 
 def test_opt_in_and_baseline_errors(tmp_path):
     ctx = make_ctx(tmp_path, ["r"])
-    assert not Judge(Config()).applies(ctx)
-    assert Judge(Config(model="gpt-4-0314")).applies(ctx)
+    assert not Judge(Config()).enabled()
+    assert Judge(Config(model="gpt-4-0314")).enabled()
     no_refs = make_ctx(tmp_path, None)
     no_refs.eval_prompts = [{"prompt": "post number 0"}]
     with pytest.raises(UserError, match="baseline_run"):
