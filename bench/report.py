@@ -22,8 +22,9 @@ table as CSV and LaTeX. What the numbers are:
   drawn once: the runs of an algorithm that leaves it unchanged (a reward model's run, _starting)
   are that point and not an algorithm of the frontier, matched-KL or pairwise tables. Best-of-N
   points sit at their analytic KL bound, marked as such. The area under a front up to the KL
-  budget integrates F (below an algorithm's first point it counts the lowest reward of the whole
-  report), with a percentile bootstrap 95% CI over seeds. The budget is --kl-budget, else the
+  budget integrates F from the origin's reward (without an origin: the lowest reward of the whole
+  report, and no area for an algorithm with no policy within the budget), with a percentile
+  bootstrap 95% CI over seeds. The budget is --kl-budget, else the
   smallest of the algorithms' largest KLs, so that every algorithm has reached it.
 - Matched KL: for each pair of algorithms, their frontiers compared on their common KL support,
   with a bootstrap over seeds and prompts, a simultaneous band and a verdict (_matched).
@@ -395,18 +396,23 @@ def _frontier(groups: list[dict], reward: str, kl_budget: float | None, starting
         budget = min(a["max_kl"] for a in algos)
     else:
         budget = float(kl_budget)
-    floor = min(float(np.nanmin(a["mean_rw"])) for a in algos)
+    origin = _origin(groups, reward, starting)
+    # The starting policy is a point of every algorithm's front (training zero steps reaches it), so where a
+    # run records it, F(k) starts at its reward; otherwise at the lowest reward of the report.
+    floor = origin["reward"] if origin else min(float(np.nanmin(a["mean_rw"])) for a in algos)
     for a in algos:
         a["area"] = stats.bootstrap_front_area(a["kl"], a["rw"], budget, floor, n_boot=N_BOOT, seed=RNG_SEED)
-        # Without a policy within the budget the area would be floor x budget for any algorithm: a
-        # number that compares nothing.
-        no_area = "no policy within the KL budget" if not any(k <= budget for k, _ in a["front"]) else None
+        # Without the origin and without a policy within the budget the area would be floor x budget for
+        # any algorithm: a number that compares nothing.
+        no_area = (
+            "no policy within the KL budget" if origin is None and not any(k <= budget for k, _ in a["front"]) else None
+        )
         if no_area:
             a["area"] = {**a["area"], "area": math.nan, "low": math.nan, "high": math.nan}
         bound = ", KL: analytic bound" if a["bound"] else ""
         a["label"] = f"{a['algo']} ({no_area or 'area ' + format(a['area']['area'], '.3g')}{bound})"
     _replicates(algos)
-    return {"algos": algos, "budget": budget, "floor": floor, "origin": _origin(groups, reward, starting)}
+    return {"algos": algos, "budget": budget, "floor": floor, "origin": origin}
 
 
 def _replicates(algos: list[dict]) -> None:
@@ -1001,10 +1007,17 @@ def _frontier_table(front: dict, reward: str) -> Table:
             "best_reward_within_budget",
         ],
         csv_rows,
-        start + f"Area = ∫₀^B F(k) dk, F(k) = best seed-averaged {reward} reached at KL ≤ k, and {front['floor']:.3g} "
-        f"(the lowest reward in this report) below an algorithm's first point; B = {front['budget']:.3g} nats; – where "
-        f"no policy of the algorithm is within B (evaluate intermediate checkpoints, run.eval_checkpoints, or pass "
-        f"--kl-budget). KL: {BOUND} where the record gives the analytic bound of best-of-N, log N − (N − 1)/N, "
+        start
+        + f"Area = ∫₀^B F(k) dk, F(k) = best seed-averaged {reward} reached at KL ≤ k, and {front['floor']:.3g} "
+        + (
+            "(the starting policy's, which every front starts from) below an algorithm's first point and wherever "
+            f"its points are lower; B = {front['budget']:.3g} nats. "
+            if origin
+            else f"(the lowest reward in this report) below an algorithm's first point; B = {front['budget']:.3g} "
+            "nats; – where no policy of the algorithm is within B (evaluate intermediate checkpoints, "
+            "run.eval_checkpoints, or pass --kl-budget). "
+        )
+        + f"KL: {BOUND} where the record gives the analytic bound of best-of-N, log N − (N − 1)/N, "
         "an upper bound on its KL, at which its points are placed. "
         f"CI: percentile bootstrap over seeds ({N_BOOT} replicates, seed {RNG_SEED}); none with one seed.",
     )

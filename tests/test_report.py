@@ -202,7 +202,14 @@ def test_frontier_front_and_area_with_bootstrap_over_seeds(tmp_path):
     assert with_rm.frontier["budget"] == pytest.approx(0.5)
     assert with_rm.frontier["origin"]["reward"] == pytest.approx(0.45) and with_rm.frontier["origin"]["kl"] == 0
     rows = {r["algorithm"]: r for r in _rows(with_rm.tables["frontier"])}
-    assert set(rows) == {"dpo", "sft"} and rows["sft"]["area"] == pytest.approx(0.4 * 0.5)
+    # The origin is on every front: F starts at its 0.45, which sft's lower 0.4 does not pull down, and dpo,
+    # with no policy within the budget, gets the origin's area rather than none.
+    assert set(rows) == {"dpo", "sft"} and rows["sft"]["area"] == pytest.approx(0.45 * 0.5)
+    assert rows["dpo"]["area"] == pytest.approx(0.45 * 0.5)
+    assert all(float(r["floor"]) == pytest.approx(0.45) for r in rows.values())
+    assert not any("no policy within" in a["label"] for a in with_rm.frontier["algos"])
+    with_budget = {r["algorithm"]: r for r in _rows(build(tmp_path, "sentiment", kl_budget=3.0).tables["frontier"])}
+    assert with_budget["dpo"]["area"] == pytest.approx(0.45 * 1.1 + 0.55 * 1.0 + 0.85 * 0.9)
     assert {a["algo"] for a in with_rm.frontier["algos"]} == {"dpo", "sft"}
     for name in ("pairwise", "matched_kl", "matched_kl_grid"):
         t = with_rm.tables[name]
