@@ -104,6 +104,7 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, top_p, eos_token_
         **{cache_arg: preallocated_cache(model, width + max_new_tokens)},
     )
     cache, logits = out.past_key_values, out.logits[:, -1]
+    decode = gpt2_decode_step(model, cache)
     next_position = position_ids[:, -1:] + 1
     live = list(range(len(prompts)))  # batch row -> prompt slot, shrinks as rows finish
     completions: list[list[int]] = [[] for _ in prompts]
@@ -124,14 +125,17 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, top_p, eos_token_
                 attention_mask, next_position, tokens = attention_mask[keep], next_position[keep], tokens[keep]
                 live = [live[k] for k in keep.tolist()]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
-        out = model(
-            input_ids=tokens[:, None],
-            attention_mask=attention_mask,
-            position_ids=next_position,
-            use_cache=True,
-            **{cache_arg: cache},
-        )
-        logits = out.logits[:, -1]
+        if decode is not None:
+            logits = decode(tokens, attention_mask, next_position)
+        else:
+            out = model(
+                input_ids=tokens[:, None],
+                attention_mask=attention_mask,
+                position_ids=next_position,
+                use_cache=True,
+                **{cache_arg: cache},
+            )
+            logits = out.logits[:, -1]
         next_position = next_position + 1
     return completions
 
@@ -195,6 +199,78 @@ def preallocated_cache(model, capacity: int):
                 self.keys, self.values = self.buffers[0][:, :, : self.length], self.buffers[1][:, :, : self.length]
 
     return Cache(layer_class_to_replicate=Preallocated)
+
+
+def gpt2_decode_step(model, cache):
+    """One decode step of a plain GPT-2 written out in the ops its transformers forward runs, or None.
+
+    On the default task's policy (3 x 192) transformers' forward spends about a quarter of a decode step
+    outside arithmetic (module calls, mask building, cache bookkeeping); this step calls the same kernels
+    in the same order on the same tensors (layer norm, addmm, SDPA with the same mask, the model's own
+    activation), so its logits and samples are the same bit for bit (tests/test_sampling.py), in ~0.7x
+    the time. It writes each step's keys and values into `cache` (a preallocated_cache, after the
+    prompt's forward). Anything else, such as an adapter, another attention or cross-attention, gets None
+    and the model's own forward.
+    """
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        return None
+    config = model.config
+    layers = getattr(cache, "layers", None)
+    if (
+        type(model) is not GPT2LMHeadModel
+        or model.training
+        or config._attn_implementation != "sdpa"
+        or config.add_cross_attention
+        or config.scale_attn_by_inverse_layer_idx
+        or config.reorder_and_upcast_attn
+        or not layers
+        or not all(hasattr(layer, "buffers") for layer in layers)
+        or any(hasattr(module, "_hf_hook") for module in model.modules())  # offloading or device-map hooks
+    ):
+        return None
+    body, width = model.transformer, config.n_embd
+    heads = config.n_head
+    head_dim = width // heads
+    import torch.nn.functional as F
+
+    def layer_norm(x, ln):
+        return F.layer_norm(x, (width,), ln.weight, ln.bias, ln.eps)
+
+    def linear(x, conv):  # transformers' Conv1D: addmm of the bias, the rows and the (in, out) weight
+        return torch.addmm(conv.bias, x.reshape(-1, x.shape[-1]), conv.weight).view(x.shape[0], 1, -1)
+
+    def step(tokens: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        rows = tokens.shape[0]
+        # transformers passes no mask where every position is attended (sdpa_mask), a boolean one otherwise.
+        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+        hidden = body.wte.weight[tokens][:, None] + body.wpe.weight[position]
+        for block, layer in zip(body.h, layers):
+            attn = block.attn
+            qkv = linear(layer_norm(hidden, block.ln_1), attn.c_attn)
+            query, key, value = qkv.split(width, dim=2)
+            start = layer.length
+            end = start + 1
+            keys, values = layer.buffers
+            keys[:, :, start:end] = key.view(rows, 1, heads, head_dim).transpose(1, 2)
+            values[:, :, start:end] = value.view(rows, 1, heads, head_dim).transpose(1, 2)
+            layer.length = end
+            layer.keys, layer.values = keys[:, :, :end], values[:, :, :end]
+            out = F.scaled_dot_product_attention(
+                query.view(rows, 1, heads, head_dim).transpose(1, 2),
+                layer.keys,
+                layer.values,
+                attn_mask=mask,
+                scale=attn.scaling,
+            )
+            out = out.transpose(1, 2).contiguous().reshape(rows, 1, width)
+            hidden = linear(out, attn.c_proj) + hidden
+            mlp = block.mlp
+            hidden = hidden + linear(mlp.act(linear(layer_norm(hidden, block.ln_2), mlp.c_fc)), mlp.c_proj)
+        return F.linear(layer_norm(hidden, body.ln_f), model.lm_head.weight)[:, -1]
+
+    return step
 
 
 def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:

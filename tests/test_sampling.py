@@ -172,3 +172,68 @@ def test_models_with_a_sliding_window_keep_their_own_cache():
     assert preallocated_cache(model, 16) is None
     model.config.sliding_window, model.config.model_type = None, "gemma3"
     assert preallocated_cache(model, 16) is None
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu_pytorch_tanh"])
+@pytest.mark.parametrize("same_length", [False, True])
+def test_the_gpt2_decode_step_samples_what_the_model_forward_does(activation, same_length, monkeypatch):
+    """Bit for bit, with padded rows (a boolean mask) and without (no mask), rows leaving at eos, both activations."""
+    from bench import sampling
+
+    model = tiny_gpt2(vocab_size=VOCAB, seed=4)
+    model.config.activation_function = activation
+    for block in model.transformer.h:
+        from transformers.activations import ACT2FN
+
+        block.mlp.act = ACT2FN[activation]
+    prompts = [p[:1] * 4 for p in _prompts(16, seed=6)] if same_length else _prompts(16, seed=6)
+    args = dict(max_new_tokens=24, temperature=1.2, eos_token_id=5, pad_token_id=PAD, seed=3, batch_size=8)
+    used = []
+    real = sampling.gpt2_decode_step
+    monkeypatch.setattr(sampling, "gpt2_decode_step", lambda *a: used.append(real(*a)) or used[-1])
+    ours = sample(model, prompts, **args)
+    assert used and all(step is not None for step in used)
+    monkeypatch.setattr(sampling, "gpt2_decode_step", lambda *a: None)
+    assert ours == sample(model, prompts, **args)
+    assert len({len(c) for c in ours}) > 1  # some rows stopped at eos
+
+    # The logits themselves, step by step, against the model's forward on the same cache contents.
+    prompt = torch.tensor([[3, 4, 6], [PAD, 7, 8]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    caches = [sampling.preallocated_cache(model, 8) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model(input_ids=prompt, attention_mask=mask, position_ids=position, use_cache=True, cache=cache)
+        step = real(model, caches[0])
+        tokens, position = torch.tensor([9, 10]), position[:, -1:] + 1
+        for _ in range(4):
+            mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
+            fast = step(tokens, mask, position)
+            out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, cache=caches[1])
+            assert torch.equal(fast, out.logits[:, -1])
+            tokens, position = fast.argmax(-1), position + 1
+
+
+def test_the_gpt2_decode_step_leaves_other_models_to_their_forward():
+    from peft import LoraConfig, get_peft_model
+
+    from bench.sampling import gpt2_decode_step, preallocated_cache
+
+    def filled(model, own_cache=False):  # a cache after the prompt's forward, as sample() has it
+        cache = None if own_cache else preallocated_cache(model, 8)
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([[3, 4]]), use_cache=True, cache=cache).past_key_values
+
+    model = tiny_gpt2(vocab_size=VOCAB, seed=4)
+    assert gpt2_decode_step(model, filled(model)) is not None
+    assert gpt2_decode_step(model, filled(model, own_cache=True)) is None  # transformers' DynamicCache
+    llama = tiny_llama(vocab_size=VOCAB, seed=4)
+    assert gpt2_decode_step(llama, filled(llama)) is None
+    adapted = get_peft_model(tiny_gpt2(vocab_size=VOCAB, seed=4), LoraConfig(r=2, target_modules=["c_attn"]))
+    assert gpt2_decode_step(adapted, filled(adapted)) is None
+    model.config._attn_implementation = "eager"
+    assert gpt2_decode_step(model, filled(model)) is None
+    model.config._attn_implementation = "sdpa"
+    model.train()
+    assert gpt2_decode_step(model, filled(model)) is None
