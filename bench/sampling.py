@@ -195,8 +195,14 @@ def preallocated_cache(model, capacity: int):
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self.is_initialized:
-                self.buffers = (self.buffers[0][indices], self.buffers[1][indices])
+                # Only the filled positions move: the rest of each buffer holds nothing yet.
+                self.buffers = tuple(self._select(buffer, indices) for buffer in self.buffers)
                 self.keys, self.values = self.buffers[0][:, :, : self.length], self.buffers[1][:, :, : self.length]
+
+        def _select(self, buffer: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+            out = buffer.new_empty(len(indices), *buffer.shape[1:])
+            torch.index_select(buffer[:, :, : self.length], 0, indices, out=out[:, :, : self.length])
+            return out
 
     return Cache(layer_class_to_replicate=Preallocated)
 
@@ -245,7 +251,7 @@ def gpt2_decode_step(model, cache):
         rows = tokens.shape[0]
         # transformers passes no mask where every position is attended (sdpa_mask), a boolean one otherwise.
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
-        hidden = body.wte.weight[tokens][:, None] + body.wpe.weight[position]
+        hidden = F.embedding(tokens[:, None], body.wte.weight) + F.embedding(position, body.wpe.weight)
         for block, layer in zip(body.h, layers):
             attn = block.attn
             qkv = linear(layer_norm(hidden, block.ln_1), attn.c_attn)
@@ -277,7 +283,8 @@ def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float, generat
     """One token per row: argmax at temperature 0, else a draw from softmax(logits / T) cut to the top-p nucleus."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)  # x / 1 is x, bit for bit
     if top_p < 1:
         sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
         # Keep the smallest set of most likely tokens whose mass reaches top_p (always the top one).
