@@ -172,36 +172,45 @@ def preallocated_cache(model, capacity: int):
         return None
 
     class Preallocated(DynamicLayer):
+        # Buffers are (rows, positions, heads, width), handed to attention as (rows, heads, positions, width)
+        # views: SDPA reads that layout faster than a slice of (rows, heads, capacity, width), same bits.
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             super().lazy_initialization(key_states, value_states)
             rows, heads, _, width = key_states.shape
             self.buffers = (
-                key_states.new_empty(rows, heads, capacity, width),
-                value_states.new_empty(rows, heads, capacity, value_states.shape[-1]),
+                key_states.new_empty(rows, capacity, heads, width),
+                value_states.new_empty(rows, capacity, heads, value_states.shape[-1]),
             )
             self.length = 0
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.shape[-2]
+            self.append(key_states.transpose(1, 2), value_states.transpose(1, 2))
+            return self.keys, self.values
+
+        def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            """Write (rows, positions, heads, width) keys and values after the filled positions."""
+            end = self.length + keys.shape[1]
             if end > capacity:
                 raise RuntimeError(f"preallocated_cache: {end} positions, room for {capacity}")
-            self.buffers[0][:, :, self.length : end] = key_states
-            self.buffers[1][:, :, self.length : end] = value_states
+            self.buffers[0][:, self.length : end] = keys
+            self.buffers[1][:, self.length : end] = values
             self.length = end
-            self.keys, self.values = self.buffers[0][:, :, :end], self.buffers[1][:, :, :end]
-            return self.keys, self.values
+            self._views()
+
+        def _views(self) -> None:
+            self.keys, self.values = (b[:, : self.length].transpose(1, 2) for b in self.buffers)
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self.is_initialized:
                 # Only the filled positions move: the rest of each buffer holds nothing yet.
                 self.buffers = tuple(self._select(buffer, indices) for buffer in self.buffers)
-                self.keys, self.values = self.buffers[0][:, :, : self.length], self.buffers[1][:, :, : self.length]
+                self._views()
 
         def _select(self, buffer: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
             out = buffer.new_empty(len(indices), *buffer.shape[1:])
-            torch.index_select(buffer[:, :, : self.length], 0, indices, out=out[:, :, : self.length])
+            torch.index_select(buffer[:, : self.length], 0, indices, out=out[:, : self.length])
             return out
 
     return Cache(layer_class_to_replicate=Preallocated)
@@ -232,7 +241,7 @@ def gpt2_decode_step(model, cache):
         or config.scale_attn_by_inverse_layer_idx
         or config.reorder_and_upcast_attn
         or not layers
-        or not all(hasattr(layer, "buffers") for layer in layers)
+        or not all(hasattr(layer, "append") for layer in layers)
         or any(hasattr(module, "_hf_hook") for module in model.modules())  # offloading or device-map hooks
     ):
         return None
@@ -256,13 +265,7 @@ def gpt2_decode_step(model, cache):
             attn = block.attn
             qkv = linear(layer_norm(hidden, block.ln_1), attn.c_attn)
             query, key, value = qkv.split(width, dim=2)
-            start = layer.length
-            end = start + 1
-            keys, values = layer.buffers
-            keys[:, :, start:end] = key.view(rows, 1, heads, head_dim).transpose(1, 2)
-            values[:, :, start:end] = value.view(rows, 1, heads, head_dim).transpose(1, 2)
-            layer.length = end
-            layer.keys, layer.values = keys[:, :, :end], values[:, :, :end]
+            layer.append(key.view(rows, 1, heads, head_dim), value.view(rows, 1, heads, head_dim))
             out = F.scaled_dot_product_attention(
                 query.view(rows, 1, heads, head_dim).transpose(1, 2),
                 layer.keys,
