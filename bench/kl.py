@@ -24,6 +24,7 @@ from bench.logprobs import (
     chunk_logits,
     chunked_map,
     eval_tokens,
+    log_softmax_,
     one_chunk,
     scored_in_length_order,
     scored_logits,
@@ -93,10 +94,8 @@ def _batch_kl(
     def per_token(states: torch.Tensor, reference_states: torch.Tensor, labels: torch.Tensor) -> tuple:
         # Scored without gradients (scored_in_length_order), so tensors not needed again are overwritten in
         # place: at most three vocabulary-wide tensors per chunk, and the values of the plain expressions.
-        policy_logps = torch.log_softmax(chunk_logits(policy_head, states, temperature), dim=-1)
-        reference_logits = chunk_logits(reference_head, reference_states, temperature)
-        reference_logps = torch.log_softmax(reference_logits, dim=-1).to(device)
-        del reference_logits
+        policy_logps = log_softmax_(chunk_logits(policy_head, states, temperature))
+        reference_logps = log_softmax_(chunk_logits(reference_head, reference_states, temperature)).to(device)
         picked = labels.unsqueeze(-1)
         ratio = (policy_logps.gather(-1, picked) - reference_logps.gather(-1, picked)).squeeze(-1)
         log_ratio = reference_logps.neg_().add_(policy_logps)  # policy - reference, exactly
@@ -115,9 +114,9 @@ def _whole_batch_kl(policy, reference, batch: dict, temperature: float) -> tuple
     """`_batch_kl` for a batch whose logits fit one chunk: both models' [B, T, V] log-probs at once."""
     device = next(policy.parameters()).device
     policy_logits, start = scored_logits(policy, batch, temperature)
-    policy_logps = torch.log_softmax(policy_logits, dim=-1)
+    policy_logps = log_softmax_(policy_logits)
     reference_batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
-    reference_logps = torch.log_softmax(scored_logits(reference, reference_batch, temperature)[0], dim=-1).to(device)
+    reference_logps = log_softmax_(scored_logits(reference, reference_batch, temperature)[0]).to(device)
     mask = batch["completion_mask"][:, start + 1 :].to(policy_logps.dtype)
     per_token_kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)
     labels = batch["input_ids"][:, start + 1 :].unsqueeze(-1)

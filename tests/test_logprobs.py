@@ -235,6 +235,28 @@ def test_picked_logps_is_gathered_log_softmax_with_autograds_own_gradient():
         twice.backward()
 
 
+def test_picked_logps_consumes_only_logits_it_is_given_to_consume():
+    from bench.logprobs import log_softmax_, picked_logps
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 6, 50, generator=g) * 4
+    labels = torch.randint(0, 50, (3, 6), generator=g)
+    weights = torch.randn(3, 6, generator=g)
+    kept = base.clone().requires_grad_(True)
+    want = picked_logps(kept, labels)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), kept)
+    assert torch.equal(kept.detach(), base)  # by default the caller's logits are left as they were
+    # Logits made for the call (here: a product in the graph) are overwritten with their log-softmax, and the
+    # values and gradient are the same bit for bit.
+    leaf = base.clone().requires_grad_(True)
+    made = leaf * 1.0
+    got = picked_logps(made, labels, consume=True)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), leaf)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    x = base.clone()
+    assert log_softmax_(x) is x and torch.equal(x, torch.log_softmax(base, dim=-1))
+
+
 _SCORER = r"""
 import sys, time
 import torch
