@@ -29,7 +29,7 @@ table as CSV and LaTeX. What the numbers are:
 - Matched KL: for each pair of algorithms, their frontiers compared on their common KL support,
   with a bootstrap over seeds and prompts, a simultaneous band and a verdict (_matched).
 - Pairwise (unmatched KL): for each pair of algorithms, their best settings (above) are compared
-  on the same evaluation prompts and seeds: per-prompt mean gold reward of each run
+  on the same evaluation prompts and seeds: per-prompt mean gold reward (and held-out score) of each run
   (samples.jsonl), paired by (seed, prompt), averaged over the shared seeds per prompt; the
   difference is the mean over prompts with a bootstrap CI, and the p-value is a paired sign-flip
   permutation test over prompts (Holm-adjusted over all pairs for the verdict). The same for
@@ -75,7 +75,7 @@ BOUND = "analytic bound"
 COMPETITIVE_MARGIN = 0.1
 """Claim (c): best-of-N is competitive when at most this share of the best gain over the starting policy below."""
 CURVE_METRICS = ("loss", "rewards/margins", "objective/kl")
-PER_SAMPLE = {"gold_reward": "gold_reward", "judge_win_rate": "judge_win"}
+PER_SAMPLE = {"gold_reward": "gold_reward", HELDOUT: HELDOUT, "judge_win_rate": "judge_win"}
 """Which samples.jsonl value the paired tests use for a metric."""
 N_BOOT = 2000
 RNG_SEED = 0
@@ -1074,7 +1074,8 @@ def _pairwise(
     algos = sorted(set(best) - starting)
     if len(algos) < 2:
         return None
-    keys = [m for m in ("gold_reward", "judge_win_rate") if m in metrics]
+    # The held-out scorer beside the gold reward: whether a gold win transfers, with the same paired test.
+    keys = [m for m in ("gold_reward", HELDOUT, "judge_win_rate") if m in metrics]
     results = []
     for x in range(len(algos)):
         for y in range(x + 1, len(algos)):
@@ -1147,8 +1148,8 @@ def _pairwise(
         csv_rows,
         "Per prompt: mean over its samples, averaged over the seeds both settings have; Δ = mean over prompts. "
         "CI: percentile bootstrap over prompts. p: paired sign-flip permutation test over prompts (scipy); "
-        f"Holm-adjusted over the {len(results)} pairs; verdict at α = {ALPHA}. Compare the KLs too: the two "
-        "settings are each algorithm's best within the KL budget (or its lowest-KL one, †), not equal in KL: "
+        f"Holm-adjusted over the {len(results)} pairs, per metric; verdict at α = {ALPHA}. Compare the KLs too: the "
+        "two settings are each algorithm's best within the KL budget (or its lowest-KL one, †), not equal in KL: "
         "the matched-KL comparison above is the one that compares frontiers.",
     )
 

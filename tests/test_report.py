@@ -265,6 +265,32 @@ def test_pairwise_decisions_match_a_direct_paired_test(tmp_path):
     assert differs["judge_win_rate_prompts"] == 11 and differs["judge_win_rate_diff"] > 0.5
     assert same["judge_win_rate_note"] == "fewer than 2 shared prompts with judge_win"
     assert "judge_win_rate (mean ± 95% CI)" in report.tables["summary"].header
+    assert "heldout_sentiment_diff" not in report.tables["pairwise"].csv_header  # no run has the held-out scorer
+
+
+def test_pairwise_compares_the_held_out_scorer_with_the_same_paired_test(tmp_path):
+    rng = np.random.default_rng(4)
+    base, held = rng.uniform(0.2, 0.7, size=12), rng.uniform(0.3, 0.6, size=12)
+    shift = rng.normal(0.0, 0.01, size=12)
+    for seed in (0, 1):
+        fake_run(tmp_path, "sft", seed, reward=base, kl=np.full(12, 0.5), extra={"heldout_sentiment": held})
+        # dpo: a large gold gain, a small held-out one that is consistent prompt by prompt (so paired, it is clear).
+        fake_run(
+            tmp_path,
+            "dpo",
+            seed,
+            reward=base + 0.2,
+            kl=np.full(12, 1.0),
+            extra={"heldout_sentiment": held + 0.02 + shift},
+        )
+    report = build(tmp_path, "sentiment", kl_budget=2.0)
+    (row,) = _rows(report.tables["pairwise"])
+    assert (row["a"], row["b"]) == ("dpo", "sft")
+    direct = paired_difference(held + 0.02 + shift, held, seed=0)
+    assert row["heldout_sentiment_diff"] == pytest.approx(direct["diff"])
+    assert row["heldout_sentiment_p"] == pytest.approx(direct["p"]) and row["heldout_sentiment_p"] < 0.01
+    assert row["heldout_sentiment_ci_low"] > 0 and row["heldout_sentiment_prompts"] == 12
+    assert "Δ heldout_sentiment (A − B) [95% CI]" in report.tables["pairwise"].header
 
 
 def test_pairwise_needs_shared_seeds_and_prompts(tmp_path):
