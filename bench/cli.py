@@ -98,11 +98,10 @@ def _sets(args) -> list[str]:
 
 
 def cmd_run(args) -> None:
-    from bench.device import allocator_from_environment, threads_from_environment
+    from bench.device import threads_from_environment
     from bench.runner import RunSpec, execute
 
     threads_from_environment()
-    allocator_from_environment()
     execute(
         RunSpec(algo=args.algo, task=args.task, seed=args.seed, sets=_sets(args), command=args.command_line),
         results=Path(args.results),
@@ -118,9 +117,6 @@ def cmd_table(args) -> None:
 
 def cmd_sweep(args) -> int:
     from bench import distributed, sweep
-    from bench.device import allocator_from_environment
-
-    allocator_from_environment()  # for the runs a sweep without --jobs makes in this process
 
     if distributed.launched_processes() > 1:
         raise UserError(

@@ -33,8 +33,13 @@ glibc's default is a threshold that rises to the largest block freed so far, up 
 real model's activations: 3,584 positions x 576 channels is 8 MB) then come from the heap, where memory freed
 between small live blocks is never handed back: a DPO step of SmolLM2-135M peaked at 4.3 GiB of resident memory
 with the rising threshold and 3.2 GiB with this fixed one, its live tensors (two models, gradients, Adam) being
-~2.7 GiB. Fresh pages for tensors of 4 MB and more cost little beside the kernels that fill them: the default
-task's DPO step took the same time either way (best of 5: 432 and 428 ms at one thread)."""
+~2.7 GiB. The price is fresh pages, faulted in, for every tensor of 4 MB and more: on a small model, whose
+memory is no concern, that is time lost (the default task's DPO fit on 640 pairs took 6.7 s with the fixed
+threshold and 6.2 s with glibc's own, 2 threads), so only models from LEAN_ALLOCATOR_PARAMETERS get it."""
+
+LEAN_ALLOCATOR_PARAMETERS = 20_000_000
+"""Parameters from which a run's policy gets the fixed mmap threshold (allocator_for): SmolLM2-135M does, the default
+task's 2.1M-parameter GPT-2 does not."""
 
 
 def allocator_from_environment() -> bool:
@@ -49,6 +54,15 @@ def allocator_from_environment() -> bool:
         return False
     m_mmap_threshold = -3  # malloc.h
     return bool(getattr(libc, "mallopt", lambda *_: 0)(m_mmap_threshold, HEAP_MMAP_THRESHOLD))
+
+
+def allocator_for(model: torch.nn.Module) -> bool:
+    """allocator_from_environment() for a model of LEAN_ALLOCATOR_PARAMETERS or more; glibc's own policy below.
+
+    Returns whether the setting was made. Called once the run's policy is loaded; a setting made stays for the
+    process (glibc has no way back to its rising threshold)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    return parameters >= LEAN_ALLOCATOR_PARAMETERS and allocator_from_environment()
 
 
 def fused_gelu(model: torch.nn.Module) -> torch.nn.Module:

@@ -469,7 +469,7 @@ def _truncate_log(path: Path, step: int) -> None:
 def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Path, cost: dict) -> dict:
     import torch
 
-    from bench.device import device
+    from bench.device import allocator_for, device
     from bench.policy import ModelPolicy
     from bench.profiling import Profiler
 
@@ -483,6 +483,7 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
 
     torch.manual_seed(r.seed)
     policy, tokenizer = r.task.load_policy()
+    allocator_for(policy)  # memory-lean allocation for a large model, glibc's faster own for a small one
     check_context(policy, tokenizer, r.train, r.generation, prompts)
     cost.update(data_notes(data)[1])
     reference, _ = r.task.load_policy()

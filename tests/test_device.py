@@ -81,3 +81,17 @@ def test_fixed_mmap_threshold_hands_freed_activations_back(monkeypatch):
     from bench.device import allocator_from_environment
 
     assert not allocator_from_environment()
+
+
+def test_only_a_large_model_gets_the_fixed_threshold(monkeypatch):
+    from bench import device
+
+    calls = []
+    monkeypatch.setattr(device, "allocator_from_environment", lambda: calls.append(1) or True)
+    model = tiny_gpt2(vocab_size=64)
+    parameters = sum(p.numel() for p in model.parameters())
+    assert not device.allocator_for(model) and not calls  # small: glibc's own policy
+    monkeypatch.setattr(device, "LEAN_ALLOCATOR_PARAMETERS", parameters)
+    assert device.allocator_for(model) and calls == [1]
+    monkeypatch.setattr(device, "allocator_from_environment", lambda: False)  # e.g. the user's MALLOC_* settings
+    assert not device.allocator_for(model)
