@@ -143,21 +143,26 @@ def test_rejects_empty_prompt():
         sample(tiny_gpt2(vocab_size=VOCAB), [[1], []], max_new_tokens=2, eos_token_id=None, pad_token_id=PAD, seed=0)
 
 
+def _with_and_without(monkeypatch, name: str, model, prompts, args) -> tuple[list, list]:
+    """Samples with bench.sampling's `name` in use (checked: it applied to every batch), then with it off."""
+    from bench import sampling
+
+    made = []
+    real = getattr(sampling, name)
+    monkeypatch.setattr(sampling, name, lambda *a: made.append(real(*a)) or made[-1])
+    ours = sample(model, prompts, **args)
+    assert made and all(x is not None for x in made)
+    monkeypatch.setattr(sampling, name, lambda *a: None)
+    return ours, sample(model, prompts, **args)
+
+
 @pytest.mark.parametrize("arch", MODELS)
 def test_the_preallocated_cache_samples_what_transformers_cache_does(arch, monkeypatch):
     """The same draws, bit for bit, from padded prompts of several lengths whose rows stop at eos at different steps."""
-    from bench import sampling
-
     model = MODELS[arch](vocab_size=VOCAB, seed=3)
     prompts = _prompts(24, seed=5)
     args = dict(max_new_tokens=20, temperature=1.3, eos_token_id=5, pad_token_id=PAD, seed=7, batch_size=8)
-    made = []
-    real = sampling.preallocated_cache
-    monkeypatch.setattr(sampling, "preallocated_cache", lambda *a: made.append(real(*a)) or made[-1])
-    ours = sample(model, prompts, **args)
-    assert made and all(cache is not None for cache in made)
-    monkeypatch.setattr(sampling, "preallocated_cache", lambda *a: None)  # transformers' own DynamicCache
-    theirs = sample(model, prompts, **args)
+    ours, theirs = _with_and_without(monkeypatch, "preallocated_cache", model, prompts, args)  # vs DynamicCache
     assert ours == theirs
     lengths = {len(c) for c in ours}
     assert len(lengths) > 2 and max(lengths) == 20  # rows stopped at eos at several steps, others ran to the end
@@ -188,13 +193,9 @@ def test_the_gpt2_decode_step_samples_what_the_model_forward_does(activation, sa
         block.mlp.act = ACT2FN[activation]
     prompts = [p[:1] * 4 for p in _prompts(16, seed=6)] if same_length else _prompts(16, seed=6)
     args = dict(max_new_tokens=24, temperature=1.2, eos_token_id=5, pad_token_id=PAD, seed=3, batch_size=8)
-    used = []
     real = sampling.gpt2_decode_step
-    monkeypatch.setattr(sampling, "gpt2_decode_step", lambda *a: used.append(real(*a)) or used[-1])
-    ours = sample(model, prompts, **args)
-    assert used and all(step is not None for step in used)
-    monkeypatch.setattr(sampling, "gpt2_decode_step", lambda *a: None)
-    assert ours == sample(model, prompts, **args)
+    ours, theirs = _with_and_without(monkeypatch, "gpt2_decode_step", model, prompts, args)
+    assert ours == theirs
     assert len({len(c) for c in ours}) > 1  # some rows stopped at eos
 
     # The logits themselves, step by step, against the model's forward on the same cache contents.
