@@ -120,8 +120,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
             if ev_config is None:
                 raise UserError(f"--set {name}.*: the evaluator {name!r} has no options")
             ev_config = cfg.apply_overrides(ev_config, sets.pop(name), name)
-        evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
-        if optional(evaluator, "evaluator", "enabled")():
+        if optional(_evaluator(ev_cls, ev_config), "evaluator", "enabled")():
             # A disabled one (a judge with no model) is left out: its options cannot change the run's id.
             evaluators.append((ev_cls, ev_config))
 
@@ -323,8 +322,7 @@ def execute(
         user_rows = read_user_files(r)
     for ev_cls, ev_config in r.evaluators:
         # Evaluators that talk to a service check it now, not after minutes of training (the main process only).
-        evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
-        distributed.run_on_main(optional(evaluator, "evaluator", "preflight"))
+        distributed.run_on_main(optional(_evaluator(ev_cls, ev_config), "evaluator", "preflight"))
 
     t0 = time.time()
     r.task.build()
@@ -616,6 +614,11 @@ def _fit_and_evaluate(r: Resolved, data: dict, run_dir: Path, checkpoint_dir: Pa
     return metrics
 
 
+def _evaluator(ev_cls: type, ev_config: Any):
+    """An evaluator plugin's instance: with its Config where it has one."""
+    return ev_cls(ev_config) if ev_config is not None else ev_cls()
+
+
 def _evaluate(
     evaluators, samples: list[Sample], ctx: Context, at_checkpoint: bool = False, times: dict | None = None
 ) -> dict:
@@ -627,7 +630,7 @@ def _evaluate(
     for ev_cls, ev_config in evaluators:
         if at_checkpoint and not optional(ev_cls, "evaluator", "at_checkpoints"):
             continue  # e.g. a paid judge is run on the final policy only
-        evaluator = ev_cls(ev_config) if ev_config is not None else ev_cls()
+        evaluator = _evaluator(ev_cls, ev_config)
         if not optional(evaluator, "evaluator", "applies")(ctx):
             continue
         t0 = time.time()
