@@ -1,4 +1,4 @@
-"""The scorers independent of the gold reward: held-out sentiment (VADER) and fluency (perplexity under another LM)."""
+"""The scorers independent of the gold reward: held-out sentiment (two lexicons) and fluency (another LM)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from bench import logprobs
 from bench.contracts import Sample
 from bench.evaluators.fluency import Config as FluencyConfig
 from bench.evaluators.fluency import Fluency
+from bench.evaluators.heldout_sentiment import Config as HeldoutConfig
 from bench.evaluators.heldout_sentiment import HeldoutSentiment, lexicon_scores
 from bench.runner import RunSpec, execute
 
 POSITIVE = "What a wonderful, moving film: I loved every minute of it."
 NEGATIVE = "A terrible, boring mess; the worst film I have seen."
-NEUTRAL = "The film is two hours long and was shot in Canada."
+NEUTRAL = "The film runs two hours and was shot in Canada."  # no word either lexicon rates
 
 
 def _samples(rows: list[tuple[int, str, str]]) -> list[Sample]:
@@ -56,6 +57,70 @@ def test_lexicon_score_orders_positive_neutral_negative():
     assert all(0.0 <= s <= 1.0 for s in (pos, neu, neg, empty))
     assert pos > 0.8 and neg < 0.2 and neu == empty == 0.5
     assert pos > neu > neg
+
+
+def test_lexicon_score_is_the_weighted_mean_of_vader_and_textblob():
+    """By hand from the two packages: (c + 2p) / 3 mapped to [0, 1]; one lexicon alone is (c + 1) / 2."""
+    from textblob import TextBlob
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    texts = [POSITIVE, NEGATIVE, NEUTRAL, " not good, but the ending was very sweet", ""]
+    c = [SentimentIntensityAnalyzer().polarity_scores(t)["compound"] for t in texts]
+    p = [TextBlob(t).sentiment.polarity for t in texts]
+    assert any(abs(a - b) > 0.1 for a, b in zip(c, p))  # the two disagree somewhere, so the weights matter
+    assert lexicon_scores(texts) == pytest.approx([((a + 2 * b) / 3 + 1) / 2 for a, b in zip(c, p)], abs=1e-12)
+    assert lexicon_scores(texts, "vader") == pytest.approx([(a + 1) / 2 for a in c], abs=1e-12)
+    assert lexicon_scores(texts, " textblob ") == pytest.approx([(b + 1) / 2 for b in p], abs=1e-12)
+    assert lexicon_scores(texts, "textblob,vader") == pytest.approx(lexicon_scores(texts), abs=1e-12)
+
+
+def test_two_lexicons_separate_labelled_review_windows_better_than_either():
+    """The reason the score mixes two lexicons: on 40-word windows of labelled IMDb reviews, the standardised
+    difference between positive and negative windows is larger for the mix than for VADER or TextBlob alone."""
+    from bench.tasks.sentiment import load_reviews, word_windows
+
+    reviews = load_reviews()[::40]  # every 40th review of the corpus, whatever split it falls in
+    windows = [(w, y) for text, y in reviews for w in word_windows(text, 40)]
+    assert {y for _, y in windows} == {0, 1} and len(windows) > 3000
+
+    def separation(lexicons: str) -> float:
+        scores = lexicon_scores([w for w, _ in windows], lexicons)
+        pos = torch.tensor([s for s, (_, y) in zip(scores, windows) if y == 1], dtype=torch.float64)
+        neg = torch.tensor([s for s, (_, y) in zip(scores, windows) if y == 0], dtype=torch.float64)
+        return float((pos.mean() - neg.mean()) / ((pos.var() + neg.var()) / 2).sqrt())
+
+    mixed, vader, textblob = separation("vader,textblob"), separation("vader"), separation("textblob")
+    assert min(vader, textblob) > 0.3  # each is a sentiment scorer on its own
+    assert mixed > max(vader, textblob) + 0.03, (mixed, vader, textblob)
+
+
+@pytest.mark.parametrize("value", ["afinn", "", "vader,vader", "vader;textblob"])
+def test_heldout_sentiment_lexicons_must_be_known_names(cache_dir, tmp_path, value):
+    code, _, err = bench_main(
+        [
+            "run",
+            "--algo",
+            "sft",
+            "--task",
+            "sentiment",
+            *TINY,
+            "--set",
+            f"heldout-sentiment.lexicons={value}",
+            "--results",
+            tmp_path,
+        ],
+        cache_dir,
+    )
+    assert_user_error(
+        code, err, f"--set heldout-sentiment.lexicons={value}: name one or more of vader, textblob", tmp_path
+    )
+
+
+def test_heldout_sentiment_lexicons_reach_the_scores():
+    rows = [(0, "The movie", POSITIVE), (1, "The movie", " not good, but the ending was very sweet")]
+    one = HeldoutSentiment(HeldoutConfig(lexicons="vader")).evaluate(_samples(rows), _ctx())
+    assert one.per_sample["heldout_sentiment"] == lexicon_scores([c for _, _, c in rows], "vader")
+    assert one.per_sample != HeldoutSentiment().evaluate(_samples(rows), _ctx()).per_sample
 
 
 def test_heldout_sentiment_scores_the_completion_only():
