@@ -96,24 +96,10 @@ def test_two_lexicons_separate_labelled_review_windows_better_than_either():
 
 @pytest.mark.parametrize("value", ["afinn", "", "vader,vader", "vader;textblob"])
 def test_heldout_sentiment_lexicons_must_be_known_names(cache_dir, tmp_path, value):
-    code, _, err = bench_main(
-        [
-            "run",
-            "--algo",
-            "sft",
-            "--task",
-            "sentiment",
-            *TINY,
-            "--set",
-            f"heldout-sentiment.lexicons={value}",
-            "--results",
-            tmp_path,
-        ],
-        cache_dir,
-    )
-    assert_user_error(
-        code, err, f"--set heldout-sentiment.lexicons={value}: name one or more of vader, textblob", tmp_path
-    )
+    setting = f"heldout-sentiment.lexicons={value}"
+    args = ["run", "--algo", "sft", "--task", "sentiment", *TINY, "--set", setting, "--results", tmp_path]
+    code, _, err = bench_main(args, cache_dir)
+    assert_user_error(code, err, f"--set {setting}: name one or more of vader, textblob", tmp_path)
 
 
 def test_heldout_sentiment_lexicons_reach_the_scores():
