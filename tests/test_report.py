@@ -381,3 +381,14 @@ def test_cli_report_and_its_errors(tmp_path, capsys):
     assert "no complete runs" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["report", "--task", "sentiment", "--results", str(tmp_path / "r"), "--kl-budget", "-1"]) == 2
     assert "--kl-budget" in capsys.readouterr().err
+
+
+def test_palette_gives_eleven_fronts_eleven_colours():
+    from matplotlib import colormaps
+
+    from bench.plots import _palette
+
+    assert _palette(10) == [colormaps["tab10"](i) for i in range(10)]  # ten or fewer: the pictures as before
+    eleven = _palette(11)
+    assert len(set(eleven)) == 11 and eleven[10] == colormaps["tab20"](1)
+    assert len(set(_palette(20))) == 20 and _palette(21)[20] == eleven[0]
