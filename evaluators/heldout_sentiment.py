@@ -22,7 +22,7 @@ Why two: the lexicons' errors are only partly shared (correlation 0.55 on those 
 separates positive from negative windows better than either does alone: standardised mean difference
 0.65, against 0.56 for VADER and 0.57 for TextBlob (0.65 for weights anywhere from 1:2 to 1:3). A
 sharper scorer needs fewer samples to see the same shift. `--set heldout-sentiment.lexicons=vader`
-scores with VADER alone, as records before this scorer had two lexicons did.
+scores with VADER alone, which reproduces the held-out scores of records made before TextBlob was added.
 
 Only the completion is scored (the string the gold reward is given as the completion, without the
 prompt): the prompt is the task's, the completion is what the policy wrote. The aggregate is the mean
