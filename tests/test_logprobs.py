@@ -156,6 +156,23 @@ def test_concatenated_forward_makes_one_forward_pass():
     assert len(calls) == 1 and calls[0][0] == 6
 
 
+@pytest.mark.parametrize("arch", MODELS)
+def test_a_frozen_reference_scores_its_columns_with_one_matrix_product(arch):
+    """The scored columns are a strided slice of the hidden states: for a head without gradients (a frozen
+    reference) they are copied contiguous first, so the output projection is one mm (not a batched product on
+    the weight repeated per row), with the values of the trainable model's path."""
+    model = MODELS[arch](vocab_size=VOCAB, seed=3)
+    frozen = MODELS[arch](vocab_size=VOCAB, seed=3).requires_grad_(False)
+    encoded = [([1] * 4 + ids, n + 4) for ids, n in _encoded(5, seed=3)]  # leading prompt columns: a slice
+    batch = collate(encoded, PAD)
+    with torch.profiler.profile() as prof:
+        got, _ = token_logps(frozen, batch)
+    assert "aten::bmm" not in {e.key for e in prof.key_averages()}
+    with torch.no_grad():
+        want, _ = token_logps(model, batch)
+    assert torch.equal(got, want)
+
+
 # ---- data sets and the cache -------------------------------------------------------------------
 
 
