@@ -61,6 +61,7 @@ class Config:
 
 
 def _names(text: str) -> list[str]:
+    """The names of a comma-separated setting, without blanks (tasks, lexicons)."""
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
@@ -112,8 +113,7 @@ class HeldoutSentiment:
 
     def applies(self, ctx) -> bool:
         task = ctx.eval_task if ctx.eval_task is not None else ctx.task
-        wanted = {t.strip() for t in self.config.tasks.split(",") if t.strip()}
-        return getattr(task, "name", None) in wanted
+        return getattr(task, "name", None) in _names(self.config.tasks)
 
     def evaluate(self, samples, ctx) -> Evaluation:
         scores = lexicon_scores([s.completion for s in samples], self.config.lexicons)
