@@ -23,6 +23,11 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def comma_list(text: str) -> list[str]:
+    """The items of a comma-separated setting or flag, stripped, blanks left out: "dpo, sft," -> ["dpo", "sft"]."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def require(ok: bool, section: str, key: str, value: Any, accepted: str) -> None:
     """UserError `--set section.key=value: accepted` unless `ok`."""
     if not ok:

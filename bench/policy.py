@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.checks import comma_list
 from bench.contracts import Generation, Policy, Sample
 from bench.logprobs import pad_id
 from bench.sampling import sample
@@ -79,7 +80,7 @@ def add_lora(model, train):
         lora_alpha=train.lora_alpha,
         lora_dropout=train.lora_dropout,
         task_type="CAUSAL_LM",
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        target_modules=targets if targets == "all-linear" else comma_list(targets),
         # GPT-2 stores its linear layers transposed (Conv1D); say so rather than have peft warn and guess.
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
     )

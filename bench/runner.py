@@ -20,6 +20,7 @@ from bench import config as cfg
 from bench import data as rows
 from bench import distributed, records, registry, seeds
 from bench import io as bench_io
+from bench.checks import comma_list
 from bench.contracts import Context, Evaluation, Sample, optional
 from bench.errors import UserError
 from bench.lock import run_lock
@@ -111,7 +112,7 @@ def resolve(spec: RunSpec, cache_dir: Path) -> Resolved:
     ev_names = registry.names("evaluator")
     options = cfg.apply_overrides(cfg.RunOptions(), sets.pop("run", {}), "run")
     if options.evaluators.strip():
-        ev_names = [e.strip() for e in options.evaluators.split(",") if e.strip()]
+        ev_names = comma_list(options.evaluators)
     evaluators = []
     for name in ev_names:
         ev_cls = registry.load("evaluator", name)

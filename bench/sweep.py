@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import registry, runner
+from bench.checks import comma_list
 from bench.errors import UserError
 from bench.lock import RunInProgress
 from bench.records import PARTIAL, is_complete
@@ -145,7 +146,7 @@ def parse_grid(items: list[str]) -> list[tuple[str, str, list[str]]]:
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in comma_list(text)]
     except ValueError:
         raise UserError(f"--seeds {text}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
     if not seeds:
@@ -581,7 +582,7 @@ def describe(planned: list[Planned], results: Path) -> list[str]:
 def split_algos(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    algos = [a.strip() for a in text.split(",") if a.strip()]
+    algos = comma_list(text)
     if not algos:
         raise UserError("--algo: give at least one algorithm, e.g. --algo dpo,sft")
     for algo in algos:

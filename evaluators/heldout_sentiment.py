@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from bench.checks import require
+from bench.checks import comma_list, require
 from bench.contracts import Evaluation
 from bench.stats import by_prompt
 
@@ -55,14 +55,9 @@ class Config:
 
     def check(self, section: str = "heldout-sentiment") -> None:
         """One line unless the names are known lexicons, each once (and at least one)."""
-        chosen = _names(self.lexicons)
+        chosen = comma_list(self.lexicons)
         ok = bool(chosen) and all(n in LEXICONS for n in chosen) and len(set(chosen)) == len(chosen)
         require(ok, section, "lexicons", self.lexicons, f"name one or more of {', '.join(LEXICONS)}, comma-separated")
-
-
-def _names(text: str) -> list[str]:
-    """The names of a comma-separated setting, without blanks (tasks, lexicons)."""
-    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,7 +85,7 @@ def lexicon_polarity(name: str, texts: list[str]) -> list[float]:
 
 def lexicon_scores(texts: list[str], lexicons: str = Config.lexicons) -> list[float]:
     """The held-out score of each text in [0, 1]: (weighted mean of the lexicons' polarities + 1) / 2."""
-    chosen = _names(lexicons)
+    chosen = comma_list(lexicons)
     total = sum(LEXICONS[n] for n in chosen)
     mixed = [0.0] * len(texts)
     for name in chosen:
@@ -113,7 +108,7 @@ class HeldoutSentiment:
 
     def applies(self, ctx) -> bool:
         task = ctx.eval_task if ctx.eval_task is not None else ctx.task
-        return getattr(task, "name", None) in _names(self.config.tasks)
+        return getattr(task, "name", None) in comma_list(self.config.tasks)
 
     def evaluate(self, samples, ctx) -> Evaluation:
         scores = lexicon_scores([s.completion for s in samples], self.config.lexicons)

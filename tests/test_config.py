@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from bench import config as cfg
+from bench.checks import comma_list
 from bench.errors import UserError
 from bench.runner import RunSpec, resolve
 
@@ -51,6 +52,13 @@ def test_bad_overrides_name_the_problem(key, value, fragment):
 def test_malformed_set_items(item):
     with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
         cfg.split_sets([item])
+
+
+@pytest.mark.parametrize(
+    "text, items", [("dpo,sft", ["dpo", "sft"]), (" dpo , sft ,", ["dpo", "sft"]), (",, ,", []), ("", []), ("a", ["a"])]
+)
+def test_comma_list_strips_items_and_drops_blanks(text, items):
+    assert comma_list(text) == items
 
 
 def test_field_docs_are_read_from_source():
