@@ -14,7 +14,8 @@ table as CSV and LaTeX. What the numbers are:
   gold reward and on the held-out scorer, and a flag where the first is significant and the second
   is not or lags far behind (_overoptimisation).
 - Claims: the DPO paper's sentiment findings (CLAIMS), each holds / fails / undecided on these
-  runs, with the reason and the interval of the deciding difference (_claims, _competitive).
+  runs, with the reason and the interval of the deciding difference (_claims, _competitive), or is not
+  tested where the runs leave out an algorithm it names.
 - Frontier: every evaluated policy (each run's intermediate checkpoints and its final policy) is
   a faint (KL, reward) point. A setting's checkpoints are averaged over seeds; each algorithm's
   frontier over all its settings' averaged points, F(k) = the best reward among its points with
@@ -815,7 +816,15 @@ CLAIMS = (
 )
 """The DPO paper's controlled-sentiment findings: (id, A, B, the claim "A >= B at every common KL", the paper's)."""
 
-AGREES = {"holds": "yes", "fails": "no: this task disagrees with the paper", "undecided": "not decided"}
+AGREES = {
+    "holds": "yes",
+    "fails": "no: this task disagrees with the paper",
+    "undecided": "not decided",
+    "not tested": "not tested here",
+}
+"""The claims table's "agrees with the paper" column for each verdict. "not tested": the results hold no run of an
+algorithm the claim names (a sweep without it, as `--preset modern` without unlikelihood), which says nothing of the
+claim, unlike "undecided", where the runs are there and their bands cannot tell."""
 
 
 def _claim_pair(m: dict) -> tuple[str, str, dict | None]:
@@ -841,12 +850,15 @@ def _claim_pair(m: dict) -> tuple[str, str, dict | None]:
     return verdict, reason, x
 
 
-def _claims(front: dict | None, pairs: dict, reward: str | None) -> Table:
+def _claims(front: dict | None, pairs: dict, reward: str | None, ran: set[str]) -> Table:
+    """The CLAIMS on these runs; `ran`: every algorithm with a complete run, on the frontier or not."""
     rows, csv_rows = [], []
     present = {a["algo"] for a in front["algos"]} if front else set()
     for cid, a, b, claim, paper in CLAIMS:
         x, span, caveats = None, "–", ""
-        if front is None:
+        if not_run := [n for n in (a, b) if n and n not in ran]:
+            verdict, reason = "not tested", f"no runs of {', '.join(not_run)} in these results"
+        elif front is None:
             verdict, reason = "undecided", f"no frontier: the runs record no {KL} and {reward or 'reward'} together"
         elif [n for n in (a, b) if n and n not in present]:
             missing = [n for n in (a, b) if n and n not in present]
@@ -927,7 +939,8 @@ def _claims(front: dict | None, pairs: dict, reward: str | None) -> Table:
         "best-of-N is at most "
         f"{COMPETITIVE_MARGIN:g} × (the largest gain over the starting policy any other algorithm reaches) below "
         "it: holds when the band of best-of-N − best lies above minus that margin on every low-KL piece, fails "
-        "when it lies below it on some piece. Best-of-N is placed at its KL bound, which can only understate it.",
+        "when it lies below it on some piece. Best-of-N is placed at its KL bound, which can only understate it. "
+        "Not tested: these results hold no run of an algorithm the claim names.",
     )
 
 
@@ -1271,7 +1284,7 @@ def build(results: Path, task: str, kl_budget: float | None = None) -> Report:
             report.tables["matched_kl"], report.tables["matched_kl_grid"], pairs = _matched_tables(front, reward)
     else:
         report.frontier_note = f"No frontier: the runs record no {KL} and {reward or 'reward'} together."
-    report.tables["claims"] = _claims(front, pairs, reward)
+    report.tables["claims"] = _claims(front, pairs, reward, set(algos))
     pairwise = _pairwise(groups, best, over, metrics, starting)
     if pairwise is not None:
         report.tables["pairwise"] = pairwise

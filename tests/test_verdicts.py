@@ -163,7 +163,23 @@ def test_claims_when_best_of_n_falls_short_and_an_algorithm_is_missing(tmp_path)
     claims = {(c["claim"], c["b"] or c["a"]): c for c in _claims(build(tmp_path, "sentiment"))}
     c = claims[("c", "best-of-n")]
     assert c["verdict"] == "fails" and c["agrees"] == "no" and c["diff"] == pytest.approx(0.30 - 0.46)
-    b = claims[("b", "ppo-gt")]
+    b = claims[("b", "ppo-gt")]  # never run: nothing said of the claim, which is not the same as undecided
+    assert b["verdict"] == "not tested" and b["agrees"] == "" and b["reason"] == "no runs of ppo-gt in these results"
+
+
+def _drop_kl(run_dir):
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    del metrics["kl"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "checkpoints.jsonl").unlink()
+
+
+def test_a_claim_on_runs_without_kl_is_undecided_not_untested(tmp_path):
+    _algorithms(tmp_path, gt=False)
+    _drop_kl(fake_run(tmp_path, "ppo-gt", 0, checkpoints=[(1.2, 0.5)], reward=0.99 + U, kl=np.full(12, 2.5)))
+    b = {(c["claim"], c["b"] or c["a"]): c for c in _claims(build(tmp_path, "sentiment"))}[("b", "ppo-gt")]
     assert b["verdict"] == "undecided" and b["reason"] == "no runs of ppo-gt with kl and gold_reward"
 
 
@@ -182,17 +198,13 @@ def test_claims_and_matched_tables_are_on_the_page(tmp_path):
 
 
 def test_without_kl_there_are_no_verdicts(tmp_path):
-    d = fake_run(tmp_path, "dpo", 0, reward=0.5 + U, kl=np.ones(12))
-    import json
-
-    metrics = json.loads((d / "metrics.json").read_text())
-    del metrics["kl"]
-    (d / "metrics.json").write_text(json.dumps(metrics))
-    (d / "checkpoints.jsonl").unlink()
+    _drop_kl(fake_run(tmp_path, "dpo", 0, reward=0.5 + U, kl=np.ones(12)))
+    _drop_kl(fake_run(tmp_path, "ppo", 0, reward=0.4 + U, kl=np.ones(12)))
     report = build(tmp_path, "sentiment")
     assert "matched_kl" not in report.tables
-    assert {c["verdict"] for c in _claims(report)} == {"undecided"}
-    assert _claims(report)[0]["reason"].startswith("no frontier")
+    claims = _claims(report)
+    assert claims[0]["verdict"] == "undecided" and claims[0]["reason"].startswith("no frontier")  # dpo vs ppo: run
+    assert {c["verdict"] for c in claims[1:]} == {"not tested"}  # ppo-gt, best-of-n, unlikelihood, preferred-ft
 
 
 # ---------------------------------------------------------------- over-optimisation
