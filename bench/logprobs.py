@@ -226,12 +226,36 @@ def picked_logps(logits: torch.Tensor, labels: torch.Tensor, consume: bool = Fal
     return PickedLogProbs.apply(logits, labels, consume)
 
 
+ROW_DOT_ROWS = 64
+"""Rows per block of row_dots on CPU: a 64 x 4,096 float32 product (1 MB) is written and summed in cache."""
+
+
+def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b, -1) for tensors [..., V] of one shape, without a vocabulary-wide product tensor.
+
+    On CPU the products go through one reused buffer of ROW_DOT_ROWS rows: for 3,072 x 4,096 float32 rows, one
+    thread, 13 ms, against 55 ms for torch.bmm of the rows as 1 x V by V x 1 products (the batched product
+    runs a tiny matrix kernel per row) and 45 ms for (a * b).sum(-1), whose product lands in fresh memory.
+    Other devices take torch.linalg.vecdot."""
+    if a.device.type != "cpu":
+        return torch.linalg.vecdot(a, b)
+    vocab = a.shape[-1]
+    rows_a, rows_b = a.reshape(-1, vocab), b.reshape(-1, vocab)
+    n = rows_a.shape[0]
+    out = rows_a.new_empty(n)
+    buffer = rows_a.new_empty(min(ROW_DOT_ROWS, n), vocab)
+    for start in range(0, n, ROW_DOT_ROWS):
+        stop = min(start + ROW_DOT_ROWS, n)
+        block = torch.mul(rows_a[start:stop], rows_b[start:stop], out=buffer[: stop - start])
+        torch.sum(block, -1, out=out[start:stop])
+    return out.view(a.shape[:-1])
+
+
 class PickedLogProbsEntropy(torch.autograd.Function):
     """`PickedLogProbs` that also returns each position's entropy (a logged metric: no gradient flows through it).
 
     The forward keeps the softmax, made in place from the log-softmax, for the backward (which turns it into the
-    gradient in place, as PickedLogProbs does); the entropy log Z - sum(p * logits) is a batched dot product, with
-    no vocabulary-wide product tensor.
+    gradient in place, as PickedLogProbs does); the entropy is log Z - sum(p * logits), the sum by row_dots.
     """
 
     @staticmethod
@@ -240,9 +264,7 @@ class PickedLogProbsEntropy(torch.autograd.Function):
         logps = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         log_z = logits[..., 0] - log_probs[..., 0]
         probs = log_probs.exp_()
-        vocab = logits.shape[-1]
-        expected = torch.bmm(probs.reshape(-1, 1, vocab), logits.reshape(-1, vocab, 1)).view(log_z.shape)
-        entropy = log_z - expected
+        entropy = log_z - row_dots(probs, logits)
         ctx.save_for_backward(probs, labels)
         ctx.mark_non_differentiable(entropy)
         return logps, entropy

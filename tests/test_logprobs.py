@@ -335,3 +335,14 @@ def test_picked_logps_entropy_gives_the_entropy_beside_the_same_log_probs_and_gr
     want = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
     (expected,) = torch.autograd.grad((want * weights).sum(), logits)
     torch.testing.assert_close(got, expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (2, 65, 33), (130, 5), (64, 2)])
+def test_row_dots_is_the_rowwise_dot_product_across_block_edges(shape):
+    from bench.logprobs import ROW_DOT_ROWS, row_dots
+
+    torch.manual_seed(0)
+    a, b = torch.randn(shape), torch.randn(shape)
+    got = row_dots(a, b)
+    assert got.shape == shape[:-1] and ROW_DOT_ROWS == 64  # the shapes above straddle the 64-row blocks
+    torch.testing.assert_close(got.double(), (a.double() * b.double()).sum(-1), atol=1e-5, rtol=0)
