@@ -412,6 +412,8 @@ def _record(
                     "processor": records.processor(),
                     **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
                     "torch_threads": torch.get_num_threads(),
+                    # The vector instructions of torch's CPU kernels (AVX512, AVX2, ...): others round differently.
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "command": shlex.join(command),
                     **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
                 },

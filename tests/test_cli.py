@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, run_cli
 
 
@@ -81,6 +82,7 @@ def test_run_writes_a_complete_record(dpo_run):
     assert {"torch", "transformers", "python"} <= set(config["versions"])
     assert config["git_revision"] and config["device"] in ("cpu", "cuda")
     assert config["processor"] and config["torch_threads"] >= 1  # where bitwise reproducibility holds
+    assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert log and {
         "loss",
