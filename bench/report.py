@@ -860,8 +860,7 @@ def _claims(front: dict | None, pairs: dict, reward: str | None, ran: set[str]) 
             verdict, reason = "not tested", f"no runs of {', '.join(not_run)} in these results"
         elif front is None:
             verdict, reason = "undecided", f"no frontier: the runs record no {KL} and {reward or 'reward'} together"
-        elif [n for n in (a, b) if n and n not in present]:
-            missing = [n for n in (a, b) if n and n not in present]
+        elif missing := [n for n in (a, b) if n and n not in present]:
             verdict, reason = "undecided", f"no runs of {', '.join(missing)} with {KL} and {reward}"
         elif cid == "c":
             c = _competitive(front)

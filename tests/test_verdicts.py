@@ -7,6 +7,8 @@ reward is known by hand.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_report import fake_run
@@ -168,8 +170,6 @@ def test_claims_when_best_of_n_falls_short_and_an_algorithm_is_missing(tmp_path)
 
 
 def _drop_kl(run_dir):
-    import json
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
     del metrics["kl"]
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
