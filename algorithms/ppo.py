@@ -243,7 +243,8 @@ class PPO:
         model = PolicyWithValue(policy, c.temperature).to(next(policy.parameters()).device)
         # The harness evaluates the policy itself, not its value-head wrapper.
         on_step = None if ctx.on_step is None else lambda update, total, model: ctx.on_step(update, total, model.policy)
-        train_online(
+        # The trained wrapper: the same one, or under FSDP2 a plain copy of the sharded one (bench.fsdp).
+        policy = train_online(
             model,
             PPOStep(self, ctx, reward, prompts, prompt_ids, max_new_tokens),
             ctx.train,
@@ -253,7 +254,7 @@ class PPO:
             checkpoint_dir=ctx.checkpoint_dir,
             desc=self.name,
             on_step=on_step,
-        )
+        ).policy
         policy.eval()
         fit_metrics = None
         if hasattr(reward, "accuracy"):  # the learned reward model's held-out accuracy (the gold reward has none)

@@ -15,6 +15,7 @@ from pathlib import Path
 # core; passive waiting costs little. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from bench import distributed  # noqa: E402
 from bench.errors import UserError  # noqa: E402
 
 
@@ -295,9 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.command_line = ["bench", *argv]  # what the run record keeps as the command that made it
         status = args.func(args)
+        distributed.close()
     except UserError as exc:
-        from bench import distributed
-
         if distributed.launched_main():
             print(f"error: {exc}", file=sys.stderr)
         elif not isinstance(exc, distributed.MainError):  # the main process prints its own errors

@@ -59,6 +59,17 @@ def _state():
     return PartialState(cpu=cpu, timeout=timedelta(seconds=WAIT_S))
 
 
+def close() -> None:
+    """Leave the process group at the end of a command of a launch of several processes, as torch asks: a group
+    left open until the interpreter exits can abort a process that has finished its work."""
+    if launched_processes() == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     """Processes that share the work here: 1 in a one-process run and inside `alone()`."""
     if _alone or launched_processes() == 1:
@@ -152,7 +163,10 @@ def map_sharded(fn: Callable[[int, T], R], jobs: Sequence[T]) -> list[R]:
     world = world_size()
     if world == 1:
         return [fn(k, job) for k, job in enumerate(jobs)]
-    mine = [fn(k, jobs[k]) for k in shard(range(len(jobs)), world=world)]
+    from bench.fsdp import whole_weights
+
+    with whole_weights():  # an FSDP2-sharded policy gathers its weights: the jobs' forward passes are independent
+        mine = [fn(k, jobs[k]) for k in shard(range(len(jobs)), world=world)]
     return unshard(gather(mine))
 
 

@@ -29,7 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from bench import distributed
+from bench import distributed, fsdp
 from bench.io import atomic_write_bytes
 from bench.lock import file_lock
 
@@ -117,8 +117,12 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     A LoRA-wrapped (peft) model splits like the model it wraps: its adapters sit inside those modules. Prompt
     learning adapters (prefix or prompt tuning) change the inputs instead, so those models do not split. Nor does
     a DDP-wrapped one (training with several processes): its gradients are synchronised only through its own
-    forward, so it is scored by its full forward, reduced one chunk at a time.
+    forward, so it is scored by its full forward, reduced one chunk at a time. Nor does a policy whose weights
+    FSDP2 shards (bench.fsdp), outside a `whole_weights` block: its outermost module's forward gathers the
+    weights the backbone and head share.
     """
+    if fsdp.sharded_now(model):
+        return None
     peft = sys.modules.get("peft")  # never imported here: a model that is peft-wrapped has imported it already
     if peft is not None and isinstance(model, peft.PeftModel):
         if model.peft_config[model.active_adapter].is_prompt_learning:

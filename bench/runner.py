@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from bench import config as cfg
 from bench import data as rows
-from bench import distributed, records, registry, seeds
+from bench import distributed, fsdp, records, registry, seeds
 from bench import io as bench_io
 from bench.checks import comma_list
 from bench.contracts import Context, Evaluation, Sample, optional
@@ -416,6 +416,8 @@ def _record(
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "command": shlex.join(command),
                     **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
+                    # How several processes hold the policy: FSDP2 shards it, DDP (the default) replicates it.
+                    **({"sharding": "fsdp2"} if distributed.world_size() > 1 and fsdp.requested() else {}),
                 },
             )
         cost = {"wall_time_s": {"build": t_build}}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from bench import distributed, seeds
+from bench import distributed, fsdp, seeds
 
 
 def sample(
@@ -71,7 +71,8 @@ def sample(
         return out
 
     try:
-        with torch.inference_mode():
+        # A sharded policy's forward hooks keep tensors that later training passes update: no inference tensors then.
+        with torch.no_grad() if fsdp.any_sharded() else torch.inference_mode():
             for rows, out in zip(batches, distributed.map_sharded(one_batch, batches)):
                 for i, completion in zip(rows, out):
                     completions[i] = completion

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bench import distributed, seeds
+from bench import distributed, fsdp, seeds
 from bench import io as bench_io
 from bench.checks import at_least, between, non_negative, one_of, positive, require
 from bench.device import mixed_precision
@@ -169,13 +169,44 @@ class Loop:
                 # per step; accelerate's default would advance it once per process.
                 dataloader_config=DataLoaderConfiguration(split_batches=True),
             )
-            check_strategy(self.accelerator.distributed_type, desc)
+            plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+            check_strategy(self.accelerator.distributed_type, desc, getattr(plugin, "fsdp_version", None))
         if cfg.activation_checkpointing:
             _switch_checkpointing(checkpointable(model, desc), True)
+        # FSDP2: bench shards the policy itself (bench.fsdp), and accelerate prepares the optimizer and schedule.
+        self.skeleton = None
+        if fsdp.requested() and distributed.world_size() > 1:
+            fsdp.check_settings(desc)
+            self.skeleton = fsdp.skeleton(model)
+            model = fsdp.shard(model, self.accelerator.device)
         optimizer = make_optimizer(model.parameters(), cfg)
         warmup = cfg.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if self.sharded:
+            self.model = model
+            self.optimizer, self.scheduler = self.accelerator.prepare(optimizer, scheduler)
+        else:
+            self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the policy's weights are sharded across the processes (FSDP2), not replicated (DDP)."""
+        return self.skeleton is not None
+
+    def no_sync(self):
+        """Gradients stay in each process (every micro-batch of a step but the last)."""
+        return fsdp.no_sync(self.model) if self.sharded else self.accelerator.no_sync(self.model)
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        if self.sharded:
+            return fsdp.clip_grad_norm_(self.model, max_norm)
+        return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def trained_model(self) -> torch.nn.Module:
+        """The trained policy as an ordinary module on every process (a sharded one gathered into a plain copy)."""
+        if self.sharded:
+            return fsdp.plain_copy(self.skeleton, self.model)
+        return self.accelerator.unwrap_model(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -216,7 +247,7 @@ class Loop:
             if "attention_mask" in batch:
                 tokens += int(batch["attention_mask"].sum())
             batch = {key: v.to(accelerator.device) if torch.is_tensor(v) else v for key, v in batch.items()}
-            with nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(self.model):
+            with nullcontext() if k == len(chunks) - 1 else self.no_sync():
                 with accelerator.autocast():
                     loss, batch_metrics = loss_fn(self.model, batch)
                 # One process: each of the step's micro-batches counts equally, as it always has.
@@ -232,7 +263,7 @@ class Loop:
             metrics = {key: sum(part[key] for part, _ in parts) for key in metrics}
             tokens = sum(n for _, n in parts)
         if cfg.max_grad_norm > 0:
-            metrics["grad_norm"] = accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm).detach()
+            metrics["grad_norm"] = self.clip_grad_norm_(cfg.max_grad_norm).detach()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -289,32 +320,40 @@ class _Alone:
         return model
 
 
-SUPPORTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU")
-"""accelerate's distributed types the loop trains under: one process, or data-parallel (DDP) processes."""
+SUPPORTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU", "FSDP")
+"""accelerate's distributed types the loop trains under: one process, data-parallel (DDP) processes, or FSDP2
+(weights, gradients and optimizer state sharded across the processes)."""
 
 
-def check_strategy(distributed_type, desc: str = "train") -> None:
+def check_strategy(distributed_type, desc: str = "train", fsdp_version: int | None = 2) -> None:
     """One line, before anything is sharded, for an accelerate strategy the loop does not implement.
 
-    FSDP and DeepSpeed shard what DDP replicates (ZeRO-2 gradients and optimizer state, ZeRO-3 and FSDP the
-    weights too) and drive the optimizer step themselves; the loop's per-process micro-batches, clipping,
-    checkpoints and the sharded sampling and evaluation (which need every process to hold the whole policy
-    and to run forward passes independently) are written for data-parallel processes only.
+    DeepSpeed drives the optimizer step, gradient accumulation and clipping itself, which the loop does on
+    its own; FSDP1 wraps the model in a module whose parameters are flattened, which FSDP2 (torch's
+    fully_shard) replaces.
     """
     name = getattr(distributed_type, "name", str(distributed_type)).rsplit(".", 1)[-1]
+    if name == "FSDP" and fsdp_version != 2:
+        raise UserError(
+            f"{desc}: accelerate's FSDP version {fsdp_version} is not supported by bench's training loop; set "
+            "fsdp_version: 2 (launch with configs/accelerate/fsdp2.yaml)"
+        )
     if name not in SUPPORTED:
         raise UserError(
             f"{desc}: accelerate's {name} strategy is not supported by bench's training loop yet (it trains "
-            "data-parallel: every process holds the whole policy); launch with configs/accelerate/ddp.yaml"
+            "data-parallel or with FSDP2); launch with configs/accelerate/ddp.yaml or configs/accelerate/fsdp2.yaml"
         )
 
 
 def check_launch(desc: str = "bench run") -> None:
     """`check_strategy` of the strategy the launcher asked for (accelerate launch's environment), before anything
     is built or trained."""
-    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-        if os.environ.get(variable, "").lower() == "true":
-            check_strategy(name, desc)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        version = os.environ.get("FSDP_VERSION", "1").strip()  # accelerate's default, as its plugin reads it
+        check_strategy("FSDP", desc, int(version) if version.isdigit() else None)
+        fsdp.check_settings(desc)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        check_strategy("DEEPSPEED", desc)
 
 
 def checkpointable(model: torch.nn.Module, desc: str):
@@ -433,10 +472,20 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
             f"{ckpt}: the main process writes checkpoints and every process resumes from them, but only some "
             "of the processes see this one; put --results on a filesystem that all of them share"
         )
-    if found:  # every process loads it: each holds the whole model, optimizer and schedule
+    if found:  # every process loads it: each holds the whole model, optimizer and schedule (or shards them)
         state = load_checkpoint(ckpt)
-        unwrap(loop.model).load_state_dict(state["model"])
-        loop.optimizer.load_state_dict(state["optimizer"])
+        layout = "sharded" if loop.sharded else "replicated"
+        if state.get("layout", "replicated") != layout:
+            raise UserError(
+                f"{ckpt}: written by a run whose weights were {state.get('layout', 'replicated')} (FSDP2 shards them, "
+                f"one process or DDP replicates them), and this run's are {layout}; resume it with the launch that "
+                "started it, or delete the run's directory to start over"
+            )
+        if loop.sharded:
+            fsdp.load_full_state(loop.model, loop.optimizer.optimizer, state["model"], state["optimizer"])
+        else:
+            unwrap(loop.model).load_state_dict(state["model"])
+            loop.optimizer.load_state_dict(state["optimizer"])
         loop.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state)
         done, window = state["step"], state["window"]
@@ -472,7 +521,7 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
         if ckpt is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             _save_checkpoint(ckpt, loop, done, window, step)
     bar.close()
-    model = unwrap(loop.model)
+    model = loop.trained_model()
     if cfg.activation_checkpointing:
         _switch_checkpointing(checkpointable(model, loop.desc), False)
     model.eval()
@@ -526,13 +575,19 @@ def load_checkpoint(path: Path) -> dict:
 def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extra) -> None:
     """Everything a resumed run needs to end exactly where an uninterrupted one ends, replaced atomically.
 
-    Written by the main process only: with several processes each holds the same weights, optimizer and schedule.
+    Written by the main process only: with several processes each holds the same weights, optimizer and schedule
+    (sharded ones are gathered whole onto the main process first, which takes every process).
     """
+    if loop.sharded:
+        weights, optim = fsdp.full_state(loop.model, loop.optimizer.optimizer)
     if not distributed.is_main():
         return
+    if not loop.sharded:
+        weights, optim = loop.accelerator.unwrap_model(loop.model).state_dict(), loop.optimizer.state_dict()
     state = {
-        "model": loop.accelerator.unwrap_model(loop.model).state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optim,
+        "layout": "sharded" if loop.sharded else "replicated",
         "scheduler": loop.scheduler.state_dict(),
         **rng_state(),
         "step": step,

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, TINY, run_cli
+from tiny import tiny_gpt2
 
-from bench import distributed, records
+from bench import distributed, fsdp, records
 from bench.errors import UserError
 from bench.train import check_strategy
 
@@ -76,23 +77,70 @@ def test_map_sharded_in_a_fake_world_keeps_job_indices_and_order(monkeypatch):
         assert distributed.my_jobs(len(jobs)) == calls[r]
 
 
-def test_strategies_that_shard_the_policy_are_refused_in_one_line():
+def test_strategies_the_loop_does_not_implement_are_refused_in_one_line():
     from accelerate.utils import DistributedType
 
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_strategy(kind)
-    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(UserError, match=f"{kind.name} strategy is not supported.*configs/accelerate/ddp.yaml"):
-            check_strategy(kind)
+    check_strategy(DistributedType.FSDP, fsdp_version=2)
+    with pytest.raises(UserError, match="FSDP version 1 is not supported.*fsdp_version: 2.*fsdp2.yaml"):
+        check_strategy(DistributedType.FSDP, fsdp_version=1)
+    with pytest.raises(UserError, match="DEEPSPEED strategy is not supported.*ddp.yaml or configs/accelerate/fsdp2"):
+        check_strategy(DistributedType.DEEPSPEED)
 
 
-def test_a_launch_asking_for_fsdp_or_deepspeed_stops_before_anything_is_built(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP version 1 is not supported"),  # accelerate's default version
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DEEPSPEED strategy is not supported"),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"},
+            "fsdp_offload_params is not supported with FSDP2; set fsdp_offload_params: false",
+        ),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"},
+            "set fsdp_activation_checkpointing: false and --set train.activation_checkpointing=true",
+        ),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"},
+            "fsdp_auto_wrap_policy SIZE_BASED_WRAP is not supported",
+        ),
+    ],
+)
+def test_a_launch_asking_for_what_the_loop_does_not_implement_stops_before_anything_is_built(
+    monkeypatch, tmp_path, env, message
+):
     from bench.runner import RunSpec, execute
 
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(UserError, match="FSDP strategy is not supported"):
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(UserError, match=message):
         execute(RunSpec(algo="dpo", task="sentiment", sets=["task.scale=tiny"]), tmp_path / "r", tmp_path / "c")
     assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+def test_fsdp2_shards_one_unit_per_transformer_block(monkeypatch):
+    """The blocks named by the model's _no_split_modules (through a wrapper around it, as PPO's value head is),
+    or by FSDP_TRANSFORMER_CLS_TO_WRAP, which must exist in the model."""
+    model = tiny_gpt2()
+    wrapper = torch.nn.ModuleDict({"policy": model, "value": torch.nn.Linear(4, 1)})
+    assert {cls.__name__ for cls in fsdp._layer_classes(wrapper)} == {"GPT2Block"}
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "NO_WRAP")
+    assert fsdp._layer_classes(model) == set()
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "GPT2Block,LlamaDecoderLayer")
+    with pytest.raises(UserError, match="names LlamaDecoderLayer, which the model does not have"):
+        fsdp._layer_classes(model)
+
+
+def test_a_skeleton_holds_no_weights_and_keeps_ties_and_buffers():
+    model = tiny_gpt2()
+    bare = fsdp.skeleton(model)
+    assert all(p.is_meta for p in bare.parameters())
+    assert bare.lm_head.weight is bare.transformer.wte.weight  # tied weights stay one parameter
+    assert all(not b.is_meta for b in bare.buffers())
+    assert all(not p.is_meta for p in model.parameters())  # the model itself is untouched
 
 
 def test_accelerate_config_files_parse_with_accelerate_and_name_their_strategy():
@@ -126,11 +174,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+STRATEGIES = {"ddp": ["--multi_gpu"], "fsdp2": ["--use_fsdp", "--fsdp_version", "2"]}
+"""accelerate launch's flags for each strategy bench trains with (`--use_fsdp` stands for `--multi_gpu`)."""
+
+
+def launch(
+    args: list[str], env_extra: dict | None = None, timeout: int = 300, strategy: str = "ddp"
+) -> subprocess.CompletedProcess:
     """`accelerate launch` of two processes on this machine's CPU (gloo), on a port of their own."""
     if not ACCELERATE.exists():
         pytest.skip("accelerate's launcher is not installed")
-    command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command = [str(ACCELERATE), "launch", *STRATEGIES[strategy], "--num_processes", "2", "--num_machines", "1"]
     command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "PASSIVE", **(env_extra or {})}
     return subprocess.run(
@@ -138,9 +192,11 @@ def launch(args: list[str], env_extra: dict | None = None, timeout: int = 300) -
     )
 
 
-def test_data_parallel_gradients_and_weights_equal_one_process(tmp_path):
-    """Loop.optimizer_step in two processes hands the optimizer the one-process gradient (after DDP's average),
-    with even shares, several micro-batches per process, a partial micro-batch and unequal shares."""
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_data_parallel_gradients_and_weights_equal_one_process(tmp_path, strategy):
+    """Loop.optimizer_step in two processes hands the optimizer the one-process gradient (after DDP's average,
+    or FSDP2's reduce-scatter gathered whole), with even shares, several micro-batches per process, a partial
+    micro-batch and unequal shares; a run stopped after a checkpoint resumes to the uninterrupted weights."""
     worker = str(REPO / "tests" / "ddp_worker.py")
     one = subprocess.run(
         [sys.executable, worker, str(tmp_path / "one.pt")],
@@ -150,10 +206,16 @@ def test_data_parallel_gradients_and_weights_equal_one_process(tmp_path):
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = launch([worker, str(tmp_path / "two.pt")])
+    two = launch([worker, str(tmp_path / "two.pt")], strategy=strategy)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (a["world"], b["world"]) == (1, 2)
+    assert (a["sharded"], b["sharded"]) == (False, strategy == "fsdp2")
+    assert (a["layout"], b["layout"]) == ("replicated", "sharded" if strategy == "fsdp2" else "replicated")
+    for run in (a, b):
+        assert run["resumed_steps"] == [3, 4]  # the rerun went on from step 2's checkpoint
+        for name, w in run["once"].items():
+            torch.testing.assert_close(run["resumed"][name], w, rtol=0, atol=0, msg=name)
     for setting, x in a["results"].items():
         y = b["results"][setting]
         assert len(x["grads"]) == len(y["grads"]) == 3
@@ -176,14 +238,20 @@ def _only_record(results: Path) -> Path:
     return runs[0]
 
 
-def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path):
-    """accelerate launch of `bench run` with two processes: one complete record, written once, with the samples
-    and metrics of the same run in one process (eval.batch_size=16 gives 4 sampling batches to share out)."""
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path, strategy):
+    """accelerate launch of `bench run` with two processes, the policy replicated (DDP) or sharded (FSDP2): one
+    complete record, written once, with the samples and metrics of the same run in one process
+    (eval.batch_size=16 gives 4 sampling batches to share out) and a saved model that loads whole."""
     args = ["run", "--algo", "dpo", "--task", "sentiment", *TINY, "--set", "eval.batch_size=16"]
     one = run_cli([*args, "--results", str(tmp_path / "one")], cache_dir)
     assert one.returncode == 0, one.stderr
     start = time.time()
-    two = launch(["-m", "bench.cli", *args, "--results", str(tmp_path / "two")], {"BENCH_CACHE_DIR": str(cache_dir)})
+    two = launch(
+        ["-m", "bench.cli", *args, "--results", str(tmp_path / "two")],
+        {"BENCH_CACHE_DIR": str(cache_dir)},
+        strategy=strategy,
+    )
     elapsed = time.time() - start
     assert two.returncode == 0, two.stderr[-3000:]
     print(f"two-process run: {elapsed:.1f} s")
@@ -193,8 +261,14 @@ def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path
     assert a.name == b.name  # the same run: the number of processes is no part of its id
     assert records.is_complete(b)
     rec_a, rec_b = records.load_record(a), records.load_record(b)
-    assert json.loads((b / "config.json").read_text())["processes"] == 2
-    assert "processes" not in json.loads((a / "config.json").read_text())
+    config_a, config_b = (json.loads((p / "config.json").read_text()) for p in (a, b))
+    assert config_b["processes"] == 2 and "processes" not in config_a
+    assert config_b.get("sharding") == ("fsdp2" if strategy == "fsdp2" else None) and "sharding" not in config_a
+    from transformers import AutoModelForCausalLM
+
+    saved_a, saved_b = (AutoModelForCausalLM.from_pretrained(p / "model") for p in (a, b))
+    for (name, p), q in zip(saved_a.named_parameters(), saved_b.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)  # whole weights, not one process's shard
 
     samples_a, samples_b = records.read_samples(a), records.read_samples(b)
     assert len(samples_b) == len(samples_a) == 64
@@ -216,6 +290,23 @@ def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path
     for ra, rb in zip(log_a, log_b):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
         assert rb["lr"] == ra["lr"]
+
+
+def test_ppo_with_fsdp2_equals_ddp(cache_dir, tmp_path):
+    """PPO trains a value-head wrapper around the policy, samples each rollout on one process and scores it on
+    all of them: sharded (FSDP2), the run's record has DDP's metrics (both within float rounding of the other's
+    gradients, so within the standard errors)."""
+    args = ["-m", "bench.cli", "run", "--algo", "ppo-gt", "--task", "sentiment", *TINY, "--set", "eval.batch_size=16"]
+    env = {"BENCH_CACHE_DIR": str(cache_dir)}
+    runs = {}
+    for strategy in sorted(STRATEGIES):
+        proc = launch([*args, "--results", str(tmp_path / strategy)], env, strategy=strategy)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[strategy] = records.load_record(_only_record(tmp_path / strategy))
+    ddp, sharded = runs["ddp"].metrics, runs["fsdp2"].metrics
+    for key, agg in ddp.items():
+        if isinstance(agg, dict) and "mean" in agg:
+            assert abs(sharded[key]["mean"] - agg["mean"]) <= max(agg["se"], 1e-6), (key, agg, sharded[key])
 
 
 def fake_execute(spec, results, cache_dir, echo=print):

@@ -4,6 +4,7 @@ warmup, failure paths."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,11 +69,11 @@ def test_gradient_accumulation_matches_one_big_batch():
     torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    full = train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0)
+def _stopped_after(step: int, checkpoint_dir: Path) -> None:
+    """A run with a checkpoint every 3 steps, stopped once `step` is done (KeyboardInterrupt, as Ctrl-C)."""
 
-    def stop_at_7(step, total, model):
-        if step == 7:
+    def stop(done, total, model):
+        if done == step:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -83,14 +84,30 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
             _loss,
             _cfg(checkpoint_every=3),
             seed=0,
-            checkpoint_dir=tmp_path,
-            on_step=stop_at_7,
+            checkpoint_dir=checkpoint_dir,
+            on_step=stop,
         )
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    full = train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0)
+    _stopped_after(7, tmp_path)
     assert json.loads((tmp_path / STATE_FILE).read_text()) == {"step": 6}
     resumed = train_loop(
         _model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, checkpoint_dir=tmp_path
     )
     torch.testing.assert_close(resumed.weight, full.weight, rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_sharded_weights_is_not_resumed_by_a_run_that_replicates_them(tmp_path):
+    """A checkpoint says how its run held the weights (FSDP2 "sharded", else "replicated"); a run of the other
+    kind stops with one line rather than load a state dict of another layout."""
+    _stopped_after(4, tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["layout"] == "replicated"
+    torch.save({**state, "layout": "sharded"}, tmp_path / CHECKPOINT)
+    with pytest.raises(UserError, match="weights were sharded .* this run's are replicated; resume it with the launch"):
+        train_loop(_model(), _examples(), _collate, _loss, _cfg(checkpoint_every=3), seed=0, checkpoint_dir=tmp_path)
 
 
 def test_warmup_is_linear_then_constant():
