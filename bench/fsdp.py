@@ -92,6 +92,7 @@ def skeleton(model: torch.nn.Module) -> torch.nn.Module:
 
 def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """`model` sharded in place across the processes: one FSDP unit per transformer block, the root the rest."""
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -99,6 +100,10 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     reshard = _flag("FSDP_RESHARD_AFTER_FORWARD", True)
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
+    # Every process starts from the main process's weights and buffers, as DDP makes sure when it wraps a model.
+    model.to(device)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
     classes = tuple(_layer_classes(model))
     for module in list(model.modules()):
         if classes and isinstance(module, classes):

@@ -56,6 +56,10 @@ def main(out: Path) -> None:
             max_grad_norm=1.0,
         )
         model = tiny_gpt2(vocab_size=tok.vocab_size, seed=0)
+        if distributed.rank() > 0:  # the strategy starts every process from the main one's weights
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
         model.train()
         loop = Loop(model, cfg, "ddp-worker")
         grads, rows = [], []
