@@ -39,7 +39,8 @@ from pathlib import Path
 
 torch.set_num_threads(2)
 mode, cache_dir = sys.argv[1], Path(sys.argv[2])
-rows, pairs, n_prompt, n_completion = json.loads(sys.argv[3])
+rows, pairs, n_prompt, n_completion, *more = json.loads(sys.argv[3])
+steps = more[0] if more else 1  # DPO optimizer steps: from the second on, Adam's two moments are held too
 if mode != "trl":  # as `bench run` sets it; "trl-fixed" is TRL under the same allocator setting
     from bench.device import allocator_from_environment
     allocator_from_environment()
@@ -87,7 +88,8 @@ elif mode in ("dpo", "dpo-ac"):
                       activation_checkpointing=mode == "dpo-ac")
     loop = Loop(policy, cfg, "dpo")
     loop.model.train()
-    out["loss"] = loop.optimizer_step(examples, list(range(pairs)), lambda b: collate_pairs(b, 2), loss_fn)["loss"]
+    for _ in range(steps):
+        out["loss"] = loop.optimizer_step(examples, list(range(pairs)), lambda b: collate_pairs(b, 2), loss_fn)["loss"]
 elif mode == "trl":
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers
