@@ -292,11 +292,13 @@ def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path
         assert rb["lr"] == ra["lr"]
 
 
-def test_ppo_with_fsdp2_equals_ddp(cache_dir, tmp_path):
+@pytest.mark.parametrize("algo", ["ppo-gt", "grpo"])
+def test_online_rl_with_fsdp2_equals_ddp(cache_dir, tmp_path, algo):
     """PPO trains a value-head wrapper around the policy, samples each rollout on one process and scores it on
-    all of them: sharded (FSDP2), the run's record has DDP's metrics (both within float rounding of the other's
-    gradients, so within the standard errors)."""
-    args = ["-m", "bench.cli", "run", "--algo", "ppo-gt", "--task", "sentiment", *TINY, "--set", "eval.batch_size=16"]
+    all of them; GRPO (bench.online) scores its rollouts with the sharded policy itself. Sharded (FSDP2), the
+    run's record has DDP's metrics (both within float rounding of the other's gradients, so within the
+    standard errors)."""
+    args = ["-m", "bench.cli", "run", "--algo", algo, "--task", "sentiment", *TINY, "--set", "eval.batch_size=16"]
     env = {"BENCH_CACHE_DIR": str(cache_dir)}
     runs = {}
     for strategy in sorted(STRATEGIES):
