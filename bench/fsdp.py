@@ -46,8 +46,12 @@ def requested() -> bool:
     return _flag("ACCELERATE_USE_FSDP", False) and os.environ.get("FSDP_VERSION", "1").strip() == "2"
 
 
-def check_settings(desc: str) -> None:
-    """One line for an FSDP setting of the launch that bench does not implement, before anything is built."""
+def configure(desc: str) -> None:
+    """One line for an FSDP setting of the launch that bench does not implement, before anything is built; and
+    transformers' loading of the weights on the main process alone switched off (FSDP_CPU_RAM_EFFICIENT_LOADING,
+    on by default in `accelerate launch --use_fsdp`): every process loads the model, and `shard` starts them all
+    from the main process's weights."""
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
     unsupported = {
         "FSDP_OFFLOAD_PARAMS": "fsdp_offload_params: false (weights offloaded to the CPU are not supported)",
         "FSDP_ACTIVATION_CHECKPOINTING": "fsdp_activation_checkpointing: false and --set "

@@ -173,18 +173,18 @@ class Loop:
             check_strategy(self.accelerator.distributed_type, desc, getattr(plugin, "fsdp_version", None))
         if cfg.activation_checkpointing:
             _switch_checkpointing(checkpointable(model, desc), True)
-        # FSDP2: bench shards the policy itself (bench.fsdp), and accelerate prepares the optimizer and schedule.
+        # FSDP2: bench shards the policy itself (bench.fsdp), and its optimizer and schedule stay torch's own:
+        # accelerate's FSDP2 prepare (GPUs only) would shard the model again and requires it with the optimizer.
         self.skeleton = None
         if fsdp.requested() and distributed.world_size() > 1:
-            fsdp.check_settings(desc)
+            fsdp.configure(desc)
             self.skeleton = fsdp.skeleton(model)
             model = fsdp.shard(model, self.accelerator.device)
         optimizer = make_optimizer(model.parameters(), cfg)
         warmup = cfg.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
         if self.sharded:
-            self.model = model
-            self.optimizer, self.scheduler = self.accelerator.prepare(optimizer, scheduler)
+            self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         else:
             self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
 
@@ -351,7 +351,7 @@ def check_launch(desc: str = "bench run") -> None:
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         version = os.environ.get("FSDP_VERSION", "1").strip()  # accelerate's default, as its plugin reads it
         check_strategy("FSDP", desc, int(version) if version.isdigit() else None)
-        fsdp.check_settings(desc)
+        fsdp.configure(desc)
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         check_strategy("DEEPSPEED", desc)
 
@@ -482,7 +482,7 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
                 "started it, or delete the run's directory to start over"
             )
         if loop.sharded:
-            fsdp.load_full_state(loop.model, loop.optimizer.optimizer, state["model"], state["optimizer"])
+            fsdp.load_full_state(loop.model, loop.optimizer, state["model"], state["optimizer"])
         else:
             unwrap(loop.model).load_state_dict(state["model"])
             loop.optimizer.load_state_dict(state["optimizer"])
@@ -579,7 +579,7 @@ def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extr
     (sharded ones are gathered whole onto the main process first, which takes every process).
     """
     if loop.sharded:
-        weights, optim = fsdp.full_state(loop.model, loop.optimizer.optimizer)
+        weights, optim = fsdp.full_state(loop.model, loop.optimizer)
     if not distributed.is_main():
         return
     if not loop.sharded:

@@ -74,12 +74,17 @@ def main(out: Path) -> None:
             order = example_order(len(examples), 0, k * batch_size, batch_size)
             row = loop.optimizer_step(examples, order, lambda b: collate(b, pad_id(tok)), loss_fn)
             rows.append({**row, "lr": loop.scheduler.get_last_lr()[0]})
-        sharded = loop.sharded
+        # Under FSDP2 the optimizer stays torch's own: accelerate, on GPUs, refuses to prepare one without the model.
+        sharded, optimizer_class = loop.sharded, type(loop.optimizer).__name__
         weights = {n: p.detach().clone() for n, p in loop.trained_model().named_parameters()}
         results[(batch_size, grad_accum)] = {"grads": grads, "rows": rows, "weights": weights}
     resumed = resume(tok, examples, out.parent / f"{out.stem}-checkpoints")
     if distributed.is_main():
-        torch.save({"world": distributed.world_size(), "sharded": sharded, "results": results, **resumed}, out)
+        torch.save(
+            {"world": distributed.world_size(), "sharded": sharded, "optimizer": optimizer_class, "results": results}
+            | resumed,
+            out,
+        )
     distributed.barrier()
 
 

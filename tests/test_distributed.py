@@ -211,6 +211,7 @@ def test_data_parallel_gradients_and_weights_equal_one_process(tmp_path, strateg
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (a["world"], b["world"]) == (1, 2)
     assert (a["sharded"], b["sharded"]) == (False, strategy == "fsdp2")
+    assert b["optimizer"] == ("SGD" if strategy == "fsdp2" else "AcceleratedOptimizer")
     assert (a["layout"], b["layout"]) == ("replicated", "sharded" if strategy == "fsdp2" else "replicated")
     for run in (a, b):
         assert run["resumed_steps"] == [3, 4]  # the rerun went on from step 2's checkpoint
