@@ -293,6 +293,46 @@ def test_two_process_run_records_once_and_equals_one_process(cache_dir, tmp_path
         assert rb["lr"] == ra["lr"]
 
 
+# `python -m bench.cli`'s stand-in under accelerate launch: the main process kills itself (SIGKILL) right after
+# the run's first resumable checkpoint, when every process has taken part in writing it; the launcher then stops
+# the other process, as it would after a crash.
+KILLED_AFTER_CHECKPOINT = r"""
+import os, signal, sys
+from bench import distributed, train
+
+save = train._save_checkpoint
+def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    if distributed.is_main():
+        os.kill(os.getpid(), signal.SIGKILL)
+train._save_checkpoint = save_then_die
+from bench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_two_process_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(cache_dir, tmp_path, strategy):
+    """kill -9 of the main process after step 2's checkpoint, then the same launch again: the run resumes from the
+    checkpoint on both processes (whole state dicts, sharded again under FSDP2) and ends with the record of an
+    uninterrupted two-process run, file for file."""
+    args = ["run", "--algo", "dpo", "--task", "sentiment", *TINY, "--set", "train.checkpoint_every=2"]
+    env = {"BENCH_CACHE_DIR": str(cache_dir)}
+    whole = launch(["-m", "bench.cli", *args, "--results", str(tmp_path / "whole")], env, strategy=strategy)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AFTER_CHECKPOINT)
+    killed = launch([str(script), *args, "--results", str(tmp_path / "resumed")], env, strategy=strategy)
+    assert killed.returncode != 0
+    assert not [p for p in (tmp_path / "resumed").iterdir() if not p.name.startswith(".")]  # only the partial run
+    resumed = launch(["-m", "bench.cli", *args, "--results", str(tmp_path / "resumed")], env, strategy=strategy)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stdout, resumed.stdout
+    a, b = _only_record(tmp_path / "whole"), _only_record(tmp_path / "resumed")
+    for name in ("metrics.json", "train_log.jsonl", "samples.jsonl", "checkpoints.jsonl"):
+        assert (b / name).read_text() == (a / name).read_text(), name
+
+
 @pytest.mark.parametrize("algo", ["ppo-gt", "grpo"])
 def test_online_rl_with_fsdp2_equals_ddp(cache_dir, tmp_path, algo):
     """PPO trains a value-head wrapper around the policy, samples each rollout on one process and scores it on
