@@ -4,8 +4,9 @@ An offline algorithm hands `train_loop` its examples, a collate function and its
 (PPO, RLOO, ...) hands `train_online` a step, `step(update, loop) -> metrics`: rollout, score, then
 an update through `loop.minibatch_epochs`. Both run in `_run`, the one outer loop: step count, tqdm
 progress bar, log windows, checkpoint/resume (with a step's own extra state) and on_step. `Loop`
-holds what a run builds once: the accelerator (mixed precision on GPU), the optimizer with linear
-warmup, and the optimizer step (gradient accumulation, NaN check, gradient-norm clipping).
+holds what a run builds once: the accelerator (mixed precision on GPU), the model (replicated by DDP
+across several processes, or sharded by FSDP2 when the launch asks for it: bench.fsdp), the optimizer
+with linear warmup, and the optimizer step (gradient accumulation, NaN check, gradient-norm clipping).
 """
 
 from __future__ import annotations
