@@ -337,7 +337,7 @@ def check_strategy(distributed_type, desc: str = "train", fsdp_version: int | No
     if name == "FSDP" and fsdp_version != 2:
         raise UserError(
             f"{desc}: accelerate's FSDP version {fsdp_version} is not supported by bench's training loop; set "
-            "fsdp_version: 2 (launch with configs/accelerate/fsdp2.yaml)"
+            "fsdp_version: 2 in the config file or pass --fsdp_version 2 (see configs/accelerate/fsdp2.yaml)"
         )
     if name not in SUPPORTED:
         raise UserError(
