@@ -47,6 +47,12 @@ while the main process builds a task or trains a reward model by itself (torch's
 A process that dies is noticed sooner: the launcher then stops the others."""
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """A launcher's yes/no environment variable (ACCELERATE_USE_CPU, ACCELERATE_USE_FSDP, ...), read as accelerate
+    reads them: 1, true or yes (any case) is yes."""
+    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes")
+
+
 def _state():
     """accelerate's PartialState, which sets up the process group on first use (the same one Loop's Accelerator
     uses): gloo on CPU, nccl on GPUs."""
@@ -55,7 +61,7 @@ def _state():
     import torch
     from accelerate import PartialState
 
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    cpu = env_flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     return PartialState(cpu=cpu, timeout=timedelta(seconds=WAIT_S))
 
 

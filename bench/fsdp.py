@@ -28,6 +28,7 @@ from typing import Iterator
 
 import torch
 
+from bench import distributed
 from bench.checks import comma_list
 from bench.errors import UserError
 
@@ -37,13 +38,27 @@ _whole = 0
 """Depth of `whole_weights()` blocks."""
 
 
-def _flag(name: str, default: bool) -> bool:
-    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes")
+def launch_version() -> int | None:
+    """The FSDP version the launch asks for (accelerate launch's environment; its default is 1), None where it asks
+    for no FSDP, or for a version that is not a number."""
+    if not distributed.env_flag("ACCELERATE_USE_FSDP"):
+        return None
+    version = os.environ.get("FSDP_VERSION", "1").strip()
+    return int(version) if version.isdigit() else None
 
 
 def requested() -> bool:
-    """Whether the launch asks for FSDP2 (accelerate launch's environment)."""
-    return _flag("ACCELERATE_USE_FSDP", False) and os.environ.get("FSDP_VERSION", "1").strip() == "2"
+    """Whether the launch asks for FSDP2."""
+    return launch_version() == 2
+
+
+def applies() -> bool:
+    """Whether the policy is sharded here: FSDP2 asked for, and several processes sharing the work."""
+    return requested() and distributed.world_size() > 1
+
+
+def _wrap_policy() -> str:
+    return os.environ.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP").strip().upper()
 
 
 def configure(desc: str) -> None:
@@ -58,9 +73,9 @@ def configure(desc: str) -> None:
         "train.activation_checkpointing=true (bench applies activation checkpointing itself)",
     }
     for variable, fix in unsupported.items():
-        if _flag(variable, False):
+        if distributed.env_flag(variable):
             raise UserError(f"{desc}: {variable.lower()} is not supported with FSDP2; set {fix}")
-    policy = os.environ.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP").strip().upper()
+    policy = _wrap_policy()
     if policy not in ("TRANSFORMER_BASED_WRAP", "NO_WRAP"):
         raise UserError(
             f"{desc}: fsdp_auto_wrap_policy {policy} is not supported; set TRANSFORMER_BASED_WRAP (one FSDP unit "
@@ -71,7 +86,7 @@ def configure(desc: str) -> None:
 def _layer_classes(model: torch.nn.Module) -> set[type]:
     """The classes of `model`'s transformer blocks: FSDP_TRANSFORMER_CLS_TO_WRAP's names, or the `_no_split_modules`
     of the Hugging Face models in it (PPO's value-head wrapper and a LoRA adapter hold one)."""
-    if os.environ.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP").strip().upper() == "NO_WRAP":
+    if _wrap_policy() == "NO_WRAP":
         return set()
     names = set(comma_list(os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")))
     if not names:
@@ -100,9 +115,7 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from bench import distributed
-
-    reshard = _flag("FSDP_RESHARD_AFTER_FORWARD", True)
+    reshard = distributed.env_flag("FSDP_RESHARD_AFTER_FORWARD", True)
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
     # Every process starts from the main process's weights and buffers, as DDP makes sure when it wraps a model.
     model.to(device)
@@ -163,10 +176,14 @@ def whole_weights() -> Iterator[None]:
             model.set_reshard_after_forward(reshard)
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor (a DTensor: a weight, its gradient, a norm over them) gathered whole; any other as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def clip_grad_norm_(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """The gradient norm over all shards, before clipping (torch.nn.utils.clip_grad_norm_ of the sharded model)."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return whole(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
 
 @contextmanager

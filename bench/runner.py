@@ -417,7 +417,7 @@ def _record(
                     "command": shlex.join(command),
                     **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),
                     # How several processes hold the policy: FSDP2 shards it, DDP (the default) replicates it.
-                    **({"sharding": "fsdp2"} if distributed.world_size() > 1 and fsdp.requested() else {}),
+                    **({"sharding": "fsdp2"} if fsdp.applies() else {}),
                 },
             )
         cost = {"wall_time_s": {"build": t_build}}

@@ -177,7 +177,7 @@ class Loop:
         # FSDP2: bench shards the policy itself (bench.fsdp), and its optimizer and schedule stay torch's own:
         # accelerate's FSDP2 prepare (GPUs only) would shard the model again and requires it with the optimizer.
         self.skeleton = None
-        if fsdp.requested() and distributed.world_size() > 1:
+        if fsdp.applies():
             fsdp.configure(desc)
             self.skeleton = fsdp.skeleton(model)
             model = fsdp.shard(model, self.accelerator.device)
@@ -193,6 +193,11 @@ class Loop:
     def sharded(self) -> bool:
         """Whether the policy's weights are sharded across the processes (FSDP2), not replicated (DDP)."""
         return self.skeleton is not None
+
+    @property
+    def layout(self) -> str:
+        """How this run holds the weights, as its checkpoints record it: "sharded" or "replicated"."""
+        return "sharded" if self.sharded else "replicated"
 
     def no_sync(self):
         """Gradients stay in each process (every micro-batch of a step but the last)."""
@@ -349,11 +354,10 @@ def check_strategy(distributed_type, desc: str = "train", fsdp_version: int | No
 def check_launch(desc: str = "bench run") -> None:
     """`check_strategy` of the strategy the launcher asked for (accelerate launch's environment), before anything
     is built or trained."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        version = os.environ.get("FSDP_VERSION", "1").strip()  # accelerate's default, as its plugin reads it
-        check_strategy("FSDP", desc, int(version) if version.isdigit() else None)
+    if distributed.env_flag("ACCELERATE_USE_FSDP"):
+        check_strategy("FSDP", desc, fsdp.launch_version())
         fsdp.configure(desc)
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+    if distributed.env_flag("ACCELERATE_USE_DEEPSPEED"):
         check_strategy("DEEPSPEED", desc)
 
 
@@ -475,12 +479,11 @@ def _run(loop: Loop, step: Step, total: int, *, log, checkpoint_dir, on_step) ->
         )
     if found:  # every process loads it: each holds the whole model, optimizer and schedule (or shards them)
         state = load_checkpoint(ckpt)
-        layout = "sharded" if loop.sharded else "replicated"
-        if state.get("layout", "replicated") != layout:
+        if state.get("layout", "replicated") != loop.layout:
             raise UserError(
                 f"{ckpt}: written by a run whose weights were {state.get('layout', 'replicated')} (FSDP2 shards them, "
-                f"one process or DDP replicates them), and this run's are {layout}; resume it with the launch that "
-                "started it, or delete the run's directory to start over"
+                f"one process or DDP replicates them), and this run's are {loop.layout}; resume it with the launch "
+                "that started it, or delete the run's directory to start over"
             )
         if loop.sharded:
             fsdp.load_full_state(loop.model, loop.optimizer, state["model"], state["optimizer"])
@@ -588,7 +591,7 @@ def _save_checkpoint(path: Path, loop: Loop, step: int, window: list[dict], extr
     state = {
         "model": weights,
         "optimizer": optim,
-        "layout": "sharded" if loop.sharded else "replicated",
+        "layout": loop.layout,
         "scheduler": loop.scheduler.state_dict(),
         **rng_state(),
         "step": step,

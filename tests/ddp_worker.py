@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny import SENTENCES, tiny_gpt2, tiny_tokenizer  # noqa: E402
 
-from bench import distributed  # noqa: E402
+from bench import distributed, fsdp  # noqa: E402
 from bench.logprobs import collate, encode, pad_id, sequence_logps  # noqa: E402
-from bench.train import OPTIMIZERS, Loop, TrainConfig, example_order, train_loop  # noqa: E402
+from bench.train import CHECKPOINT, OPTIMIZERS, Loop, TrainConfig, example_order, train_loop  # noqa: E402
 
 # Plain SGD, so that equal gradients give equal weights: Adam and RMSprop divide each gradient by its own
 # running scale, which turns float noise in a near-zero gradient into a full-size step.
@@ -66,7 +66,7 @@ def main(out: Path) -> None:
         step = loop.optimizer.step
 
         def keep_gradient(*args, **kwargs):
-            grads.append([whole(p.grad).detach().clone() for p in loop.model.parameters()])
+            grads.append([fsdp.whole(p.grad).detach().clone() for p in loop.model.parameters()])
             return step(*args, **kwargs)
 
         loop.optimizer.step = keep_gradient
@@ -86,11 +86,6 @@ def main(out: Path) -> None:
             out,
         )
     distributed.barrier()
-
-
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded (DTensor) gradient gathered whole; any other tensor as it is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 class Stop(Exception):
@@ -129,7 +124,7 @@ def resume(tok, examples, folder: Path) -> dict:
 
 def layout(folder: Path) -> str:
     """What the stopped run's checkpoint says of its weights: "sharded" (FSDP2) or "replicated"."""
-    state = torch.load(folder / "stopped" / "train_state.pt", weights_only=True) if distributed.is_main() else {}
+    state = torch.load(folder / "stopped" / CHECKPOINT, weights_only=True) if distributed.is_main() else {}
     return state.get("layout", "")
 
 
